@@ -1,0 +1,9 @@
+//! The fleetmeter agent: a measuring device coordinated through ZooKeeper, with sensors and
+//! aggregation policies as sandboxed WebAssembly plugins.
+//!
+//! # Layout
+//! - [`plugin`]: the plugin host (engine, sandbox, sensors, aggregators, inspection).
+//! - [`cli`]: the `fleetmeter` command line; `main.rs` only parses and calls it.
+
+pub mod cli;
+pub mod plugin;

@@ -1,0 +1,113 @@
+//! A loaded aggregator plugin.
+
+use std::path::Path;
+
+use wasmtime::{Store, component::InstancePre};
+
+use super::{
+    CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats, Reading,
+    bindings::{
+        aggregator::{Aggregator, AggregatorPre},
+        types,
+    },
+    instance::{HostState, Runner, World},
+};
+
+pub(crate) struct AggregatorWorld;
+
+impl World for AggregatorWorld {
+    const KIND: PluginKind = PluginKind::Aggregator;
+    type Pre = AggregatorPre<HostState>;
+    type Instance = Aggregator;
+
+    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        AggregatorPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Aggregator> {
+        pre.instantiate(store)
+    }
+
+    fn describe(instance: &Aggregator, store: &mut Store<HostState>) -> wasmtime::Result<Metadata> {
+        Ok(instance
+            .fleetmeter_plugin_aggregator_api()
+            .call_describe(store)?
+            .into())
+    }
+
+    fn init(
+        instance: &Aggregator,
+        store: &mut Store<HostState>,
+        config: &Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        instance
+            .fleetmeter_plugin_aggregator_api()
+            .call_init(store, config)
+    }
+}
+
+/// An aggregator, sandboxed, with no clock and no randomness: the same readings give the
+/// same result on any leader. Calls block (see [`super::SensorPlugin`]).
+pub struct AggregatorPlugin {
+    runner: Runner<AggregatorWorld>,
+}
+
+impl std::fmt::Debug for AggregatorPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregatorPlugin")
+            .field("metadata", self.metadata())
+            .field("path", &self.runner.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AggregatorPlugin {
+    /// Loads and initialises the aggregator at `path`.
+    pub fn load(
+        engine: &PluginEngine,
+        path: &Path,
+        settings: PluginSettings,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            runner: Runner::load(engine, path, settings)?,
+        })
+    }
+
+    /// The round's value from its readings (passed to the plugin in device-id order, as the
+    /// contract says), or `None` for "publish nothing".
+    pub fn aggregate(&mut self, readings: &[Reading]) -> Result<Option<f64>, CallError> {
+        let mut sorted: Vec<types::Reading> = readings
+            .iter()
+            .map(|r| types::Reading {
+                device: r.device.clone(),
+                value: r.value,
+            })
+            .collect();
+        sorted.sort_by(|a, b| a.device.cmp(&b.device));
+        let value = self.runner.call(|aggregator, store| {
+            aggregator
+                .fleetmeter_plugin_aggregator_api()
+                .call_aggregate(store, &sorted)
+        })?;
+        match value {
+            Some(v) if !v.is_finite() => Err(CallError::Guest {
+                plugin: self.metadata().name.clone(),
+                message: format!("the aggregator produced a non-finite value ({v})"),
+            }),
+            value => Ok(value),
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        self.runner.metadata()
+    }
+
+    pub fn stats(&self) -> &PluginStats {
+        self.runner.stats()
+    }
+
+    /// Discards the instance and builds a fresh one, as after a trap.
+    pub fn rebuild(&mut self) -> Result<(), CallError> {
+        self.runner.rebuild()
+    }
+}

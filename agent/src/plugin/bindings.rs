@@ -1,0 +1,22 @@
+//! Host bindings generated from `wit/fleetmeter.wit`. Private: the rest of the crate uses the
+//! hand-written types of `plugin` (Metadata, Reading) and these stay an implementation detail.
+
+pub(crate) mod sensor {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sensor",
+    });
+}
+
+pub(crate) mod aggregator {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "aggregator",
+        with: {
+            "fleetmeter:plugin/host": super::sensor::fleetmeter::plugin::host,
+            "fleetmeter:plugin/types": super::sensor::fleetmeter::plugin::types,
+        },
+    });
+}
+
+pub(crate) use sensor::fleetmeter::plugin::{host, types};

@@ -1,0 +1,79 @@
+//! What a plugin file is: for `fleetmeter plugin inspect`.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    CONTRACT_VERSION, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
+    aggregator::AggregatorWorld,
+    engine::exported_worlds,
+    instance::{Runner, World},
+    sensor::SensorWorld,
+};
+
+/// The facts about one plugin file.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub kind: Option<PluginKind>,
+    /// The contract version the plugin was built for.
+    pub contract: Option<String>,
+    pub metadata: Option<Metadata>,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    /// Why the agent would refuse to load it, if it would.
+    pub problem: Option<String>,
+}
+
+/// Compiles `path` (through the cache) and describes it. A file that is not a component at
+/// all is an error; a component that is not a usable plugin is reported in `problem`.
+pub fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, LoadError> {
+    let compiled = engine.compile(path)?;
+    let exports = engine.export_names(&compiled.component);
+    let imports = engine.import_names(&compiled.component);
+    let worlds = exported_worlds(&exports);
+    let mut inspection = Inspection {
+        path: path.to_owned(),
+        size: compiled.size,
+        sha256: compiled.sha256.clone(),
+        kind: worlds.first().map(|(kind, _)| *kind),
+        contract: worlds.first().map(|(_, version)| version.clone()),
+        metadata: None,
+        exports,
+        imports,
+        problem: None,
+    };
+    match worlds.as_slice() {
+        [] => {
+            inspection.problem = Some(format!(
+                "not a fleetmeter plugin: it exports neither {} nor {}",
+                PluginKind::Sensor.export_name(),
+                PluginKind::Aggregator.export_name()
+            ))
+        }
+        [(_, version), ..] if version != CONTRACT_VERSION => {
+            inspection.problem = Some(format!(
+                "built for contract @{version}; this agent supports @{CONTRACT_VERSION}"
+            ))
+        }
+        [(kind, _), ..] => {
+            let described = match kind {
+                PluginKind::Sensor => describe::<SensorWorld>(engine, compiled),
+                PluginKind::Aggregator => describe::<AggregatorWorld>(engine, compiled),
+            };
+            match described {
+                Ok(metadata) => inspection.metadata = Some(metadata),
+                Err(err) => inspection.problem = Some(err.to_string()),
+            }
+        }
+    }
+    Ok(inspection)
+}
+
+fn describe<W: World>(
+    engine: &PluginEngine,
+    compiled: super::engine::Compiled,
+) -> Result<Metadata, LoadError> {
+    Runner::<W>::prepare(engine, compiled, PluginSettings::default()).map(|r| r.metadata().clone())
+}

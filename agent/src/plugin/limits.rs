@@ -1,0 +1,207 @@
+//! What a plugin may use: time, fuel and memory per call, and the host resources granted to
+//! it (directories, environment, network). Nothing is granted by default.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Per-plugin sandbox limits (`[plugins.limits]` in agent.toml).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock budget of one call (`describe`, `init`, `sample`, `aggregate`), in
+    /// milliseconds, enforced by an epoch deadline reset before every call.
+    /// TOML: `timeout_ms = 1000`.
+    pub timeout_ms: u64,
+    /// Optional fuel budget per call (roughly, WebAssembly instructions). Deterministic where
+    /// the timeout is not, at a small cost on every call. TOML: `fuel = 50_000_000`.
+    pub fuel: Option<u64>,
+    /// Cap on the plugin's linear memory, in MiB. TOML: `max_memory_mib = 64`.
+    pub max_memory_mib: u64,
+    /// Consecutive failures (traps, limits) before the plugin is backed off.
+    /// TOML: `failures_before_backoff = 3`.
+    pub failures_before_backoff: u32,
+    /// First back-off, doubled on each further failure. TOML: `backoff_initial_ms = 1000`.
+    pub backoff_initial_ms: u64,
+    /// Longest back-off. TOML: `backoff_max_ms = 60000`.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 1000,
+            fuel: None,
+            max_memory_mib: 64,
+            failures_before_backoff: 3,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn max_memory_bytes(&self) -> usize {
+        usize::try_from(self.max_memory_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// The back-off after `failures` consecutive failures, if any.
+    pub fn backoff(&self, failures: u32) -> Option<Duration> {
+        let over = failures.checked_sub(self.failures_before_backoff.max(1))?;
+        let ms = self
+            .backoff_initial_ms
+            .saturating_mul(1_u64 << over.min(32))
+            .min(self.backoff_max_ms);
+        Some(Duration::from_millis(ms))
+    }
+
+    /// Checks the values make sense; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            return Err(format!(
+                "timeout_ms must be between 1 and 60000, got {}",
+                self.timeout_ms
+            ));
+        }
+        if self.fuel == Some(0) {
+            return Err("fuel must be positive (omit it for no fuel limit)".into());
+        }
+        if self.max_memory_mib == 0 || self.max_memory_mib > 4096 {
+            return Err(format!(
+                "max_memory_mib must be between 1 and 4096, got {}",
+                self.max_memory_mib
+            ));
+        }
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            return Err(format!(
+                "backoff_initial_ms ({}) must not exceed backoff_max_ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A host directory made visible, read-only, inside the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    /// Where the plugin sees it; the same path as on the host by default.
+    pub guest: String,
+}
+
+impl DirGrant {
+    /// Parses `HOST` or `HOST:GUEST`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (host, guest) = match spec.split_once(':') {
+            Some((host, guest)) => (host, guest),
+            None => (spec, spec),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!(
+                "`{spec}` is not a directory grant; use HOST or HOST:GUEST"
+            ));
+        }
+        Ok(Self {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+        })
+    }
+}
+
+/// Host resources granted to a sensor. Aggregators get none of these, and no clock or
+/// randomness either.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Grants {
+    /// Read-only directories.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables visible to the plugin.
+    pub env: Vec<(String, String)>,
+    /// Outgoing TCP/UDP and name lookups.
+    pub network: bool,
+}
+
+/// Settings to load one plugin with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PluginSettings {
+    /// Passed to the plugin's `init`.
+    pub config: Vec<(String, String)>,
+    pub limits: Limits,
+    pub grants: Grants,
+}
+
+/// Enforces the memory cap, and remembers that it did, so that the trap that follows (the
+/// guest's allocator aborts) is reported as "memory limit" rather than "unreachable".
+#[derive(Debug)]
+pub(crate) struct MemoryCap {
+    pub max_bytes: usize,
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_after_threshold_doubles_and_caps() {
+        let limits = Limits::default();
+        assert_eq!(limits.backoff(2), None);
+        assert_eq!(limits.backoff(3), Some(Duration::from_secs(1)));
+        assert_eq!(limits.backoff(4), Some(Duration::from_secs(2)));
+        assert_eq!(limits.backoff(10), Some(Duration::from_secs(60)));
+        assert_eq!(limits.backoff(u32::MAX), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn dir_grant_forms() {
+        let g = DirGrant::parse("/sys/class/thermal").unwrap();
+        assert_eq!(g.guest, "/sys/class/thermal");
+        let g = DirGrant::parse("/tmp/fake:/sys/class/thermal").unwrap();
+        assert_eq!(g.host, PathBuf::from("/tmp/fake"));
+        assert_eq!(g.guest, "/sys/class/thermal");
+        assert!(DirGrant::parse(":x").is_err());
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let bad = Limits {
+            timeout_ms: 0,
+            ..Limits::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("timeout_ms"));
+        let bad = Limits {
+            max_memory_mib: 0,
+            ..Limits::default()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("max_memory_mib"));
+        assert!(Limits::default().validate().is_ok());
+    }
+}

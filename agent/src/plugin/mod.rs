@@ -1,0 +1,138 @@
+//! WebAssembly plugins: sensors and aggregators, run sandboxed by wasmtime.
+//!
+//! # Layout
+//! - [`engine`]: the one engine of an agent, the compile cache and load-time checks.
+//! - [`limits`]: the sandbox's budget per call and what a plugin is granted.
+//! - `instance`: one plugin's instances: deadlines, trap handling, rebuilds, back-off.
+//! - [`sensor`] / [`aggregator`]: the two kinds of plugin, as the agent uses them.
+//! - [`inspect`]: what a plugin file is, for `fleetmeter plugin inspect`.
+//!
+//! The contract is `wit/fleetmeter.wit` (package `fleetmeter:plugin@0.1.0`).
+
+mod aggregator;
+mod bindings;
+mod engine;
+mod error;
+mod inspect;
+mod instance;
+mod limits;
+mod sensor;
+
+use std::path::{Path, PathBuf};
+
+pub use aggregator::AggregatorPlugin;
+pub use engine::{Compiled, EngineOptions, PluginEngine, default_cache_dir};
+pub use error::{CallError, Failure, LoadError};
+pub use inspect::{Inspection, inspect};
+pub use instance::PluginStats;
+pub use limits::{DirGrant, Grants, Limits, PluginSettings};
+pub use sensor::SensorPlugin;
+
+/// The WIT package both worlds belong to.
+pub const CONTRACT_PACKAGE: &str = "fleetmeter:plugin";
+/// The contract version this agent loads (exactly: 0.x versions make no compatibility
+/// promise).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// The two kinds of plugin, one WIT world each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    Sensor,
+    Aggregator,
+}
+
+impl PluginKind {
+    pub const ALL: [PluginKind; 2] = [PluginKind::Sensor, PluginKind::Aggregator];
+
+    /// The world's name in the WIT package.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Sensor => "sensor",
+            PluginKind::Aggregator => "aggregator",
+        }
+    }
+
+    /// The interface the world exports.
+    pub fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Sensor => "sensor-api",
+            PluginKind::Aggregator => "aggregator-api",
+        }
+    }
+
+    /// The fully qualified export name a plugin of this kind must have.
+    pub fn export_name(self) -> String {
+        format!("{CONTRACT_PACKAGE}/{}@{CONTRACT_VERSION}", self.interface())
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pub name: String,
+    pub version: String,
+    /// Empty when unitless (or, for aggregators, when the sensors' unit applies).
+    pub unit: String,
+    pub description: String,
+}
+
+impl From<bindings::types::Metadata> for Metadata {
+    fn from(m: bindings::types::Metadata) -> Self {
+        Self {
+            name: m.name,
+            version: m.version,
+            unit: m.unit,
+            description: m.description,
+        }
+    }
+}
+
+/// One device's reading in a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub device: String,
+    pub value: f64,
+}
+
+/// Where a plugin reference from configuration or the command line points: a path when it
+/// looks like one (contains `/` or ends in `.wasm`), else `DIR/NAME.wasm`.
+pub fn resolve(reference: &str, plugin_dir: &Path) -> PathBuf {
+    if reference.contains('/') || reference.ends_with(".wasm") {
+        PathBuf::from(reference)
+    } else {
+        plugin_dir.join(format!("{reference}.wasm"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_version_matches_the_wit_file() {
+        let wit = include_str!("../../../wit/fleetmeter.wit");
+        let expected = format!("package {CONTRACT_PACKAGE}@{CONTRACT_VERSION};");
+        assert!(
+            wit.lines().any(|l| l.trim() == expected),
+            "wit/fleetmeter.wit does not declare `{expected}`: bump CONTRACT_VERSION with it"
+        );
+    }
+
+    #[test]
+    fn resolve_names_and_paths() {
+        let dir = Path::new("/opt/plugins");
+        assert_eq!(
+            resolve("mean", dir),
+            PathBuf::from("/opt/plugins/mean.wasm")
+        );
+        assert_eq!(resolve("./x.wasm", dir), PathBuf::from("./x.wasm"));
+        assert_eq!(resolve("my.wasm", dir), PathBuf::from("my.wasm"));
+        assert_eq!(resolve("/a/b", dir), PathBuf::from("/a/b"));
+    }
+}

@@ -1,0 +1,101 @@
+//! A loaded sensor plugin.
+
+use std::path::Path;
+
+use wasmtime::{Store, component::InstancePre};
+
+use super::{
+    CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats,
+    bindings::sensor::{Sensor, SensorPre},
+    instance::{HostState, Runner, World},
+};
+
+pub(crate) struct SensorWorld;
+
+impl World for SensorWorld {
+    const KIND: PluginKind = PluginKind::Sensor;
+    type Pre = SensorPre<HostState>;
+    type Instance = Sensor;
+
+    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        SensorPre::new(pre)
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Sensor> {
+        pre.instantiate(store)
+    }
+
+    fn describe(instance: &Sensor, store: &mut Store<HostState>) -> wasmtime::Result<Metadata> {
+        Ok(instance
+            .fleetmeter_plugin_sensor_api()
+            .call_describe(store)?
+            .into())
+    }
+
+    fn init(
+        instance: &Sensor,
+        store: &mut Store<HostState>,
+        config: &Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        instance
+            .fleetmeter_plugin_sensor_api()
+            .call_init(store, config)
+    }
+}
+
+/// A sensor, sandboxed. Calls block: from async code, call it from `spawn_blocking` or a
+/// dedicated thread (WASI host calls block internally).
+pub struct SensorPlugin {
+    runner: Runner<SensorWorld>,
+}
+
+impl std::fmt::Debug for SensorPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorPlugin")
+            .field("metadata", self.metadata())
+            .field("path", &self.runner.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SensorPlugin {
+    /// Loads and initialises the sensor at `path`.
+    pub fn load(
+        engine: &PluginEngine,
+        path: &Path,
+        settings: PluginSettings,
+    ) -> Result<Self, LoadError> {
+        Ok(Self {
+            runner: Runner::load(engine, path, settings)?,
+        })
+    }
+
+    /// One reading. A failure costs this reading only: the instance is rebuilt if needed.
+    pub fn sample(&mut self) -> Result<f64, CallError> {
+        let value = self
+            .runner
+            .call(|sensor, store| sensor.fleetmeter_plugin_sensor_api().call_sample(store))?;
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(CallError::Guest {
+                plugin: self.metadata().name.clone(),
+                message: format!("the sensor produced a non-finite value ({value})"),
+            })
+        }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        self.runner.metadata()
+    }
+
+    pub fn stats(&self) -> &PluginStats {
+        self.runner.stats()
+    }
+
+    /// Discards the instance and builds a fresh one (store, instance, `init`), as after a
+    /// trap. Exposed for benchmarks and tests.
+    pub fn rebuild(&mut self) -> Result<(), CallError> {
+        self.runner.rebuild()
+    }
+}

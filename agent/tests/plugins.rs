@@ -1,0 +1,336 @@
+//! The bundled plugins, loaded by the real host, and the load-time checks.
+
+mod support;
+
+use fleetmeter::plugin::{
+    AggregatorPlugin, DirGrant, EngineOptions, Grants, LoadError, PluginEngine, PluginKind,
+    PluginSettings, Reading, SensorPlugin, inspect,
+};
+use support::{engine, fixture, plugin, settings};
+
+fn readings(values: &[f64]) -> Vec<Reading> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Reading {
+            device: (i + 1).to_string(),
+            value: *v,
+        })
+        .collect()
+}
+
+#[test]
+fn random_temperature_walks_inside_its_range() {
+    let mut sensor =
+        SensorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[])).unwrap();
+    let meta = sensor.metadata();
+    assert_eq!(meta.name, "random-temperature");
+    assert_eq!(meta.unit, "°C");
+    for _ in 0..200 {
+        let v = sensor.sample().unwrap();
+        assert!((75.0..=85.0).contains(&v), "{v} outside 75–85 °C");
+    }
+    assert_eq!(sensor.stats().failures, 0);
+}
+
+#[test]
+fn random_temperature_takes_its_range_and_seed_from_config() {
+    let config = [("min", "-10"), ("max", "-5"), ("seed", "3")];
+    let take = || {
+        let mut s = SensorPlugin::load(&engine(), &plugin("random-temperature"), settings(&config))
+            .unwrap();
+        (0..20).map(|_| s.sample().unwrap()).collect::<Vec<_>>()
+    };
+    let first = take();
+    assert!(
+        first.iter().all(|v| (-10.0..=-5.0).contains(v)),
+        "{first:?}"
+    );
+    assert_eq!(first, take(), "a fixed seed gives the same walk");
+}
+
+#[test]
+fn aggregators_compute_mean_median_trimmed_mean() {
+    let engine = engine();
+    let values = readings(&[1.0, 2.0, 3.0, 10.0]);
+    let run = |name: &str, config: &[(&str, &str)]| {
+        AggregatorPlugin::load(&engine, &plugin(name), settings(config))
+            .unwrap()
+            .aggregate(&values)
+            .unwrap()
+    };
+    assert_eq!(run("mean", &[]), Some(4.0));
+    assert_eq!(run("median", &[]), Some(2.5));
+    assert_eq!(run("trimmed-mean", &[("fraction", "0.25")]), Some(2.5));
+    assert_eq!(run("trimmed-mean", &[]), Some(4.0));
+}
+
+#[test]
+fn an_empty_round_aggregates_to_none() {
+    let mut mean = AggregatorPlugin::load(&engine(), &plugin("mean"), settings(&[])).unwrap();
+    assert_eq!(mean.aggregate(&[]).unwrap(), None);
+}
+
+#[test]
+fn aggregators_get_no_clock_and_no_randomness() {
+    // The fixture returns `now_secs * 1000 + random % 1000`.
+    let engine = engine();
+    let run = || {
+        AggregatorPlugin::load(
+            &engine,
+            &fixture("nondeterministic-aggregator"),
+            settings(&[]),
+        )
+        .unwrap()
+        .aggregate(&readings(&[1.0]))
+        .unwrap()
+        .unwrap()
+    };
+    let first = run();
+    assert!(
+        first < 1000.0,
+        "the clock must read 0 for aggregators, got {first}"
+    );
+    assert_eq!(first, run(), "two instances must compute the same result");
+}
+
+#[test]
+fn bad_plugin_config_is_refused_at_load_with_the_key() {
+    let engine = engine();
+    for (config, expected) in [
+        (("min", "abc"), "config `min`: invalid value `abc`"),
+        (("colour", "red"), "unknown config key `colour`"),
+        (("step", "-1"), "config `step`"),
+    ] {
+        let err = SensorPlugin::load(&engine, &plugin("random-temperature"), settings(&[config]))
+            .unwrap_err();
+        assert!(matches!(err, LoadError::Config { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains("random-temperature"), "{message}");
+    }
+    let err = AggregatorPlugin::load(
+        &engine,
+        &plugin("trimmed-mean"),
+        settings(&[("fraction", "0.7")]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("config `fraction`"), "{err}");
+}
+
+#[test]
+fn thermal_zone_needs_a_granted_directory() {
+    let err = SensorPlugin::load(&engine(), &plugin("thermal-zone"), settings(&[])).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("grant the host directory read-only"),
+        "{message}"
+    );
+}
+
+#[test]
+fn thermal_zone_reads_a_granted_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("thermal_zone0")).unwrap();
+    std::fs::write(dir.path().join("thermal_zone0/temp"), "47250\n").unwrap();
+    let grant = DirGrant::parse(&format!("{}:/sys/class/thermal", dir.path().display())).unwrap();
+    let mut sensor = SensorPlugin::load(
+        &engine(),
+        &plugin("thermal-zone"),
+        PluginSettings {
+            grants: Grants {
+                dirs: vec![grant],
+                ..Grants::default()
+            },
+            ..PluginSettings::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sensor.sample().unwrap(), 47.25);
+    std::fs::write(dir.path().join("thermal_zone0/temp"), "48000\n").unwrap();
+    assert_eq!(
+        sensor.sample().unwrap(),
+        48.0,
+        "reads the file on every sample"
+    );
+}
+
+#[test]
+fn thermal_zone_on_this_machine_lists_what_exists() {
+    // The real sysfs directory, granted read-only. Virtual machines often have no zones:
+    // then the message must say so instead of failing obscurely.
+    let real = std::path::Path::new("/sys/class/thermal");
+    if !real.is_dir() {
+        return; // not Linux sysfs: covered by thermal_zone_reads_a_granted_zone
+    }
+    let zones: Vec<String> = std::fs::read_dir(real)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("thermal_zone"))
+        .collect();
+    let result = SensorPlugin::load(
+        &engine(),
+        &plugin("thermal-zone"),
+        PluginSettings {
+            grants: Grants {
+                dirs: vec![DirGrant::parse("/sys/class/thermal").unwrap()],
+                ..Grants::default()
+            },
+            ..PluginSettings::default()
+        },
+    );
+    if zones.iter().any(|z| z == "thermal_zone0") {
+        let value = result.unwrap().sample().unwrap();
+        assert!((-50.0..150.0).contains(&value), "{value} °C");
+    } else {
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("no thermal zone `thermal_zone0`"),
+            "{message}"
+        );
+        assert!(message.contains("zones present:"), "{message}");
+    }
+}
+
+#[test]
+fn a_plugin_of_the_other_world_is_refused() {
+    let err = SensorPlugin::load(&engine(), &plugin("mean"), settings(&[])).unwrap_err();
+    match &err {
+        LoadError::WrongWorld {
+            expected, found, ..
+        } => {
+            assert_eq!(*expected, PluginKind::Sensor);
+            assert_eq!(*found, PluginKind::Aggregator);
+        }
+        other => panic!("expected WrongWorld, got {other}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("is a fleetmeter aggregator plugin, not a sensor plugin")
+    );
+    let err = AggregatorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[]))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+}
+
+#[test]
+fn a_plugin_for_another_contract_version_is_refused() {
+    let err =
+        SensorPlugin::load(&engine(), &fixture("future-contract"), settings(&[])).unwrap_err();
+    match &err {
+        LoadError::IncompatibleVersion {
+            found, supported, ..
+        } => {
+            assert_eq!(found, "0.2.0");
+            assert_eq!(*supported, "0.1.0");
+        }
+        other => panic!("expected IncompatibleVersion, got {other}"),
+    }
+}
+
+#[test]
+fn files_that_are_not_components_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "hello, I am text").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap(); // a valid, empty core module
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(plugin("mean")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let engine = PluginEngine::new(EngineOptions {
+        cache_dir: None,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+
+    let err = SensorPlugin::load(&engine, &text, settings(&[])).unwrap_err();
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    assert!(err.to_string().contains("is not a WebAssembly file"));
+
+    let err = SensorPlugin::load(&engine, &core, settings(&[])).unwrap_err();
+    assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("not a component"));
+
+    let err = AggregatorPlugin::load(&engine, &truncated, settings(&[])).unwrap_err();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+
+    let err =
+        SensorPlugin::load(&engine, &dir.path().join("absent.wasm"), settings(&[])).unwrap_err();
+    assert!(matches!(err, LoadError::Read { .. }), "{err}");
+}
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
+    let cache = tempfile::tempdir().unwrap();
+    let new_engine = || {
+        PluginEngine::new(EngineOptions {
+            cache_dir: Some(cache.path().to_owned()),
+            ..EngineOptions::default()
+        })
+        .unwrap()
+    };
+    let path = plugin("median");
+    let first = new_engine().compile(&path).unwrap();
+    assert!(!first.from_cache);
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    assert!(
+        entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&first.sha256)
+    );
+
+    // A restart (new engine) loads the compiled code instead of compiling again.
+    {
+        let second = new_engine().compile(&path).unwrap();
+        assert!(second.from_cache);
+        let mut median = AggregatorPlugin::load(&new_engine(), &path, settings(&[])).unwrap();
+        assert_eq!(
+            median.aggregate(&readings(&[5.0, 1.0, 9.0])).unwrap(),
+            Some(5.0)
+        );
+    } // Components loaded from the cache map the file: they are gone before it is damaged.
+
+    // A damaged entry (replaced, as a partial copy by hand would) is ignored, recompiled
+    // and rewritten.
+    let damaged = cache.path().join("damaged.tmp");
+    std::fs::write(&damaged, b"garbage").unwrap();
+    std::fs::rename(&damaged, entry).unwrap();
+    let third = new_engine().compile(&path).unwrap();
+    assert!(!third.from_cache);
+    assert!(new_engine().compile(&path).unwrap().from_cache);
+}
+
+#[test]
+fn inspect_reports_world_metadata_and_problems() {
+    let engine = engine();
+    let mean = inspect(&engine, &plugin("mean")).unwrap();
+    assert_eq!(mean.kind, Some(PluginKind::Aggregator));
+    assert_eq!(mean.contract.as_deref(), Some("0.1.0"));
+    assert_eq!(mean.metadata.as_ref().unwrap().name, "mean");
+    assert!(
+        mean.exports
+            .contains(&"fleetmeter:plugin/aggregator-api@0.1.0".to_owned())
+    );
+    assert!(
+        mean.imports
+            .contains(&"fleetmeter:plugin/host@0.1.0".to_owned())
+    );
+    assert_eq!(mean.sha256.len(), 64);
+    assert!(mean.problem.is_none());
+
+    // describe works without init, so a plugin that needs grants still inspects.
+    let thermal = inspect(&engine, &plugin("thermal-zone")).unwrap();
+    assert_eq!(thermal.metadata.unwrap().unit, "°C");
+
+    let future = inspect(&engine, &fixture("future-contract")).unwrap();
+    assert!(future.problem.unwrap().contains("@0.2.0"));
+}
