@@ -207,7 +207,7 @@ fn a_plugin_of_the_other_world_is_refused() {
     }
     assert!(
         err.to_string()
-            .contains("is a fleetmeter aggregator plugin, not a sensor plugin")
+            .contains("implements the fleetmeter aggregator world, not the sensor world")
     );
     let err = AggregatorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[]))
         .unwrap_err();

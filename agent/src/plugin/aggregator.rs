@@ -106,6 +106,11 @@ impl AggregatorPlugin {
         self.runner.stats()
     }
 
+    /// Whether the compiled code came from the disk cache rather than a compilation.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.runner.from_cache()
+    }
+
     /// Discards the instance and builds a fresh one, as after a trap.
     pub fn rebuild(&mut self) -> Result<(), CallError> {
         self.runner.rebuild()

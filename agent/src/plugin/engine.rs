@@ -196,14 +196,14 @@ impl PluginEngine {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compiled plugin"
         );
-        if let Some(file) = &cache_file {
-            if let Err(err) = store_in_cache(&component, file) {
-                tracing::warn!(
-                    cache = %file.display(),
-                    error = %err,
-                    "cannot write the compile cache; the plugin will be recompiled at next start"
-                );
-            }
+        if let Some(file) = &cache_file
+            && let Err(err) = store_in_cache(&component, file)
+        {
+            tracing::warn!(
+                cache = %file.display(),
+                error = %err,
+                "cannot write the compile cache; the plugin will be recompiled at next start"
+            );
         }
         Ok(Compiled {
             component,

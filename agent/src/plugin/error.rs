@@ -26,8 +26,8 @@ pub enum LoadError {
     #[error("{path} is not a valid component: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "{path} is a fleetmeter {found} plugin, not a {expected} plugin; configure it as the \
-         {found}"
+        "{path} implements the fleetmeter {found} world, not the {expected} world; use it as \
+         the {found}"
     )]
     WrongWorld {
         path: PathBuf,

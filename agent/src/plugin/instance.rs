@@ -188,6 +188,7 @@ pub(crate) struct Runner<W: World> {
     failures: u32,
     backoff_until: Option<Instant>,
     stats: PluginStats,
+    from_cache: bool,
 }
 
 impl<W: World> Runner<W> {
@@ -224,6 +225,7 @@ impl<W: World> Runner<W> {
             version = %runner.metadata.version,
             kind = %W::KIND,
             path = %runner.path.display(),
+            from_cache = runner.from_cache,
             "plugin ready"
         );
         Ok(runner)
@@ -237,6 +239,7 @@ impl<W: World> Runner<W> {
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
         let path = compiled.path;
+        let from_cache = compiled.from_cache;
         let stem: Arc<str> = path
             .file_stem()
             .map(|s| s.to_string_lossy().into())
@@ -281,6 +284,7 @@ impl<W: World> Runner<W> {
             failures: 0,
             backoff_until: None,
             stats: PluginStats::default(),
+            from_cache,
         };
         let failed_path = runner.path.clone();
         let start_failed = |failure| LoadError::Start {
@@ -310,6 +314,10 @@ impl<W: World> Runner<W> {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// Drops the live instance and builds a new one, as after a trap.

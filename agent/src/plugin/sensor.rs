@@ -93,6 +93,11 @@ impl SensorPlugin {
         self.runner.stats()
     }
 
+    /// Whether the compiled code came from the disk cache rather than a compilation.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.runner.from_cache()
+    }
+
     /// Discards the instance and builds a fresh one (store, instance, `init`), as after a
     /// trap. Exposed for benchmarks and tests.
     pub fn rebuild(&mut self) -> Result<(), CallError> {

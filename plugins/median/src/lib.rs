@@ -18,7 +18,7 @@ impl Aggregator for Median {
         }
         values.sort_by(f64::total_cmp);
         let mid = values.len() / 2;
-        Ok(Some(if values.len() % 2 == 0 {
+        Ok(Some(if values.len().is_multiple_of(2) {
             (values[mid - 1] + values[mid]) / 2.0
         } else {
             values[mid]
