@@ -14,7 +14,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Config, Engine,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     component::{Component, Linker},
 };
 
@@ -29,6 +29,9 @@ pub struct EngineOptions {
     pub fuel: bool,
     /// Period of the epoch clock; call deadlines are a whole number of ticks.
     pub epoch_tick: Duration,
+    /// Live plugin instances the engine can hold at once (an agent needs 2, plus one
+    /// briefly while loading).
+    pub max_instances: u32,
 }
 
 impl Default for EngineOptions {
@@ -37,6 +40,7 @@ impl Default for EngineOptions {
             cache_dir: default_cache_dir(),
             fuel: false,
             epoch_tick: Duration::from_millis(10),
+            max_instances: 16,
         }
     }
 }
@@ -93,7 +97,23 @@ impl PluginEngine {
             // No async components: skipping the concurrency machinery makes each call
             // ~2-3x cheaper (PLATFORM-NOTES.md).
             .concurrency_support(false);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        // The pooling allocator reuses pre-reserved slots, so re-instantiating after a trap
+        // costs no fresh mmap; it only reserves address space, not memory. Where even that
+        // is refused (a tight `ulimit -v`), fall back to allocating on demand.
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
+            options.max_instances,
+        )));
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "cannot reserve the plugin instance pool; allocating instances on demand"
+                );
+                Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -239,6 +259,22 @@ impl PluginEngine {
             .map(|(name, _)| name.to_owned())
             .collect()
     }
+}
+
+/// Slots for `instances` plugin instances. A Rust component has one linear memory and a
+/// handful of core instances and tables (its own module plus wit-component's shims).
+fn pool_config(instances: u32) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 8)
+        // The largest cap `Limits` accepts; each plugin's own cap is enforced by MemoryCap.
+        .max_memory_size(4096 << 20)
+        // Keep a small warm prefix of each slot resident: re-instantiation then skips the
+        // page faults of a zeroed memory's first pages.
+        .linear_memory_keep_resident(64 << 10);
+    pool
 }
 
 fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
