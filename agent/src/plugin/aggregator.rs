@@ -108,7 +108,7 @@ impl AggregatorPlugin {
 
     /// Whether the compiled code came from the disk cache rather than a compilation.
     pub fn loaded_from_cache(&self) -> bool {
-        self.runner.from_cache()
+        self.runner.loaded_from_cache()
     }
 
     /// Discards the instance and builds a fresh one, as after a trap.

@@ -316,7 +316,7 @@ impl<W: World> Runner<W> {
         &self.path
     }
 
-    pub fn from_cache(&self) -> bool {
+    pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
     }
 

@@ -95,7 +95,7 @@ impl SensorPlugin {
 
     /// Whether the compiled code came from the disk cache rather than a compilation.
     pub fn loaded_from_cache(&self) -> bool {
-        self.runner.from_cache()
+        self.runner.loaded_from_cache()
     }
 
     /// Discards the instance and builds a fresh one (store, instance, `init`), as after a
