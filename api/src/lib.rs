@@ -1,0 +1,66 @@
+//! fleetmeter-api: the measurements API the fleet's leader publishes rounds to.
+//!
+//! # Layout
+//! - [`round`]: the round result and its validation.
+//! - [`store`]: rounds in Redis, stored atomically and idempotently by round number.
+//! - [`routes`]: the HTTP endpoints; [`error`]: JSON errors.
+//! - [`page`]: the HTML page; [`metrics`]: Prometheus metrics.
+//!
+//! [`run`] takes the listener and a shutdown future, so tests start the real server on
+//! `127.0.0.1:0` and stop it cleanly; `main.rs` only parses flags and calls it.
+
+pub mod error;
+pub mod metrics;
+pub mod page;
+pub mod round;
+pub mod routes;
+pub mod store;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+
+use crate::{metrics::Metrics, store::Store};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Metrics,
+    /// Required as `Authorization: Bearer ...` on writes when set.
+    pub token: Option<String>,
+    /// Shown on the page, as the original API showed it.
+    pub hostname: String,
+}
+
+impl AppState {
+    pub fn new(store: Store, token: Option<String>) -> Self {
+        Self {
+            store,
+            metrics: Metrics::new(),
+            token: token.filter(|t| !t.is_empty()),
+            hostname: hostname(),
+        }
+    }
+}
+
+/// Serves until `shutdown` completes, then finishes the requests in flight.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The machine's (or container's) hostname.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

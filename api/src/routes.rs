@@ -1,0 +1,331 @@
+//! The HTTP endpoints.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{
+        DefaultBodyLimit, MatchedPath, Path, Query, Request, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    AppState,
+    error::ApiError,
+    metrics::{RequestLabels, RouteLabels},
+    page,
+    round::Round,
+    store::{PutOutcome, StoreError},
+};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 256 * 1024;
+/// Default and largest `limit` of `GET /api/v1/rounds`.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 1000;
+/// Rounds shown on the HTML page.
+pub const PAGE_ROUNDS: usize = 50;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/nuevo", get(nuevo))
+        .route("/api/v1/rounds", post(post_round).get(list_rounds))
+        .route("/api/v1/rounds/{n}", get(get_round))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Counts and times every request by route and status.
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl AppState {
+    /// Writes need `Authorization: Bearer <API_TOKEN>` when a token is configured.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    fn storage_failed(&self, err: StoreError) -> ApiError {
+        match err {
+            StoreError::Redis(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "Redis request failed");
+                ApiError::Unavailable(format!("storage unavailable: {e}"))
+            }
+            corrupt @ StoreError::Corrupt { .. } => {
+                tracing::error!(error = %corrupt, "corrupt data in Redis");
+                ApiError::Internal(corrupt.to_string())
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_value(raw: &str, what: &str) -> Result<f64, ApiError> {
+    let value: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{what} must be a number, got {raw:?}")))?;
+    if !value.is_finite() {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must be a finite number, got {raw:?}"
+        )));
+    }
+    Ok(value)
+}
+
+/// `GET /nuevo?dato=V`: the original API's call. Stores V with the server's time.
+async fn nuevo(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers)?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let raw = params.get("dato").ok_or_else(|| {
+        ApiError::BadRequest("missing query parameter `dato` (e.g. /nuevo?dato=81.5)".into())
+    })?;
+    let value = parse_value(raw, "`dato`")?;
+    let stored = state
+        .store
+        .add_value(value, now_ms())
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    state.metrics.values_stored.inc();
+    Ok(Json(
+        json!({ "stored": true, "value": stored.value, "ts": stored.ts }),
+    ))
+}
+
+/// `POST /api/v1/rounds`: idempotent by round number.
+async fn post_round(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.authorize(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(MAX_BODY)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let round: Round = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid round: {e}")),
+        _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
+    })?;
+    round
+        .validate()
+        .map_err(|e| ApiError::Unprocessable(format!("invalid round: {e}")))?;
+    let outcome = state
+        .store
+        .put_round(&round)
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    match outcome {
+        PutOutcome::Stored => {
+            state.metrics.round_stored(round.round, round.value);
+            tracing::info!(round = round.round, value = round.value, count = round.count, leader = %round.leader, "round stored");
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({ "round": round.round, "stored": true, "duplicate": false })),
+            ))
+        }
+        PutOutcome::Duplicate => {
+            state.metrics.round_duplicates.inc();
+            tracing::debug!(round = round.round, "duplicate round ignored");
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "round": round.round, "stored": false, "duplicate": true })),
+            ))
+        }
+        PutOutcome::Conflict(existing) => {
+            state.metrics.round_conflicts.inc();
+            tracing::warn!(
+                round = round.round,
+                "conflicting write of a stored round refused"
+            );
+            Err(ApiError::Conflict(existing))
+        }
+    }
+}
+
+/// `GET /api/v1/rounds?limit=N`: newest first.
+async fn list_rounds(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Vec<Round>>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got {raw:?}"
+                )));
+            }
+        },
+    };
+    let rounds = state
+        .store
+        .rounds(limit)
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    Ok(Json(rounds))
+}
+
+/// `GET /api/v1/rounds/{n}`.
+async fn get_round(
+    State(state): State<Arc<AppState>>,
+    Path(n): Path<String>,
+) -> Result<Json<Round>, ApiError> {
+    let n: u64 = n.parse().map_err(|_| {
+        ApiError::BadRequest(format!("round must be a non-negative integer, got {n:?}"))
+    })?;
+    match state
+        .store
+        .round(n)
+        .await
+        .map_err(|e| state.storage_failed(e))?
+    {
+        Some(round) => Ok(Json(round)),
+        None => Err(ApiError::NotFound(format!("round {n} is not stored"))),
+    }
+}
+
+/// `GET /`: the HTML page.
+async fn index(State(state): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
+    let rounds = state
+        .store
+        .rounds(PAGE_ROUNDS)
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    let values = state
+        .store
+        .values(20)
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    Ok(Html(page::render(&state.hostname, &rounds, &values)))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+/// 200 while Redis answers, 503 otherwise.
+async fn healthz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "redis": "ok" })),
+        ),
+        Err(err) => {
+            state.metrics.redis_errors.inc();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "redis": err.to_string() })),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn values_must_be_finite_numbers() {
+        assert_eq!(parse_value(" 81.5", "x").unwrap(), 81.5);
+        for bad in ["abc", "NaN", "inf", "-infinity", ""] {
+            assert!(
+                matches!(parse_value(bad, "x"), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+    }
+}

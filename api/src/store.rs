@@ -1,0 +1,191 @@
+//! Rounds and legacy values in Redis.
+//!
+//! Keys, under a prefix (default `fleetmeter`):
+//! - `{p}:round:{n}` — the round's JSON;
+//! - `{p}:rounds` — sorted set of stored round numbers (score = round);
+//! - `{p}:values` — sorted set of `/nuevo` values (member = JSON with the server time);
+//! - `{p}:values:seq` — counter whose value is each `/nuevo` member's score: unique and
+//!   increasing, so values stored within the same millisecond keep their order.
+//!
+//! Storing a round is one Lua script, so it is atomic: of any number of concurrent writers of
+//! the same round, exactly one stores it and the others see what was stored.
+
+use std::time::Duration;
+
+use redis::{AsyncCommands, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+
+use crate::round::{LegacyValue, Round};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("Redis is unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored data under {key} is not valid: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// What happened to a round that was offered for storage.
+#[derive(Debug, PartialEq)]
+pub enum PutOutcome {
+    /// It is new and now stored.
+    Stored,
+    /// The same round, with the same content, was already stored: nothing changed.
+    Duplicate,
+    /// A different result is stored under this round number: nothing changed.
+    Conflict(Box<Round>),
+}
+
+/// Cheap to clone: the connection manager multiplexes one connection and reconnects by
+/// itself when Redis comes back.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    prefix: String,
+    put_round: Script,
+    list_rounds: Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+const PUT_ROUND: &str = r"
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return existing
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+return false
+";
+
+const LIST_ROUNDS: &str = r"
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then
+  return {}
+end
+local keys = {}
+for i, id in ipairs(ids) do
+  keys[i] = ARGV[2] .. id
+end
+return redis.call('MGET', unpack(keys))
+";
+
+impl Store {
+    /// Does not connect: the first request does, so the API starts (and answers 503) while
+    /// Redis is down.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_lazy(config)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            put_round: Script::new(PUT_ROUND),
+            list_rounds: Script::new(LIST_ROUNDS),
+        })
+    }
+
+    fn round_key(&self, n: u64) -> String {
+        format!("{}:round:{n}", self.prefix)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Stores `round` unless that round number is already stored.
+    pub async fn put_round(&self, round: &Round) -> Result<PutOutcome, StoreError> {
+        let key = self.round_key(round.round);
+        let json = serde_json::to_string(round).expect("a Round always serializes");
+        let mut conn = self.conn.clone();
+        let existing: Option<String> = self
+            .put_round
+            .key(&key)
+            .key(format!("{}:rounds", self.prefix))
+            .arg(&json)
+            .arg(round.round)
+            .invoke_async(&mut conn)
+            .await?;
+        let Some(existing) = existing else {
+            return Ok(PutOutcome::Stored);
+        };
+        let existing = parse_round(&key, &existing)?;
+        Ok(if existing == *round {
+            PutOutcome::Duplicate
+        } else {
+            PutOutcome::Conflict(Box::new(existing))
+        })
+    }
+
+    pub async fn round(&self, n: u64) -> Result<Option<Round>, StoreError> {
+        let key = self.round_key(n);
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(&key).await?;
+        json.map(|j| parse_round(&key, &j)).transpose()
+    }
+
+    /// The `limit` highest-numbered rounds, newest first.
+    pub async fn rounds(&self, limit: usize) -> Result<Vec<Round>, StoreError> {
+        let mut conn = self.conn.clone();
+        let jsons: Vec<Option<String>> = self
+            .list_rounds
+            .key(format!("{}:rounds", self.prefix))
+            .arg(limit)
+            .arg(format!("{}:round:", self.prefix))
+            .invoke_async(&mut conn)
+            .await?;
+        jsons
+            .into_iter()
+            .flatten()
+            .map(|j| parse_round("a listed round", &j))
+            .collect()
+    }
+
+    /// Stores a `/nuevo` value with the server's time.
+    pub async fn add_value(&self, value: f64, ts: u64) -> Result<LegacyValue, StoreError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = conn.incr(format!("{}:values:seq", self.prefix), 1).await?;
+        let stored = LegacyValue { value, ts, seq };
+        let json = serde_json::to_string(&stored).expect("a LegacyValue always serializes");
+        let _: () = conn
+            .zadd(format!("{}:values", self.prefix), json, seq)
+            .await?;
+        Ok(stored)
+    }
+
+    /// The `limit` latest `/nuevo` values, newest first.
+    pub async fn values(&self, limit: usize) -> Result<Vec<LegacyValue>, StoreError> {
+        let mut conn = self.conn.clone();
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let jsons: Vec<String> = conn
+            .zrevrange(format!("{}:values", self.prefix), 0, stop)
+            .await?;
+        jsons
+            .iter()
+            .map(|j| {
+                serde_json::from_str(j).map_err(|e| StoreError::Corrupt {
+                    key: format!("{}:values", self.prefix),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn parse_round(key: &str, json: &str) -> Result<Round, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,95 @@
+//! The HTML page in a real browser (Debian's headless Chromium): it loads without console
+//! messages and its chart has one point per stored round.
+
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use reqwest::Client;
+use support::{RedisServer, TestApi, round_json};
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "{} not found: scripts/test installs Debian's chromium (or set CHROMIUM)",
+        path.display()
+    );
+    path
+}
+
+/// The DOM after load, and Chromium's log (console messages appear as `:CONSOLE` lines).
+fn load_in_chromium(url: &str) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(output.status.success(), "chromium failed: {output:?}");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_page_renders_one_chart_point_per_round_without_console_errors() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(&redis, None).await;
+    let client = Client::new();
+    let rounds = 7;
+    for n in 1..=rounds {
+        let status = client
+            .post(api.url("/api/v1/rounds"))
+            .json(&round_json(n, 78.0 + (n % 4) as f64))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::CREATED);
+    }
+    let url = api.url("/");
+    let (dom, log) = tokio::task::spawn_blocking(move || load_in_chromium(&url))
+        .await
+        .unwrap();
+
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert_eq!(
+        dom.matches("<circle class=\"point\"").count(),
+        rounds as usize,
+        "one chart point per stored round:\n{dom}"
+    );
+    for n in 1..=rounds {
+        assert!(
+            dom.contains(&format!("data-round=\"{n}\"")),
+            "point for round {n}"
+        );
+    }
+    assert!(dom.contains(&format!(
+        "<span id=\"hostname\">{}</span>",
+        api.state.hostname
+    )));
+    assert!(dom.contains("http-equiv=\"refresh\""), "auto-refresh");
+    assert_eq!(
+        dom.matches("<tr><td>").count(),
+        rounds as usize,
+        "one table row per round"
+    );
+}
