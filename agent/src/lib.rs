@@ -6,4 +6,5 @@
 //! - [`cli`]: the `fleetmeter` command line; `main.rs` only parses and calls it.
 
 pub mod cli;
+pub mod coord;
 pub mod plugin;

@@ -2,7 +2,9 @@
 //! share one compile cache so each test binary compiles each plugin once.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod zk;
+
+use std::{future::Future, net::TcpListener, path::PathBuf, time::Duration};
 
 use fleetmeter::plugin::{EngineOptions, PluginEngine, PluginSettings};
 
@@ -70,5 +72,32 @@ pub fn settings(config: &[(&str, &str)]) -> PluginSettings {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..PluginSettings::default()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it holds or `deadline` passes (then panics naming `what`). Tests wait
+/// on conditions, never for a fixed time.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

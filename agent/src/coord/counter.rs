@@ -1,0 +1,102 @@
+//! The global counter at `{root}/counter`, in kazoo's `Counter` encoding (the ASCII decimal
+//! integer), so a kazoo `Counter(client, path).value` reads it.
+//!
+//! The leader adds each round's readings in its commit multi ([`add_increment`]) instead of
+//! every device incrementing it: one conditional write per round, no compare-and-set storm.
+
+use zookeeper_client::{Client, Error, MultiWriter, Stat};
+
+use super::{CoordError, paths::COUNTER, persistent};
+
+/// The counter's value and the node version it was read at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterValue {
+    pub value: i64,
+    pub version: i32,
+}
+
+pub fn encode(value: i64) -> Vec<u8> {
+    value.to_string().into_bytes()
+}
+
+/// kazoo writes `repr(int)`; an empty node (created by hand) counts as 0.
+pub fn decode(bytes: &[u8]) -> Result<i64, CoordError> {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse().map_err(|_| CoordError::BadData {
+        path: COUNTER.into(),
+        found: text.into(),
+        expected: "a decimal integer (kazoo Counter encoding)",
+    })
+}
+
+/// Reads the counter, creating it at 0 if absent.
+pub async fn read(client: &Client) -> Result<CounterValue, CoordError> {
+    loop {
+        match client.get_data(COUNTER).await {
+            Ok((data, stat)) => return from_node(&data, &stat),
+            Err(Error::NoNode) => match client.create(COUNTER, &encode(0), &persistent()).await {
+                Ok(_) | Err(Error::NodeExists) => continue,
+                Err(e) => return Err(CoordError::zk("create", COUNTER, e)),
+            },
+            Err(e) => return Err(CoordError::zk("read", COUNTER, e)),
+        }
+    }
+}
+
+fn from_node(data: &[u8], stat: &Stat) -> Result<CounterValue, CoordError> {
+    Ok(CounterValue {
+        value: decode(data)?,
+        version: stat.version,
+    })
+}
+
+/// Adds `delta` to the counter inside a multi: the write only applies if nobody changed the
+/// counter since `current` was read (the multi fails with BadVersion otherwise).
+pub fn add_increment(
+    writer: &mut MultiWriter<'_>,
+    current: CounterValue,
+    delta: i64,
+) -> Result<(), CoordError> {
+    writer
+        .add_set_data(
+            COUNTER,
+            &encode(current.value + delta),
+            Some(current.version),
+        )
+        .map_err(|e| CoordError::zk("set (in multi)", COUNTER, e))
+}
+
+/// Adds `delta` on its own (compare-and-set, retried on a concurrent change); returns the
+/// new value.
+pub async fn increment(client: &Client, delta: i64) -> Result<i64, CoordError> {
+    loop {
+        let current = read(client).await?;
+        let next = current.value + delta;
+        match client
+            .set_data(COUNTER, &encode(next), Some(current.version))
+            .await
+        {
+            Ok(_) => return Ok(next),
+            Err(Error::BadVersion) => continue,
+            Err(e) => return Err(CoordError::zk("set", COUNTER, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kazoo_encoding() {
+        assert_eq!(encode(25), b"25");
+        assert_eq!(decode(b"25").unwrap(), 25);
+        assert_eq!(decode(b"-3").unwrap(), -3);
+        assert_eq!(decode(b"").unwrap(), 0);
+        assert!(decode(b"2.5").is_err());
+    }
+}

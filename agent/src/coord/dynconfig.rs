@@ -1,0 +1,308 @@
+//! Watched configuration nodes under `{root}/config`: the sampling period (every device),
+//! the API URL (the leader) and the aggregator (the leader).
+//!
+//! Each key is validated; a bad value (non-numeric, non-positive or absurd period,
+//! malformed URL, unknown aggregator) is rejected with a warning and counted, and the last
+//! good value stays. Keys absent from ZooKeeper are seeded from the local configuration.
+//! Values are re-read after every reconnect and every session rebuild, and a watch always
+//! re-reads the node, so of several quick changes the last one wins.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+use zookeeper_client::Error;
+
+use super::{CoordError, Session, paths::CONFIG, persistent};
+
+/// Shortest and longest sampling period accepted.
+pub const MIN_PERIOD: Duration = Duration::from_millis(100);
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// The dynamic keys: node name under `{root}/config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Key {
+    SamplingPeriod,
+    ApiUrl,
+    Aggregator,
+}
+
+impl Key {
+    pub const ALL: [Key; 3] = [Key::SamplingPeriod, Key::ApiUrl, Key::Aggregator];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::SamplingPeriod => "sampling_period",
+            Key::ApiUrl => "api_url",
+            Key::Aggregator => "aggregator",
+        }
+    }
+
+    pub fn path(self) -> String {
+        format!("{CONFIG}/{}", self.name())
+    }
+
+    pub fn parse(name: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A sampling period in seconds (`5`, `2.5`).
+pub fn parse_period(raw: &str) -> Result<Duration, String> {
+    let secs: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("sampling_period must be a number of seconds, got {raw:?}"))?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("sampling_period must be positive, got {raw:?}"));
+    }
+    let period = Duration::from_secs_f64(secs);
+    if period < MIN_PERIOD || period > MAX_PERIOD {
+        return Err(format!(
+            "sampling_period must be between {} and {} seconds, got {raw:?}",
+            MIN_PERIOD.as_secs_f64(),
+            MAX_PERIOD.as_secs()
+        ));
+    }
+    Ok(period)
+}
+
+/// An `http(s)://host[:port]/path` URL for the measurements API.
+pub fn parse_api_url(raw: &str) -> Result<url::Url, String> {
+    let url =
+        url::Url::parse(raw.trim()).map_err(|e| format!("api_url {raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "api_url must be an http:// or https:// URL with a host, got {raw:?}"
+        ));
+    }
+    Ok(url)
+}
+
+/// An aggregator name: a plugin name (`[a-z0-9_-]`, 1–64 characters) that `known` accepts.
+pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<String, String> {
+    let name = raw.trim();
+    let well_formed = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !well_formed {
+        return Err(format!(
+            "aggregator must be a plugin name like `median`, got {raw:?}"
+        ));
+    }
+    if !known(name) {
+        return Err(format!(
+            "aggregator {name:?} is not an installed aggregator plugin"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The local values, used to seed absent nodes and as the first good values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Local {
+    pub sampling_period: Duration,
+    pub api_url: String,
+    pub aggregator: String,
+}
+
+/// Which aggregator names exist (e.g. a file in the plugin directory).
+pub type KnownAggregators = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The current good values, each a `watch` channel.
+#[derive(Clone, Debug)]
+pub struct DynConfig {
+    pub sampling_period: watch::Receiver<Duration>,
+    pub api_url: watch::Receiver<String>,
+    pub aggregator: watch::Receiver<String>,
+    rejected: Arc<AtomicU64>,
+}
+
+impl DynConfig {
+    /// Values rejected so far (for metrics).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+/// Seeds absent keys, reads the current values and follows them. The tasks stop when the
+/// session closes.
+pub async fn start(
+    session: &Session,
+    local: Local,
+    known: KnownAggregators,
+) -> Result<(DynConfig, Vec<JoinHandle<()>>), CoordError> {
+    let client = session.client()?;
+    client
+        .mkdir(CONFIG, &persistent())
+        .await
+        .map_err(|e| CoordError::zk("create", CONFIG, e))?;
+    for (key, seed) in [
+        (Key::SamplingPeriod, format_period(local.sampling_period)),
+        (Key::ApiUrl, local.api_url.clone()),
+        (Key::Aggregator, local.aggregator.clone()),
+    ] {
+        match client
+            .create(&key.path(), seed.as_bytes(), &persistent())
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(key = key.name(), value = %seed, "seeded dynamic configuration")
+            }
+            Err(Error::NodeExists) => {}
+            Err(e) => return Err(CoordError::zk("create", &key.path(), e)),
+        }
+    }
+    drop(client);
+    let rejected = Arc::new(AtomicU64::new(0));
+    let (period_tx, period_rx) = watch::channel(local.sampling_period);
+    let (url_tx, url_rx) = watch::channel(local.api_url);
+    let (agg_tx, agg_rx) = watch::channel(local.aggregator);
+    let tasks = vec![
+        tokio::spawn(follow(
+            session.clone(),
+            Key::SamplingPeriod,
+            rejected.clone(),
+            move |raw| parse_period(raw).map(|p| period_tx.send_replace(p) != p),
+        )),
+        tokio::spawn(follow(
+            session.clone(),
+            Key::ApiUrl,
+            rejected.clone(),
+            move |raw| {
+                parse_api_url(raw).map(|u| {
+                    let value = u.to_string();
+                    url_tx.send_replace(value.clone()) != value
+                })
+            },
+        )),
+        tokio::spawn(follow(
+            session.clone(),
+            Key::Aggregator,
+            rejected.clone(),
+            move |raw| {
+                parse_aggregator(raw, &*known).map(|name| agg_tx.send_replace(name.clone()) != name)
+            },
+        )),
+    ];
+    Ok((
+        DynConfig {
+            sampling_period: period_rx,
+            api_url: url_rx,
+            aggregator: agg_rx,
+            rejected,
+        },
+        tasks,
+    ))
+}
+
+pub fn format_period(period: Duration) -> String {
+    let secs = period.as_secs_f64();
+    if secs.fract() == 0.0 {
+        format!("{secs:.0}")
+    } else {
+        secs.to_string()
+    }
+}
+
+/// Follows one key. `apply` validates and publishes a value, returning whether it changed.
+async fn follow(
+    session: Session,
+    key: Key,
+    rejected: Arc<AtomicU64>,
+    apply: impl Fn(&str) -> Result<bool, String> + Send + 'static,
+) {
+    let path = key.path();
+    let mut status = session.status();
+    let closing = session.closing();
+    let mut last_rejected: Option<String> = None;
+    loop {
+        if session.connected().await.is_err() {
+            return;
+        }
+        let Ok(client) = session.client() else { return };
+        let watcher = match client.get_and_watch_data(&path).await {
+            Ok((data, _, watcher)) => {
+                let raw = String::from_utf8_lossy(&data).trim().to_owned();
+                match apply(&raw) {
+                    Ok(true) => {
+                        tracing::info!(key = key.name(), value = %raw, "configuration changed");
+                        last_rejected = None;
+                    }
+                    Ok(false) => last_rejected = None,
+                    Err(reason) => {
+                        // Count and warn once per bad value, not at every reconnect.
+                        if last_rejected.as_deref() != Some(raw.as_str()) {
+                            rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(key = key.name(), value = %raw, %reason, "rejected configuration value; keeping the last good one");
+                            last_rejected = Some(raw);
+                        }
+                    }
+                }
+                Some(watcher)
+            }
+            Err(Error::NoNode) => match client.check_and_watch_stat(&path).await {
+                Ok((None, watcher)) => {
+                    tracing::warn!(
+                        key = key.name(),
+                        "configuration node deleted; keeping the last good value"
+                    );
+                    Some(watcher)
+                }
+                _ => continue,
+            },
+            Err(_) => None,
+        };
+        drop(client);
+        tokio::select! {
+            () = closing.cancelled() => return,
+            _ = async { match watcher { Some(w) => { w.changed().await; } None => std::future::pending::<()>().await } } => {}
+            _ = status.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        assert_eq!(parse_period("8").unwrap(), Duration::from_secs(8));
+        assert_eq!(parse_period(" 2.5 ").unwrap(), Duration::from_millis(2500));
+        for bad in ["abc", "0", "-5", "NaN", "inf", "0.01", "1e9", ""] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_period(Duration::from_secs(5)), "5");
+        assert_eq!(format_period(Duration::from_millis(2500)), "2.5");
+    }
+
+    #[test]
+    fn urls() {
+        assert!(parse_api_url("http://127.0.0.1:4001/").is_ok());
+        assert!(parse_api_url("https://api.example/base/").is_ok());
+        for bad in ["localhost:4000", "ftp://x/", "http://", "not a url", ""] {
+            assert!(parse_api_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn aggregators() {
+        let known = |n: &str| n == "median" || n == "mean";
+        assert_eq!(parse_aggregator("median", &known).unwrap(), "median");
+        assert!(parse_aggregator("Median", &known).is_err());
+        assert!(parse_aggregator("../etc", &known).is_err());
+        assert!(
+            parse_aggregator("max", &known)
+                .unwrap_err()
+                .contains("not an installed")
+        );
+    }
+}

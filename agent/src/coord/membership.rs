@@ -1,0 +1,233 @@
+//! The device's ephemeral node `{root}/devices/{id}`, holding its latest reading, and the
+//! fleet's member list.
+//!
+//! - A device started with the id of a live device waits, logging why, until that node is
+//!   gone (the original crashed or silently shared the node).
+//! - A write that finds the node gone re-creates it (the original's NoNodeError handling),
+//!   and after a session is rebuilt the node is re-created with the latest data.
+//! - [`watch_members`] follows the children of `{root}/devices`, logging joins and leaves.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+use zookeeper_client::Error;
+
+use super::{
+    CoordError, Session, SessionStatus, ephemeral,
+    paths::{self, DEVICES},
+    persistent,
+};
+
+/// Checks a device id can name a node: 1–128 characters, no `/`, not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<(), CoordError> {
+    if id.is_empty()
+        || id.len() > 128
+        || id.contains('/')
+        || id == "."
+        || id == ".."
+        || id.chars().any(char::is_control)
+    {
+        return Err(CoordError::Settings(format!(
+            "device id {id:?} must be 1 to 128 printable characters without `/`"
+        )));
+    }
+    Ok(())
+}
+
+/// This device's membership. Dropping it stops re-creating the node after expiry; the node
+/// itself goes with the session.
+#[derive(Debug)]
+pub struct Membership {
+    session: Session,
+    path: String,
+    latest: Arc<Mutex<Vec<u8>>>,
+    keeper: JoinHandle<()>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+impl Membership {
+    /// Claims `{root}/devices/{id}` with `data`, waiting while a live device holds it.
+    pub async fn join(session: &Session, id: &str, data: Vec<u8>) -> Result<Self, CoordError> {
+        validate_id(id)?;
+        let path = paths::device(id);
+        let generation = claim(session, &path, &data).await?;
+        let latest = Arc::new(Mutex::new(data));
+        let keeper = tokio::spawn(keep(
+            session.clone(),
+            path.clone(),
+            latest.clone(),
+            generation,
+        ));
+        tracing::info!(device = id, "joined the fleet");
+        Ok(Self {
+            session: session.clone(),
+            path,
+            latest,
+            keeper,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Writes the device's latest reading to its node, re-creating the node if it is gone.
+    pub async fn publish(&self, data: Vec<u8>) -> Result<(), CoordError> {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = data.clone();
+        let client = self.session.client()?;
+        match client.set_data(&self.path, &data, None).await {
+            Ok(_) => Ok(()),
+            Err(Error::NoNode) => {
+                tracing::warn!(node = %self.path, "device node was removed (connection problem); re-creating it");
+                drop(client);
+                claim(&self.session, &self.path, &data).await.map(|_| ())
+            }
+            Err(e) => Err(CoordError::zk("set", &self.path, e)),
+        }
+    }
+}
+
+/// Creates the ephemeral node, or waits while another session's node holds the id.
+/// Returns the session generation the node belongs to.
+async fn claim(session: &Session, path: &str, data: &[u8]) -> Result<u64, CoordError> {
+    let mut status = session.status();
+    let closing = session.closing();
+    let mut warned = false;
+    loop {
+        let generation = session.connected().await?;
+        let client = session.client()?;
+        match client.create(path, data, &ephemeral()).await {
+            Ok(_) => return Ok(generation),
+            Err(Error::NoNode) => {
+                client
+                    .mkdir(DEVICES, &persistent())
+                    .await
+                    .map_err(|e| CoordError::zk("create", DEVICES, e))?;
+            }
+            Err(Error::NodeExists) => match client.check_and_watch_stat(path).await {
+                Ok((Some(stat), watcher)) => {
+                    if stat.ephemeral_owner == client.session_id().0 {
+                        // Ours: a create that was retried after a lost reply.
+                        client
+                            .set_data(path, data, None)
+                            .await
+                            .map_err(|e| CoordError::zk("set", path, e))?;
+                        return Ok(generation);
+                    }
+                    if !warned {
+                        tracing::warn!(
+                            node = path,
+                            owner = %format!("{:#x}", stat.ephemeral_owner),
+                            "this device id is in use by another live device; waiting until its node is gone"
+                        );
+                        warned = true;
+                    }
+                    drop(client);
+                    tokio::select! {
+                        () = closing.cancelled() => return Err(CoordError::Closed),
+                        _ = watcher.changed() => {}
+                        _ = status.changed() => {}
+                    }
+                }
+                Ok((None, _)) => {}
+                Err(_) => wait_a_moment(&mut status).await,
+            },
+            Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => {
+                wait_a_moment(&mut status).await;
+            }
+            Err(e) => return Err(CoordError::zk("create", path, e)),
+        }
+    }
+}
+
+async fn wait_a_moment(status: &mut watch::Receiver<SessionStatus>) {
+    let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+}
+
+/// Re-creates the node after each session rebuild.
+async fn keep(session: Session, path: String, latest: Arc<Mutex<Vec<u8>>>, mut generation: u64) {
+    let mut status = session.status();
+    loop {
+        if status.changed().await.is_err() {
+            return;
+        }
+        let now = *status.borrow_and_update();
+        match now {
+            SessionStatus::Closed => return,
+            SessionStatus::Connected { generation: g } if g != generation => {
+                let data = latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match claim(&session, &path, &data).await {
+                    Ok(g) => {
+                        generation = g;
+                        tracing::info!(node = %path, generation, "device node re-created in the new session");
+                    }
+                    Err(CoordError::Closed) => return,
+                    Err(err) => {
+                        tracing::error!(node = %path, error = %err, "cannot re-create the device node")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Follows `{root}/devices`: the sorted member ids, updated on every join and leave (logged,
+/// like the original's "Dispositivos conectados").
+pub fn watch_members(session: &Session) -> (watch::Receiver<Vec<String>>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Vec::new());
+    let task = tokio::spawn(follow_members(session.clone(), tx));
+    (rx, task)
+}
+
+async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
+    let mut status = session.status();
+    let closing = session.closing();
+    let mut known: Option<BTreeSet<String>> = None;
+    loop {
+        if session.connected().await.is_err() {
+            return;
+        }
+        let Ok(client) = session.client() else { return };
+        let watcher = match client.list_and_watch_children(DEVICES).await {
+            Ok((children, watcher)) => {
+                let now: BTreeSet<String> = children.into_iter().collect();
+                if let Some(before) = &known {
+                    for joined in now.difference(before) {
+                        tracing::info!(device = %joined, "device joined");
+                    }
+                    for left in before.difference(&now) {
+                        tracing::info!(device = %left, "device left");
+                    }
+                }
+                if known.as_ref() != Some(&now) {
+                    let members: Vec<String> = now.iter().cloned().collect();
+                    tracing::info!(?members, count = members.len(), "devices connected");
+                    tx.send_replace(members);
+                    known = Some(now);
+                }
+                Some(watcher)
+            }
+            Err(Error::NoNode) => {
+                let _ = client.mkdir(DEVICES, &persistent()).await;
+                continue;
+            }
+            Err(_) => None,
+        };
+        drop(client);
+        tokio::select! {
+            () = closing.cancelled() => return,
+            _ = async { match watcher { Some(w) => { w.changed().await; } None => std::future::pending::<()>().await } } => {}
+            _ = status.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Coordination through ZooKeeper: what makes a set of devices a fleet.
+//!
+//! # Layout
+//! - [`session`]: the connection, its state as the rest of the agent sees it
+//!   (connected / suspended / lost), rebuilt by itself after expiry.
+//! - [`election`]: kazoo-compatible leader election with fencing.
+//! - [`membership`]: the device's ephemeral node and the fleet's member list.
+//! - [`barrier`]: the round number and the kazoo-compatible barrier node.
+//! - [`counter`]: the kazoo-compatible global counter.
+//! - [`dynconfig`]: watched, validated configuration nodes.
+//!
+//! Every recipe works on a client chrooted at the fleet's root (default `/fleetmeter`), so
+//! paths here are relative to it; see [`paths`].
+
+pub mod barrier;
+pub mod counter;
+pub mod dynconfig;
+pub mod election;
+pub mod membership;
+pub mod session;
+
+pub use session::{Session, SessionStatus, ZkSettings};
+pub use zookeeper_client as zk;
+
+/// The ZooKeeper layout under the fleet's root (DESIGN.md, "ZooKeeper layout").
+pub mod paths {
+    pub const DEVICES: &str = "/devices";
+    pub const ELECTION: &str = "/election";
+    pub const ROUND: &str = "/round";
+    pub const BARRIER: &str = "/barrier";
+    pub const COUNTER: &str = "/counter";
+    pub const RESULTS: &str = "/results";
+    pub const CONFIG: &str = "/config";
+
+    pub fn device(id: &str) -> String {
+        format!("{DEVICES}/{id}")
+    }
+}
+
+/// A coordination failure, naming the operation and the node.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("ZooKeeper {op} on {path} failed: {source}")]
+    Zk {
+        op: &'static str,
+        path: String,
+        source: zk::Error,
+    },
+    #[error("cannot reach ZooKeeper at {hosts} within {waited:?}: {reason}")]
+    Unreachable {
+        hosts: String,
+        waited: std::time::Duration,
+        reason: String,
+    },
+    #[error("{path} holds {found:?}, which is not {expected}")]
+    BadData {
+        path: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("invalid ZooKeeper settings: {0}")]
+    Settings(String),
+    #[error("the coordination session was closed")]
+    Closed,
+}
+
+impl CoordError {
+    pub(crate) fn zk(op: &'static str, path: &str, source: zk::Error) -> Self {
+        CoordError::Zk {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Options for persistent nodes, world-readable and writable (the fleet's trust boundary is
+/// the ensemble; ACLs are a deployment concern).
+pub(crate) fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+pub(crate) fn ephemeral() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
+}
+
+pub(crate) fn ephemeral_sequential() -> zk::CreateOptions<'static> {
+    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
+}

@@ -1,0 +1,338 @@
+//! The ZooKeeper session, as the rest of the agent sees it.
+//!
+//! [`SessionStatus`] is a `watch` channel: `Connected` (with a generation that increases each
+//! time the session is rebuilt), `Suspended` (disconnected: the session may still be alive
+//! and nodes kept, but a leader must stop leading until it has checked), `Lost` (expired:
+//! ephemeral nodes and watches are gone; a new session is being built), `Closed`.
+//!
+//! The client crate's `Client` is dead after expiry, so a supervisor task builds a new one,
+//! with back-off, and publishes `Connected` with the next generation: recipes then re-create
+//! their ephemeral nodes and watches. [`Session::close`] ends the session at once, so that
+//! a leader's successor takes over without waiting for a session timeout.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::{Client, SessionState};
+
+use super::{CoordError, persistent};
+
+/// Where and how to connect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZkSettings {
+    /// `host:port[,host:port...]`.
+    pub hosts: String,
+    /// The fleet's root node; created if absent.
+    pub root: String,
+    pub session_timeout: Duration,
+    /// How long the first connection may take before `connect` gives up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ZkSettings {
+    fn default() -> Self {
+        Self {
+            hosts: "127.0.0.1:2181".into(),
+            root: "/fleetmeter".into(),
+            session_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ZkSettings {
+    pub fn validate(&self) -> Result<(), CoordError> {
+        if self.hosts.trim().is_empty() || self.hosts.contains('/') {
+            return Err(CoordError::Settings(format!(
+                "hosts must be host:port[,host:port...] without a path, got {:?} (set the root separately)",
+                self.hosts
+            )));
+        }
+        if !self.root.starts_with('/') || (self.root.len() > 1 && self.root.ends_with('/')) {
+            return Err(CoordError::Settings(format!(
+                "root must be an absolute ZooKeeper path like /fleetmeter, got {:?}",
+                self.root
+            )));
+        }
+        if self.session_timeout < Duration::from_millis(500) {
+            return Err(CoordError::Settings(format!(
+                "session timeout must be at least 500 ms, got {:?}",
+                self.session_timeout
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStatus {
+    Connected { generation: u64 },
+    Suspended { generation: u64 },
+    Lost { generation: u64 },
+    Closed,
+}
+
+impl SessionStatus {
+    pub fn is_connected(self) -> bool {
+        matches!(self, SessionStatus::Connected { .. })
+    }
+
+    pub fn generation(self) -> Option<u64> {
+        match self {
+            SessionStatus::Connected { generation }
+            | SessionStatus::Suspended { generation }
+            | SessionStatus::Lost { generation } => Some(generation),
+            SessionStatus::Closed => None,
+        }
+    }
+}
+
+struct Shared {
+    settings: ZkSettings,
+    /// `None` once closed: the session ends when the last clone of its client is dropped
+    /// (zookeeper-client has no explicit close).
+    client: RwLock<Option<Client>>,
+    status: watch::Sender<SessionStatus>,
+    cancel: CancellationToken,
+}
+
+/// Cheap to clone; every clone sees the same session.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    supervisor: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("hosts", &self.shared.settings.hosts)
+            .field("root", &self.shared.settings.root)
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connects (retrying until `connect_timeout`), creates the root, and starts following
+    /// the session's state.
+    pub async fn connect(settings: ZkSettings) -> Result<Self, CoordError> {
+        settings.validate()?;
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let client = loop {
+            match open(&settings).await {
+                Ok(client) => break client,
+                Err(err) if started.elapsed() + delay < settings.connect_timeout => {
+                    tracing::warn!(hosts = %settings.hosts, error = %err, "ZooKeeper not reachable yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    return Err(CoordError::Unreachable {
+                        hosts: settings.hosts.clone(),
+                        waited: started.elapsed(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        };
+        tracing::info!(
+            hosts = %settings.hosts,
+            root = %settings.root,
+            session = %format!("{:#x}", client.session_id().0),
+            "ZooKeeper session established"
+        );
+        let (status, _) = watch::channel(SessionStatus::Connected { generation: 1 });
+        let shared = Arc::new(Shared {
+            settings,
+            client: RwLock::new(Some(client)),
+            status,
+            cancel: CancellationToken::new(),
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone()));
+        Ok(Self {
+            shared,
+            supervisor: Arc::new(std::sync::Mutex::new(Some(supervisor))),
+        })
+    }
+
+    /// The current client, chrooted at the fleet's root. After an expiry this returns the
+    /// rebuilt one: take a fresh client for each operation rather than keeping one.
+    pub fn client(&self) -> Result<Client, CoordError> {
+        self.shared
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(CoordError::Closed)
+    }
+
+    pub fn status(&self) -> watch::Receiver<SessionStatus> {
+        self.shared.status.subscribe()
+    }
+
+    pub fn current_status(&self) -> SessionStatus {
+        *self.shared.status.borrow()
+    }
+
+    /// The current session's id (the `ephemeralOwner` of the nodes it creates).
+    pub fn session_id(&self) -> Option<i64> {
+        self.shared
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.session_id().0)
+    }
+
+    pub fn settings(&self) -> &ZkSettings {
+        &self.shared.settings
+    }
+
+    /// Cancelled when the session is closed: recipes stop on it.
+    pub fn closing(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+
+    /// Waits until the session is connected (any generation); `Err(Closed)` once closed.
+    pub async fn connected(&self) -> Result<u64, CoordError> {
+        let mut status = self.status();
+        loop {
+            match *status.borrow_and_update() {
+                SessionStatus::Connected { generation } => return Ok(generation),
+                SessionStatus::Closed => return Err(CoordError::Closed),
+                _ => {}
+            }
+            if status.changed().await.is_err() {
+                return Err(CoordError::Closed);
+            }
+        }
+    }
+
+    /// Ends the session now: recipes stop, and the ephemeral nodes (device, election) vanish
+    /// at once instead of a session timeout later.
+    pub async fn close(&self) {
+        self.shared.cancel.cancel();
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+        // Recipes stop on the cancelled token and drop their clones; dropping ours ends the
+        // session on the server.
+        let client = self
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(client);
+        self.shared.status.send_replace(SessionStatus::Closed);
+        tracing::info!("ZooKeeper session closed");
+    }
+}
+
+/// Connects to the hosts, creates the root and returns a client chrooted at it.
+async fn open(settings: &ZkSettings) -> Result<Client, zookeeper_client::Error> {
+    let base = Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .with_connection_timeout(settings.session_timeout.min(Duration::from_secs(5)))
+        .with_fail_eagerly()
+        .connect(&settings.hosts)
+        .await?;
+    if settings.root != "/" {
+        base.mkdir(&settings.root, &persistent()).await?;
+    }
+    base.chroot(settings.root.clone())
+        .map_err(|_| zookeeper_client::Error::BadArguments(&"invalid root path"))
+}
+
+/// Follows the client's state; rebuilds the session after expiry.
+async fn supervise(shared: Arc<Shared>) {
+    let mut generation = 1;
+    loop {
+        let Some(mut states) = shared
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Client::state_watcher)
+        else {
+            return;
+        };
+        let state = tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            state = states.changed() => state,
+        };
+        match state {
+            SessionState::Disconnected => {
+                tracing::warn!(
+                    generation,
+                    "ZooKeeper connection lost; session suspended until it reconnects"
+                );
+                shared
+                    .status
+                    .send_replace(SessionStatus::Suspended { generation });
+            }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                tracing::info!(generation, "ZooKeeper reconnected; session kept");
+                shared
+                    .status
+                    .send_replace(SessionStatus::Connected { generation });
+            }
+            SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                if shared.cancel.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(
+                    generation,
+                    ?state,
+                    "ZooKeeper session lost; building a new session"
+                );
+                shared
+                    .status
+                    .send_replace(SessionStatus::Lost { generation });
+                let Some(client) = rebuild(&shared).await else {
+                    return;
+                };
+                generation += 1;
+                tracing::info!(
+                    generation,
+                    session = %format!("{:#x}", client.session_id().0),
+                    "new ZooKeeper session established"
+                );
+                *shared.client.write().unwrap_or_else(|e| e.into_inner()) = Some(client);
+                shared
+                    .status
+                    .send_replace(SessionStatus::Connected { generation });
+            }
+        }
+    }
+}
+
+/// A new session, retried with back-off until it works or the session is closed.
+async fn rebuild(shared: &Shared) -> Option<Client> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            () = shared.cancel.cancelled() => return None,
+            result = open(&shared.settings) => match result {
+                Ok(client) => return Some(client),
+                Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "cannot build a new ZooKeeper session yet"),
+            },
+        }
+        tokio::select! {
+            () = shared.cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,527 @@
+//! The coordination recipes against a real ZooKeeper (tests/support/zk.rs): election,
+//! membership, counter, barrier, dynamic configuration, and the faults they must survive.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use fleetmeter::coord::{
+    Session, SessionStatus, ZkSettings, barrier, counter,
+    dynconfig::{self, Key, Local},
+    election::{self, Election, Leadership},
+    membership::{Membership, watch_members},
+    paths,
+};
+use support::{wait_until, zk::ZkServer};
+use tokio::sync::watch;
+
+async fn session(zk: &ZkServer, timeout: Duration) -> Session {
+    Session::connect(ZkSettings {
+        hosts: zk.hosts(),
+        root: "/fleetmeter".into(),
+        session_timeout: timeout,
+        connect_timeout: Duration::from_secs(20),
+    })
+    .await
+    .expect("connect to the test ZooKeeper")
+}
+
+fn is_leader(rx: &watch::Receiver<Leadership>) -> bool {
+    rx.borrow().is_leader()
+}
+
+/// Waits until exactly one of `elections` leads; returns its index.
+async fn sole_leader(elections: &[watch::Receiver<Leadership>], deadline: Duration) -> usize {
+    wait_until("exactly one leader", deadline, || async {
+        elections.iter().filter(|e| is_leader(e)).count() == 1
+    })
+    .await;
+    elections.iter().position(is_leader).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_contenders_elect_exactly_one_leader() {
+    let zk = ZkServer::start();
+    let mut sessions = Vec::new();
+    let mut elections = Vec::new();
+    for id in 0..20 {
+        let s = session(&zk, Duration::from_secs(4)).await;
+        elections.push(Election::start(&s, &id.to_string()));
+        sessions.push(s);
+    }
+    let rxs: Vec<_> = elections.iter().map(Election::leadership).collect();
+    let leader = sole_leader(&rxs, Duration::from_secs(20)).await;
+    assert_eq!(leader, 0, "the first to join leads");
+    // Everyone else knows who leads.
+    wait_until(
+        "followers to know the leader",
+        Duration::from_secs(20),
+        || async {
+            rxs.iter().skip(1).all(|rx| {
+                *rx.borrow()
+                    == Leadership::Follower {
+                        leader: Some("0".into()),
+                    }
+            })
+        },
+    )
+    .await;
+    let client = sessions[0].client().unwrap();
+    let contenders = election::contenders(&client).await.unwrap();
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(contenders, expected, "contenders in election order");
+    for s in &sessions {
+        s.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_leader_is_replaced_at_once_and_a_middle_contender_can_leave() {
+    let zk = ZkServer::start();
+    // A long session timeout: if failover waited for it, the deadline below would fail.
+    let timeout = Duration::from_secs(10);
+    let a = session(&zk, timeout).await;
+    let ea = Election::start(&a, "a");
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        is_leader(&ea.leadership())
+    })
+    .await;
+    let b = session(&zk, timeout).await;
+    let eb = Election::start(&b, "b");
+    let c = session(&zk, timeout).await;
+    let ec = Election::start(&c, "c");
+    let client = a.client().unwrap();
+    wait_until("three contenders", Duration::from_secs(10), || async {
+        election::contenders(&client).await.unwrap().len() == 3
+    })
+    .await;
+
+    // The middle contender leaves: c now waits on a, a keeps leading.
+    b.close().await;
+    wait_until("b gone", Duration::from_secs(5), || async {
+        election::contenders(&client).await.unwrap() == ["a", "c"]
+    })
+    .await;
+    assert!(is_leader(&ea.leadership()));
+    assert!(!is_leader(&ec.leadership()));
+    assert_eq!(*eb.leadership().borrow(), Leadership::Stopped);
+    drop(client);
+
+    // The leader closes its session (SIGTERM path): c leads well before a session timeout.
+    let started = std::time::Instant::now();
+    a.close().await;
+    wait_until("c to take over", Duration::from_secs(5), || async {
+        is_leader(&ec.leadership())
+    })
+    .await;
+    assert!(
+        started.elapsed() < timeout / 2,
+        "failover took {:?}",
+        started.elapsed()
+    );
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_node_is_deleted_by_hand_steps_down() {
+    let zk = ZkServer::start();
+    let a = session(&zk, Duration::from_secs(4)).await;
+    let ea = Election::start(&a, "a");
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        is_leader(&ea.leadership())
+    })
+    .await;
+    let b = session(&zk, Duration::from_secs(4)).await;
+    let eb = Election::start(&b, "b");
+    let Leadership::Leader { node } = ea.leadership().borrow().clone() else {
+        unreachable!()
+    };
+
+    let admin = session(&zk, Duration::from_secs(4)).await;
+    wait_until("b queued", Duration::from_secs(10), || async {
+        election::contenders(&admin.client().unwrap())
+            .await
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    admin.client().unwrap().delete(&node, None).await.unwrap();
+    wait_until("b to lead", Duration::from_secs(10), || async {
+        is_leader(&eb.leadership())
+    })
+    .await;
+    assert!(!is_leader(&ea.leadership()), "a stepped down");
+    // a re-joined behind b.
+    wait_until("a back in the queue", Duration::from_secs(10), || async {
+        election::contenders(&admin.client().unwrap())
+            .await
+            .unwrap()
+            == ["b", "a"]
+    })
+    .await;
+    for s in [a, b, admin] {
+        s.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_commit_fails_once_the_leader_is_deposed() {
+    let zk = ZkServer::start();
+    let a = session(&zk, Duration::from_secs(4)).await;
+    let ea = Election::start(&a, "a");
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        is_leader(&ea.leadership())
+    })
+    .await;
+    let Leadership::Leader { node } = ea.leadership().borrow().clone() else {
+        unreachable!()
+    };
+    let client = a.client().unwrap();
+    barrier::ensure(&client).await.unwrap();
+
+    // The leader's commit: fence + counter + round release, all or nothing.
+    let commit = |readings: i64| {
+        let client = client.clone();
+        let node = node.clone();
+        async move {
+            let round = barrier::current(&client).await.unwrap();
+            let count = counter::read(&client).await.unwrap();
+            let mut multi = client.new_multi_writer();
+            multi.add_check_version(&node, 0).unwrap();
+            counter::add_increment(&mut multi, count, readings).unwrap();
+            barrier::add_release(&mut multi, round).unwrap();
+            multi.commit().await
+        }
+    };
+    commit(3).await.expect("the leader commits");
+    commit(2).await.expect("and again");
+    assert_eq!(counter::read(&client).await.unwrap().value, 5);
+    assert_eq!(barrier::current(&client).await.unwrap().round, 3);
+
+    // Deposed (its node deleted): the same commit must change nothing.
+    client.delete(&node, None).await.unwrap();
+    assert!(
+        commit(4).await.is_err(),
+        "a deposed leader's write is fenced off"
+    );
+    assert_eq!(counter::read(&client).await.unwrap().value, 5);
+    assert_eq!(barrier::current(&client).await.unwrap().round, 3);
+    drop(client);
+    a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_wait_on_the_round_barrier() {
+    let zk = ZkServer::start();
+    let s = session(&zk, Duration::from_secs(4)).await;
+    let client = s.client().unwrap();
+    barrier::ensure(&client).await.unwrap();
+    assert_eq!(barrier::wait_for_round(&s, None).await.unwrap(), 1);
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move { barrier::wait_for_round(&s, Some(1)).await })
+    };
+    wait_until(
+        "the waiter to watch the round",
+        Duration::from_secs(10),
+        || async { zk.is_watched("/fleetmeter/round") },
+    )
+    .await;
+    assert!(!waiter.is_finished(), "round 1 is done: wait for the next");
+    let round = barrier::current(&client).await.unwrap();
+    let mut multi = client.new_multi_writer();
+    barrier::add_release(&mut multi, round).unwrap();
+    multi.commit().await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), 2);
+    // A stale release (old version) is refused: a round is never released twice.
+    let mut multi = client.new_multi_writer();
+    barrier::add_release(&mut multi, round).unwrap();
+    assert!(multi.commit().await.is_err());
+    assert_eq!(barrier::current(&client).await.unwrap().round, 2);
+    drop(client);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_device_id_waits_until_the_live_one_is_gone() {
+    let zk = ZkServer::start();
+    let first = session(&zk, Duration::from_secs(4)).await;
+    let _m1 = Membership::join(&first, "7", b"first".to_vec())
+        .await
+        .unwrap();
+    let second = session(&zk, Duration::from_secs(4)).await;
+    let joining = {
+        let second = second.clone();
+        tokio::spawn(async move { Membership::join(&second, "7", b"second".to_vec()).await })
+    };
+    // It cannot complete while the first device lives: once it watches the node, it waits.
+    wait_until(
+        "the second device to watch the taken node",
+        Duration::from_secs(10),
+        || async { zk.is_watched("/fleetmeter/devices/7") },
+    )
+    .await;
+    assert!(
+        !joining.is_finished(),
+        "a live device's id must not be taken"
+    );
+    let client = first.client().unwrap();
+    let (data, _) = client.get_data(&paths::device("7")).await.unwrap();
+    assert_eq!(data, b"first");
+    drop(client);
+
+    first.close().await;
+    let m2 = tokio::time::timeout(Duration::from_secs(10), joining)
+        .await
+        .expect("the second device joins once the first is gone")
+        .unwrap()
+        .unwrap();
+    let (data, stat) = second.client().unwrap().get_data(m2.path()).await.unwrap();
+    assert_eq!(data, b"second");
+    assert_eq!(Some(stat.ephemeral_owner), second.session_id());
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_recreates_a_deleted_node_and_reports_joins_and_leaves() {
+    let zk = ZkServer::start();
+    let watcher = session(&zk, Duration::from_secs(4)).await;
+    let (members, _task) = watch_members(&watcher);
+    let d1 = session(&zk, Duration::from_secs(4)).await;
+    let m1 = Membership::join(&d1, "1", b"{}".to_vec()).await.unwrap();
+    let d2 = session(&zk, Duration::from_secs(4)).await;
+    let _m2 = Membership::join(&d2, "2", b"{}".to_vec()).await.unwrap();
+    wait_until("members 1 and 2", Duration::from_secs(10), || async {
+        *members.borrow() == ["1", "2"]
+    })
+    .await;
+
+    // Removed behind its back (the original's NoNodeError case): the next write re-creates it.
+    watcher
+        .client()
+        .unwrap()
+        .delete(m1.path(), None)
+        .await
+        .unwrap();
+    wait_until("member 1 gone", Duration::from_secs(10), || async {
+        *members.borrow() == ["2"]
+    })
+    .await;
+    m1.publish(br#"{"round":4,"value":80.5}"#.to_vec())
+        .await
+        .unwrap();
+    let (data, stat) = watcher.client().unwrap().get_data(m1.path()).await.unwrap();
+    assert_eq!(data, br#"{"round":4,"value":80.5}"#);
+    assert_eq!(Some(stat.ephemeral_owner), d1.session_id());
+    wait_until("member 1 back", Duration::from_secs(10), || async {
+        *members.borrow() == ["1", "2"]
+    })
+    .await;
+
+    d2.close().await;
+    wait_until("member 2 left", Duration::from_secs(10), || async {
+        *members.borrow() == ["1"]
+    })
+    .await;
+    d1.close().await;
+    watcher.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contended_counter_increments_are_exact() {
+    let zk = ZkServer::start();
+    let a = session(&zk, Duration::from_secs(4)).await;
+    let b = session(&zk, Duration::from_secs(4)).await;
+    let run = |s: Session| {
+        tokio::spawn(async move {
+            let client = s.client().unwrap();
+            for _ in 0..100 {
+                counter::increment(&client, 1).await.unwrap();
+            }
+        })
+    };
+    let (ta, tb) = (run(a.clone()), run(b.clone()));
+    ta.await.unwrap();
+    tb.await.unwrap();
+    let value = counter::read(&a.client().unwrap()).await.unwrap().value;
+    assert_eq!(value, 200);
+    let (raw, _) = a.client().unwrap().get_data(paths::COUNTER).await.unwrap();
+    assert_eq!(raw, b"200", "kazoo Counter encoding");
+    a.close().await;
+    b.close().await;
+}
+
+fn local() -> Local {
+    Local {
+        sampling_period: Duration::from_secs(5),
+        api_url: "http://api:4000/".into(),
+        aggregator: "mean".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_config_is_seeded_validated_and_the_last_value_wins() {
+    let zk = ZkServer::start();
+    let s = session(&zk, Duration::from_secs(4)).await;
+    let known: dynconfig::KnownAggregators = Arc::new(|n: &str| ["mean", "median"].contains(&n));
+    let (config, _tasks) = dynconfig::start(&s, local(), known).await.unwrap();
+    let client = s.client().unwrap();
+    let (seeded, _) = client.get_data(&Key::SamplingPeriod.path()).await.unwrap();
+    assert_eq!(seeded, b"5", "absent keys are seeded from local values");
+
+    // Two quick changes: the last one wins.
+    client
+        .set_data(&Key::SamplingPeriod.path(), b"3", None)
+        .await
+        .unwrap();
+    client
+        .set_data(&Key::SamplingPeriod.path(), b"8", None)
+        .await
+        .unwrap();
+    wait_until("period 8 s", Duration::from_secs(10), || async {
+        *config.sampling_period.borrow() == Duration::from_secs(8)
+    })
+    .await;
+
+    // Bad values are rejected and counted; the last good one stays.
+    for (key, bad) in [
+        (Key::SamplingPeriod, "abc"),
+        (Key::SamplingPeriod, "-2"),
+        (Key::SamplingPeriod, "1000000"),
+        (Key::ApiUrl, "localhost:4000"),
+        (Key::Aggregator, "max"),
+    ] {
+        let before = config.rejected();
+        client
+            .set_data(&key.path(), bad.as_bytes(), None)
+            .await
+            .unwrap();
+        wait_until(
+            &format!("{bad:?} rejected"),
+            Duration::from_secs(10),
+            || async { config.rejected() == before + 1 },
+        )
+        .await;
+    }
+    assert_eq!(*config.sampling_period.borrow(), Duration::from_secs(8));
+    assert_eq!(*config.api_url.borrow(), "http://api:4000/");
+    assert_eq!(*config.aggregator.borrow(), "mean");
+
+    client
+        .set_data(&Key::ApiUrl.path(), b"http://127.0.0.1:4001/", None)
+        .await
+        .unwrap();
+    client
+        .set_data(&Key::Aggregator.path(), b"median", None)
+        .await
+        .unwrap();
+    wait_until(
+        "new url and aggregator",
+        Duration::from_secs(10),
+        || async {
+            *config.api_url.borrow() == "http://127.0.0.1:4001/"
+                && *config.aggregator.borrow() == "median"
+        },
+    )
+    .await;
+    drop(client);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_shorter_than_the_session_timeout_changes_nothing_visible() {
+    let mut zk = ZkServer::start();
+    let timeout = Duration::from_secs(10);
+    let a = session(&zk, timeout).await;
+    let ea = Election::start(&a, "a");
+    let _ma = Membership::join(&a, "a", b"x".to_vec()).await.unwrap();
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        is_leader(&ea.leadership())
+    })
+    .await;
+    let node_before = ea.leadership().borrow().clone();
+    let session_before = a.session_id();
+
+    zk.stop();
+    wait_until("suspended", Duration::from_secs(10), || async {
+        matches!(a.current_status(), SessionStatus::Suspended { .. })
+    })
+    .await;
+    wait_until("leadership uncertain", Duration::from_secs(5), || async {
+        *ea.leadership().borrow() == Leadership::Uncertain
+    })
+    .await;
+    zk.restart();
+    wait_until("reconnected", Duration::from_secs(15), || async {
+        a.current_status() == SessionStatus::Connected { generation: 1 }
+    })
+    .await;
+    wait_until(
+        "leading again, same node",
+        Duration::from_secs(10),
+        || async { *ea.leadership().borrow() == node_before },
+    )
+    .await;
+    assert_eq!(a.session_id(), session_before, "the session was kept");
+    let (data, _) = a
+        .client()
+        .unwrap()
+        .get_data(&paths::device("a"))
+        .await
+        .unwrap();
+    assert_eq!(data, b"x", "the ephemeral device node was kept");
+    a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_session_timeout_rebuilds_sessions_and_one_leader_remains() {
+    let mut zk = ZkServer::start();
+    let timeout = Duration::from_secs(2);
+    let a = session(&zk, timeout).await;
+    let b = session(&zk, timeout).await;
+    let ea = Election::start(&a, "a");
+    let eb = Election::start(&b, "b");
+    let _ma = Membership::join(&a, "a", b"a".to_vec()).await.unwrap();
+    let _mb = Membership::join(&b, "b", b"b".to_vec()).await.unwrap();
+    let rxs = [ea.leadership(), eb.leadership()];
+    sole_leader(&rxs, Duration::from_secs(10)).await;
+    let (old_a, old_b) = (a.session_id(), b.session_id());
+
+    zk.stop();
+    wait_until("a's session to expire", Duration::from_secs(30), || async {
+        matches!(a.current_status(), SessionStatus::Lost { .. })
+    })
+    .await;
+    zk.restart();
+    wait_until("both sessions rebuilt", Duration::from_secs(30), || async {
+        a.current_status() == SessionStatus::Connected { generation: 2 }
+            && b.current_status() == SessionStatus::Connected { generation: 2 }
+    })
+    .await;
+    assert_ne!(a.session_id(), old_a);
+    assert_ne!(b.session_id(), old_b);
+    sole_leader(&rxs, Duration::from_secs(30)).await;
+    // Device nodes re-created by the new sessions (after the old ones expired on the server).
+    let admin = a.client().unwrap();
+    for (id, s) in [("a", &a), ("b", &b)] {
+        let s = s.clone();
+        let admin = admin.clone();
+        wait_until(
+            &format!("device {id} re-created"),
+            Duration::from_secs(30),
+            || {
+                let admin = admin.clone();
+                let s = s.clone();
+                async move {
+                    matches!(admin.check_stat(&paths::device(id)).await,
+                    Ok(Some(stat)) if Some(stat.ephemeral_owner) == s.session_id())
+                }
+            },
+        )
+        .await;
+    }
+    drop(admin);
+    a.close().await;
+    b.close().await;
+}

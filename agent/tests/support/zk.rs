@@ -1,0 +1,123 @@
+//! A real ZooKeeper (Debian's `zookeeper` package, Java) on a free loopback port with a temp
+//! data directory. `stop` kills it as a crash would; `restart` brings it back with the same
+//! data, so sessions survive an outage shorter than their timeout.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::free_port;
+
+const JAR: &str = "/usr/share/java/zookeeper.jar";
+const CONF_DIR: &str = "/etc/zookeeper/conf";
+
+pub struct ZkServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ZkServer {
+    /// tickTime 500 ms: sessions may last 1 to 10 s.
+    pub fn start() -> Self {
+        assert!(
+            Path::new(JAR).exists(),
+            "{JAR} not found: scripts/test installs Debian's zookeeper package"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(
+            dir.path().join("zoo.cfg"),
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,wchp\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn hosts(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = Command::new("java")
+            .arg(format!("-Dzookeeper.log.dir={}", self.dir.path().display()))
+            .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("java (a JRE comes with Debian's zookeeper package)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while four_letter(self.port, "ruok").as_deref() != Some("imok") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "ZooKeeper on port {} did not start within 30 s; log: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL), as a crash or a network cut would look to clients.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Whether some client holds a watch on `path` (absolute, root included): lets a test
+    /// wait until another client is really waiting, instead of sleeping.
+    pub fn is_watched(&self, path: &str) -> bool {
+        four_letter(self.port, "wchp").is_some_and(|out| out.lines().any(|l| l.trim() == path))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a four-letter command; `None` when the server does not answer.
+pub fn four_letter(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(command.as_bytes()).ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    Some(reply)
+}
