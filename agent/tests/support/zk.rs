@@ -121,3 +121,117 @@ pub fn four_letter(port: u16, command: &str) -> Option<String> {
     stream.read_to_string(&mut reply).ok()?;
     Some(reply)
 }
+
+/// A 3-node ensemble (`QuorumPeerMain`) on loopback, for quorum tests.
+pub struct ZkEnsemble {
+    dir: tempfile::TempDir,
+    pub client_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl ZkEnsemble {
+    pub fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let servers: String = (0..size)
+            .map(|i| {
+                format!(
+                    "server.{}=127.0.0.1:{}:{}\n",
+                    i + 1,
+                    free_port(),
+                    free_port()
+                )
+            })
+            .collect();
+        for (i, port) in client_ports.iter().enumerate() {
+            let node = dir.path().join(format!("zk{}", i + 1));
+            std::fs::create_dir_all(node.join("data")).unwrap();
+            std::fs::write(node.join("data/myid"), format!("{}\n", i + 1)).unwrap();
+            std::fs::write(
+                node.join("zoo.cfg"),
+                format!(
+                    "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={port}\n\
+                     clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                     4lw.commands.whitelist=ruok,srvr,wchp\n{servers}",
+                    node.join("data").display()
+                ),
+            )
+            .unwrap();
+        }
+        let mut ensemble = Self {
+            dir,
+            client_ports,
+            children: (0..size).map(|_| None).collect(),
+        };
+        for i in 0..size {
+            ensemble.spawn(i);
+        }
+        ensemble.wait_for_quorum();
+        ensemble
+    }
+
+    pub fn hosts(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = self.dir.path().join(format!("zk{}", i + 1));
+        let log = std::fs::File::create(node.join("server.log")).unwrap();
+        let child = Command::new("java")
+            .arg(format!("-Dzookeeper.log.dir={}", node.display()))
+            .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(node.join("zoo.cfg"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("java");
+        self.children[i] = Some(child);
+    }
+
+    /// Every running member serves clients (leader or follower).
+    pub fn wait_for_quorum(&self) {
+        let started = Instant::now();
+        loop {
+            let serving = self
+                .children
+                .iter()
+                .zip(&self.client_ports)
+                .filter(|(c, _)| c.is_some())
+                .all(|(_, port)| four_letter(*port, "srvr").is_some_and(|s| s.contains("Mode: ")));
+            if serving {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the ensemble did not form a quorum within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills member `i` (0-based).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.stop(i);
+        self.spawn(i);
+    }
+}
+
+impl Drop for ZkEnsemble {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.stop(i);
+        }
+    }
+}
