@@ -7,13 +7,12 @@
 //! For kazoo users, the same multi removes and re-creates `{root}/barrier`: a kazoo
 //! `Barrier(client, path).wait()` returns at every release.
 
-use tokio::sync::watch;
 use zookeeper_client::{Client, Error, MultiWriter};
 
 use super::{
-    CoordError, Session, SessionStatus,
+    CoordError, Session,
     paths::{BARRIER, ROUND},
-    persistent,
+    persistent, wait_for_change,
 };
 
 /// The current round and the version of `{root}/round` it was read at.
@@ -82,17 +81,10 @@ pub async fn wait_for_round(session: &Session, after: Option<u64>) -> Result<u64
             Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
         };
         drop(client);
-        tokio::select! {
-            () = closing.cancelled() => return Err(CoordError::Closed),
-            _ = async { if let Some(w) = watched { w.changed().await; } else { std::future::pending::<()>().await } } => {}
-            _ = wait_status_change(&mut status) => {}
+        if !wait_for_change(watched, &mut status, &closing).await {
+            return Err(CoordError::Closed);
         }
     }
-}
-
-/// Returns when the session status changes to something worth re-reading for.
-async fn wait_status_change(status: &mut watch::Receiver<SessionStatus>) {
-    let _ = status.changed().await;
 }
 
 /// Adds the release of round `current.round + 1` to a multi: advances `{root}/round`

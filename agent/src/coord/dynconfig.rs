@@ -18,7 +18,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::Error;
 
-use super::{CoordError, Session, paths::CONFIG, persistent};
+use super::{CoordError, Session, paths::CONFIG, persistent, wait_for_change};
 
 /// Shortest and longest sampling period accepted.
 pub const MIN_PERIOD: Duration = Duration::from_millis(100);
@@ -261,10 +261,8 @@ async fn follow(
             Err(_) => None,
         };
         drop(client);
-        tokio::select! {
-            () = closing.cancelled() => return,
-            _ = async { match watcher { Some(w) => { w.changed().await; } None => std::future::pending::<()>().await } } => {}
-            _ = status.changed() => {}
+        if !wait_for_change(watcher, &mut status, &closing).await {
+            return;
         }
     }
 }

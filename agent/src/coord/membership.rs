@@ -19,7 +19,7 @@ use zookeeper_client::Error;
 use super::{
     CoordError, Session, SessionStatus, ephemeral,
     paths::{self, DEVICES},
-    persistent,
+    persistent, wait_for_change,
 };
 
 /// Checks a device id can name a node: 1–128 characters, no `/`, not `.` or `..`.
@@ -224,10 +224,8 @@ async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
             Err(_) => None,
         };
         drop(client);
-        tokio::select! {
-            () = closing.cancelled() => return,
-            _ = async { match watcher { Some(w) => { w.changed().await; } None => std::future::pending::<()>().await } } => {}
-            _ = status.changed() => {}
+        if !wait_for_change(watcher, &mut status, &closing).await {
+            return;
         }
     }
 }

@@ -80,6 +80,28 @@ pub(crate) fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
+/// Waits for the node watch to fire (when there is one) or the session status to change.
+/// Returns `false` when the session is closing: the caller stops.
+pub(crate) async fn wait_for_change(
+    watcher: Option<zk::OneshotWatcher>,
+    status: &mut tokio::sync::watch::Receiver<SessionStatus>,
+    closing: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let fired = async {
+        match watcher {
+            Some(watcher) => {
+                watcher.changed().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = closing.cancelled() => false,
+        () = fired => true,
+        _ = status.changed() => true,
+    }
+}
+
 pub(crate) fn ephemeral() -> zk::CreateOptions<'static> {
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
 }
