@@ -12,7 +12,7 @@ use fleetmeter::coord::{
     membership::{Membership, watch_members},
     paths,
 };
-use support::{wait_until, zk::ZkServer};
+use support::{proxy::FaultProxy, wait_until, zk::ZkServer};
 use tokio::sync::watch;
 
 async fn session(zk: &ZkServer, timeout: Duration) -> Session {
@@ -524,4 +524,70 @@ async fn an_outage_longer_than_the_session_timeout_rebuilds_sessions_and_one_lea
     drop(admin);
     a.close().await;
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_loss_while_creating_our_nodes_leaves_no_orphan() {
+    let zk = ZkServer::start();
+    let proxy = FaultProxy::start(zk.port).await;
+    let s = Session::connect(ZkSettings {
+        hosts: proxy.addr.to_string(),
+        root: "/fleetmeter".into(),
+        session_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(20),
+    })
+    .await
+    .unwrap();
+    let admin = session(&zk, Duration::from_secs(4)).await;
+    let admin_client = admin.client().unwrap();
+    admin_client
+        .mkdir(paths::ELECTION, &fleetmeter_persistent())
+        .await
+        .unwrap();
+    admin_client
+        .mkdir(paths::DEVICES, &fleetmeter_persistent())
+        .await
+        .unwrap();
+    let session_id = s.session_id();
+
+    // The election node's create reaches the server; its reply never reaches us.
+    proxy.cut_after_next_create();
+    let e = Election::start(&s, "a");
+    wait_until(
+        "leading despite the lost reply",
+        Duration::from_secs(20),
+        || async { e.leadership().borrow().is_leader() },
+    )
+    .await;
+    assert_eq!(proxy.cuts(), 1, "the fault was injected");
+    assert_eq!(
+        s.session_id(),
+        session_id,
+        "same session after the reconnect"
+    );
+    let nodes = election::sorted_nodes(&admin_client).await.unwrap();
+    assert_eq!(
+        nodes.len(),
+        1,
+        "our node was found, not created twice: {nodes:?}"
+    );
+    let Leadership::Leader { node } = e.leadership().borrow().clone() else {
+        unreachable!()
+    };
+    assert_eq!(node, format!("{}/{}", paths::ELECTION, nodes[0]));
+
+    // Same for the device node: the retried create finds our own node.
+    proxy.cut_after_next_create();
+    let m = Membership::join(&s, "a", b"x".to_vec()).await.unwrap();
+    assert_eq!(proxy.cuts(), 2);
+    let stat = admin_client.check_stat(m.path()).await.unwrap().unwrap();
+    assert_eq!(Some(stat.ephemeral_owner), s.session_id());
+    drop(admin_client);
+    s.close().await;
+    admin.close().await;
+}
+
+fn fleetmeter_persistent() -> fleetmeter::coord::zk::CreateOptions<'static> {
+    fleetmeter::coord::zk::CreateMode::Persistent
+        .with_acls(fleetmeter::coord::zk::Acls::anyone_all())
 }

@@ -2,6 +2,7 @@
 //! share one compile cache so each test binary compiles each plugin once.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod zk;
 
 use std::{future::Future, net::TcpListener, path::PathBuf, time::Duration};
