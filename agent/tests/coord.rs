@@ -50,26 +50,38 @@ async fn twenty_contenders_elect_exactly_one_leader() {
         sessions.push(s);
     }
     let rxs: Vec<_> = elections.iter().map(Election::leadership).collect();
+    let client = sessions[0].client().unwrap();
+    wait_until(
+        "all 20 in the election",
+        Duration::from_secs(20),
+        || async { election::contenders(&client).await.unwrap().len() == 20 },
+    )
+    .await;
     let leader = sole_leader(&rxs, Duration::from_secs(20)).await;
-    assert_eq!(leader, 0, "the first to join leads");
+    // The leader is the contender with the lowest sequence, in kazoo's order.
+    let contenders = election::contenders(&client).await.unwrap();
+    assert_eq!(contenders[0], leader.to_string());
+    let mut all = contenders.clone();
+    all.sort_by_key(|id| id.parse::<u32>().unwrap());
+    assert_eq!(all, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
     // Everyone else knows who leads.
     wait_until(
         "followers to know the leader",
         Duration::from_secs(20),
         || async {
-            rxs.iter().skip(1).all(|rx| {
-                *rx.borrow()
-                    == Leadership::Follower {
-                        leader: Some("0".into()),
-                    }
-            })
+            rxs.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != leader)
+                .all(|(_, rx)| {
+                    *rx.borrow()
+                        == Leadership::Follower {
+                            leader: Some(contenders[0].clone()),
+                        }
+                })
         },
     )
     .await;
-    let client = sessions[0].client().unwrap();
-    let contenders = election::contenders(&client).await.unwrap();
-    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(contenders, expected, "contenders in election order");
+    drop(client);
     for s in &sessions {
         s.close().await;
     }
@@ -590,4 +602,88 @@ async fn connection_loss_while_creating_our_nodes_leaves_no_orphan() {
 fn fleetmeter_persistent() -> fleetmeter::coord::zk::CreateOptions<'static> {
     fleetmeter::coord::zk::CreateMode::Persistent
         .with_acls(fleetmeter::coord::zk::Acls::anyone_all())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_stops_leading_before_its_successor_starts() {
+    let zk = ZkServer::start();
+    let proxy = FaultProxy::start(zk.port).await;
+    let timeout = Duration::from_secs(2);
+    let a = Session::connect(ZkSettings {
+        hosts: proxy.addr.to_string(),
+        root: "/fleetmeter".into(),
+        session_timeout: timeout,
+        connect_timeout: Duration::from_secs(20),
+    })
+    .await
+    .unwrap();
+    let ea = Election::start(&a, "a");
+    wait_until("a to lead", Duration::from_secs(10), || async {
+        is_leader(&ea.leadership())
+    })
+    .await;
+    let b = session(&zk, timeout).await;
+    let eb = Election::start(&b, "b");
+    wait_until("b to follow a", Duration::from_secs(10), || async {
+        *eb.leadership().borrow()
+            == Leadership::Follower {
+                leader: Some("a".into()),
+            }
+    })
+    .await;
+
+    // Record every leadership change of both; they must never both lead.
+    let both_led = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (mut ra, mut rb) = (ea.leadership(), eb.leadership());
+        let both_led = both_led.clone();
+        tokio::spawn(async move {
+            loop {
+                if ra.borrow_and_update().is_leader() && rb.borrow_and_update().is_leader() {
+                    both_led.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::select! {
+                    r = ra.changed() => if r.is_err() { return },
+                    r = rb.changed() => if r.is_err() { return },
+                }
+            }
+        })
+    };
+
+    // a freezes (as if SIGSTOPped, or killed without closing its socket).
+    proxy.freeze();
+    wait_until("a to stop leading", Duration::from_secs(10), || async {
+        !is_leader(&ea.leadership())
+    })
+    .await;
+    wait_until(
+        "b to lead once a's session expired",
+        Duration::from_secs(20),
+        || async { is_leader(&eb.leadership()) },
+    )
+    .await;
+    // a comes back: its session is gone; it rejoins as a follower of b.
+    proxy.thaw();
+    wait_until(
+        "a back as a follower of b",
+        Duration::from_secs(30),
+        || async {
+            *ea.leadership().borrow()
+                == Leadership::Follower {
+                    leader: Some("b".into()),
+                }
+        },
+    )
+    .await;
+    assert_eq!(
+        a.current_status(),
+        SessionStatus::Connected { generation: 2 }
+    );
+    assert!(
+        !both_led.load(std::sync::atomic::Ordering::SeqCst),
+        "two leaders at once"
+    );
+    monitor.abort();
+    a.close().await;
+    b.close().await;
 }

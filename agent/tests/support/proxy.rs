@@ -26,6 +26,7 @@ const CREATE_OPCODES: [i32; 4] = [1, 15, 19, 21];
 pub struct FaultProxy {
     pub addr: SocketAddr,
     armed: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -35,21 +36,28 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let armed = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
-            let (armed, cuts) = (armed.clone(), cuts.clone());
+            let (armed, frozen, cuts) = (armed.clone(), frozen.clone(), cuts.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)).await else {
                         continue;
                     };
-                    tokio::spawn(relay(client, server, armed.clone(), cuts.clone()));
+                    let faults = Faults {
+                        armed: armed.clone(),
+                        frozen: frozen.clone(),
+                        cuts: cuts.clone(),
+                    };
+                    tokio::spawn(relay(client, server, faults));
                 }
             }
         });
         Self {
             addr,
             armed,
+            frozen,
             cuts,
             task,
         }
@@ -58,6 +66,17 @@ impl FaultProxy {
     /// Cut the connection right after forwarding the next create request.
     pub fn cut_after_next_create(&self) {
         self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Blackholes every connection, present and future: bytes are swallowed both ways and
+    /// sockets stay open, as with a frozen process or a silent network partition. The
+    /// server sees no heartbeats and expires the session after its timeout.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     /// How many connections were cut so far.
@@ -72,12 +91,20 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn relay(
-    client: TcpStream,
-    server: TcpStream,
+#[derive(Clone)]
+struct Faults {
     armed: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     cuts: Arc<AtomicUsize>,
-) {
+}
+
+async fn relay(client: TcpStream, server: TcpStream, faults: Faults) {
+    let Faults {
+        armed,
+        frozen,
+        cuts,
+    } = faults;
+    let frozen_down = frozen.clone();
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Set before the fatal request is forwarded: nothing from the server reaches the client
@@ -99,6 +126,9 @@ async fn relay(
                 let opcode = (!first && payload.len() >= 8)
                     .then(|| i32::from_be_bytes(payload[4..8].try_into().unwrap()));
                 first = false;
+                if frozen.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let fatal = opcode.is_some_and(|op| CREATE_OPCODES.contains(&op))
                     && armed.swap(false, Ordering::SeqCst);
                 if fatal {
@@ -123,6 +153,9 @@ async fn relay(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if frozen_down.load(Ordering::SeqCst) {
+                continue;
+            }
             if blocked.load(Ordering::SeqCst) || client_write.write_all(&buf[..n]).await.is_err() {
                 return;
             }
