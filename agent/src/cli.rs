@@ -39,6 +39,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a measuring device: sample every round, and lead the fleet when elected.
+    ///
+    /// Configuration: built-in defaults < agent.toml (./agent.toml, or --config) <
+    /// environment < flags. SIGTERM or ctrl-c closes the ZooKeeper session (the next leader
+    /// takes over at once) and exits 0.
+    Run(RunArgs),
     /// Work with plugin files: inspect them, try a sensor, try an aggregator.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -48,8 +54,73 @@ impl Command {
     /// The log filter used when RUST_LOG is not set.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
+            Command::Run(_) => "info",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
             Command::Plugin(_) => "warn,plugin=info",
+        }
+    }
+}
+
+/// `fleetmeter run`. Every value is optional here: what is missing comes from agent.toml or
+/// the defaults (see agent.toml for all keys).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This device's id (also --id, or DEVICE_ID).
+    #[arg(value_name = "ID", env = "DEVICE_ID")]
+    pub id: Option<String>,
+    /// This device's id, as a flag.
+    #[arg(long = "id", value_name = "ID", conflicts_with = "id")]
+    pub id_flag: Option<String>,
+    /// Configuration file [default: ./agent.toml when it exists].
+    #[arg(long, env = "FLEETMETER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// ZooKeeper hosts, host:port[,host:port...].
+    #[arg(long = "zk", env = "ZK_HOST", value_name = "HOSTS")]
+    pub zk: Option<String>,
+    /// The measurements API's base URL.
+    #[arg(long, env = "API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Seconds between rounds.
+    #[arg(long, env = "SAMPLING_PERIOD", value_name = "SECONDS")]
+    pub period: Option<String>,
+    /// Root node of this fleet in ZooKeeper.
+    #[arg(long, env = "FLEETMETER_ROOT", value_name = "PATH")]
+    pub root: Option<String>,
+    /// Sensor plugin (a name in the plugin directory, or a path).
+    #[arg(long, env = "FLEETMETER_SENSOR", value_name = "PLUGIN")]
+    pub sensor: Option<String>,
+    /// Aggregator plugin name.
+    #[arg(long, env = "FLEETMETER_AGGREGATOR", value_name = "NAME")]
+    pub aggregator: Option<String>,
+    /// Directory of plugins.
+    #[arg(long, env = "FLEETMETER_PLUGIN_DIR", value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Bearer token for the API's writes.
+    #[arg(
+        long,
+        env = "FLEETMETER_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+    /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
+    #[arg(long, env = "FLEETMETER_PUBLISH_FORMAT", value_name = "FORMAT")]
+    pub publish_format: Option<String>,
+}
+
+impl RunArgs {
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            id: self.id_flag.clone().or_else(|| self.id.clone()),
+            zk_hosts: self.zk.clone(),
+            root: self.root.clone(),
+            api_url: self.api_url.clone(),
+            period: self.period.clone(),
+            sensor: self.sensor.clone(),
+            aggregator: self.aggregator.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+            token: self.api_token.clone(),
+            format: self.publish_format.clone(),
         }
     }
 }
@@ -162,7 +233,54 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 /// Runs a parsed command line. Errors are returned for `main` to print on one line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_device(args),
         Command::Plugin(command) => run_plugin(command),
+    }
+}
+
+fn run_device(args: RunArgs) -> Result<ExitCode> {
+    let config = crate::config::load(args.config.as_deref(), args.overrides())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fleetmeter")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                wait_for_signal().await;
+                shutdown.cancel();
+            }
+        });
+        crate::round::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (docker stop, systemd) or ctrl-c.
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; ctrl-c still stops");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
 

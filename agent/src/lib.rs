@@ -6,5 +6,8 @@
 //! - [`cli`]: the `fleetmeter` command line; `main.rs` only parses and calls it.
 
 pub mod cli;
+pub mod config;
 pub mod coord;
 pub mod plugin;
+pub mod publish;
+pub mod round;

@@ -76,7 +76,7 @@ impl CoordError {
 
 /// Options for persistent nodes, world-readable and writable (the fleet's trust boundary is
 /// the ensemble; ACLs are a deployment concern).
-pub(crate) fn persistent() -> zk::CreateOptions<'static> {
+pub fn persistent() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 

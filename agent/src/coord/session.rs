@@ -21,6 +21,9 @@ use zookeeper_client::{Client, SessionState};
 
 use super::{CoordError, persistent};
 
+/// How long `close` waits for the client to confirm it sent CloseSession.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
 /// Where and how to connect.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZkSettings {
@@ -226,15 +229,32 @@ impl Session {
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
-        // Recipes stop on the cancelled token and drop their clones; dropping ours ends the
-        // session on the server.
+        // Recipes stop on the cancelled token and drop their clones; when the last clone is
+        // dropped the client sends CloseSession and reports `Closed`. Wait for that (bounded):
+        // a process that exits first leaves its session to time out, and the fleet waits.
         let client = self
             .shared
             .client
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        drop(client);
+        if let Some(client) = client {
+            let mut states = client.state_watcher();
+            drop(client);
+            let closed = tokio::time::timeout(CLOSE_WAIT, async {
+                loop {
+                    if states.changed().await.is_terminated() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if closed.is_err() {
+                tracing::warn!(
+                    "ZooKeeper did not confirm the session close in time; the fleet may wait for the session timeout"
+                );
+            }
+        }
         self.shared.status.send_replace(SessionStatus::Closed);
         tracing::info!("ZooKeeper session closed");
     }

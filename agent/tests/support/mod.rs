@@ -2,10 +2,10 @@
 //! share one compile cache so each test binary compiles each plugin once.
 #![allow(dead_code)]
 
-pub mod proxy;
-pub mod zk;
+#[allow(unused_imports)] // each test binary uses its own part of the support module
+pub use fleetmeter_testkit::{free_port, proxy, redis, wait_until, zk};
 
-use std::{future::Future, net::TcpListener, path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use fleetmeter::plugin::{EngineOptions, PluginEngine, PluginSettings};
 
@@ -73,32 +73,5 @@ pub fn settings(config: &[(&str, &str)]) -> PluginSettings {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ..PluginSettings::default()
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Polls `check` until it holds or `deadline` passes (then panics naming `what`). Tests wait
-/// on conditions, never for a fixed time.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

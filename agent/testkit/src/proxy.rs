@@ -23,6 +23,7 @@ use tokio::{
 /// create, create2, createContainer, createTTL.
 const CREATE_OPCODES: [i32; 4] = [1, 15, 19, 21];
 
+#[derive(Debug)]
 pub struct FaultProxy {
     pub addr: SocketAddr,
     armed: Arc<AtomicBool>,

@@ -10,11 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::free_port;
+use crate::free_port;
 
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 const CONF_DIR: &str = "/etc/zookeeper/conf";
 
+#[derive(Debug)]
 pub struct ZkServer {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -123,6 +124,7 @@ pub fn four_letter(port: u16, command: &str) -> Option<String> {
 }
 
 /// A 3-node ensemble (`QuorumPeerMain`) on loopback, for quorum tests.
+#[derive(Debug)]
 pub struct ZkEnsemble {
     dir: tempfile::TempDir,
     pub client_ports: Vec<u16>,

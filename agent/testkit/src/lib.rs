@@ -1,0 +1,40 @@
+//! Fixtures for fleetmeter's tests: real servers started on free loopback ports with
+//! temporary data, stopped when dropped, and a way to wait on a condition instead of sleeping.
+//!
+//! - [`zk`]: ZooKeeper from Debian's package (standalone and a 3-node ensemble).
+//! - [`redis`]: Debian's `redis-server`.
+//! - [`proxy`]: a TCP proxy that injects connection faults in front of ZooKeeper.
+
+pub mod proxy;
+pub mod redis;
+pub mod zk;
+
+use std::{future::Future, net::TcpListener, time::Duration};
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it holds or `deadline` passes (then panics naming `what`). Tests wait
+/// on conditions, never for a fixed time.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,544 @@
+//! The whole system with real parts only: a real ZooKeeper, a real Redis, the real
+//! `fleetmeter-api` binary and several `fleetmeter run` processes with the real plugins.
+//! Checked from the API's stored rounds and from ZooKeeper's state.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fleetmeter::coord::{Session, ZkSettings, counter, dynconfig::Key, paths};
+use serde_json::Value;
+use support::{
+    fixture, free_port, plugin, redis::RedisServer, repo_root, wait_until, zk::ZkServer,
+};
+
+/// One fleet at a time: 2 cores shared by several fleets would skew the failover deadlines.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PERIOD: Duration = Duration::from_secs(1);
+const SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    zk: ZkServer,
+    _redis: RedisServer,
+    api_port: u16,
+    api: Option<Child>,
+    redis_url: String,
+    agents: BTreeMap<String, Child>,
+    http: reqwest::Client,
+}
+
+fn api_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_fleetmeter")).with_file_name("fleetmeter-api");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p fleetmeter-api` (scripts/test builds the workspace)",
+        path.display()
+    );
+    path
+}
+
+impl Fleet {
+    /// ZooKeeper, Redis, the API, and an agent.toml with `extra` appended.
+    async fn start(extra_toml: &str) -> Self {
+        plugin("random-temperature");
+        plugin("mean");
+        let dir = tempfile::tempdir().unwrap();
+        let zk = ZkServer::start();
+        let redis = RedisServer::start();
+        let mut fleet = Self {
+            api_port: free_port(),
+            redis_url: redis.url(),
+            dir,
+            zk,
+            _redis: redis,
+            api: None,
+            agents: BTreeMap::new(),
+            http: reqwest::Client::new(),
+        };
+        let toml = format!(
+            "[zookeeper]\nsession_timeout = {}\n[round]\nsampling_period = {}\n\
+             [publish]\nretry_initial = 0.2\nretry_max = 1.0\n\
+             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n{extra_toml}",
+            SESSION_TIMEOUT.as_secs_f64(),
+            PERIOD.as_secs_f64(),
+            repo_root().join("plugins/dist").display(),
+            support::cache_dir().display(),
+        );
+        std::fs::write(fleet.dir.path().join("agent.toml"), toml).unwrap();
+        fleet.start_api();
+        fleet
+    }
+
+    fn start_api(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("api.log")).unwrap();
+        let child = Command::new(api_binary())
+            .env("API_LISTEN", format!("127.0.0.1:{}", self.api_port))
+            .env("REDIS_URL", &self.redis_url)
+            .env_remove("API_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.api = Some(child);
+    }
+
+    fn stop_api(&mut self) {
+        if let Some(mut api) = self.api.take() {
+            let _ = api.kill();
+            let _ = api.wait();
+        }
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.api_port)
+    }
+
+    fn spawn(&mut self, id: &str) {
+        let config = self.dir.path().join("agent.toml");
+        self.spawn_with_config(id, &config);
+    }
+
+    fn spawn_with_config(&mut self, id: &str, config: &Path) {
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .args(["run", id, "--config"])
+            .arg(config)
+            .env("ZK_HOST", self.zk.hosts())
+            .env("API_URL", self.api_url())
+            .env("RUST_LOG", "info")
+            .env_remove("SAMPLING_PERIOD")
+            .env_remove("DEVICE_ID")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents.insert(id.to_owned(), child);
+    }
+
+    fn signal(&mut self, id: &str, signal: &str) -> Child {
+        let child = self.agents.remove(id).expect("a running agent");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {id}");
+        child
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Stored rounds, oldest first.
+    async fn rounds(&self) -> Vec<Value> {
+        let Ok(response) = self
+            .http
+            .get(format!("{}api/v1/rounds?limit=1000", self.api_url()))
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let mut rounds: Vec<Value> = response.json().await.unwrap_or_default();
+        rounds.reverse();
+        rounds
+    }
+
+    async fn wait_for_rounds(&self, n: usize, deadline: Duration) -> Vec<Value> {
+        wait_until(&format!("{n} stored rounds"), deadline, || async {
+            self.rounds().await.len() >= n
+        })
+        .await;
+        self.rounds().await
+    }
+
+    async fn admin(&self) -> Session {
+        Session::connect(ZkSettings {
+            hosts: self.zk.hosts(),
+            root: "/fleetmeter".into(),
+            session_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(20),
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stop_all(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.agents) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stop_api();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::env::var_os("FLEETMETER_E2E_KEEP_LOGS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+            eprintln!("e2e logs kept in {}", dir.display());
+        }
+        for child in self.agents.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stop_api();
+    }
+}
+
+fn leader_of(round: &Value) -> String {
+    round["leader"].as_str().unwrap().to_owned()
+}
+
+/// Lets the outbox drain, stops the agents (SIGTERM), then checks exactly-once from
+/// ZooKeeper's state: `counter` == the `count` of every stored round plus of every result
+/// still in the outbox (committed in the last moments), and no round is both.
+async fn final_check(fleet: &mut Fleet) -> Vec<Value> {
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    wait_until("the outbox to drain", Duration::from_secs(30), || async {
+        client
+            .list_children(paths::RESULTS)
+            .await
+            .map(|c| c.is_empty())
+            .unwrap_or(true)
+    })
+    .await;
+    for (_, child) in fleet.agents.iter_mut() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM exits 0: {status}");
+    }
+    fleet.agents.clear();
+    let rounds = fleet.rounds().await;
+    let stored: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert!(
+        stored.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing, no duplicate: {stored:?}"
+    );
+    let mut total: i64 = rounds.iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    for name in client
+        .list_children(paths::RESULTS)
+        .await
+        .unwrap_or_default()
+    {
+        let (data, _) = client
+            .get_data(&format!("{}/{name}", paths::RESULTS))
+            .await
+            .unwrap();
+        let pending: Value = serde_json::from_slice(&data).unwrap();
+        let round = pending["round"].as_u64().unwrap();
+        assert!(
+            !stored.contains(&round),
+            "round {round} both stored and pending"
+        );
+        total += pending["count"].as_i64().unwrap();
+    }
+    let counted = counter::read(&client).await.unwrap().value;
+    assert_eq!(
+        counted, total,
+        "counter == sum of count over committed rounds"
+    );
+    drop(client);
+    admin.close().await;
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_publish_every_period_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    let rounds = fleet.wait_for_rounds(8, Duration::from_secs(60)).await;
+    let full: Vec<&Value> = rounds.iter().filter(|r| r["count"] == 3).collect();
+    assert!(
+        full.len() >= 4,
+        "rounds with all three devices: {rounds:#?}"
+    );
+    for r in &full {
+        assert_eq!(r["devices"], serde_json::json!(["1", "2", "3"]));
+        assert_eq!(r["aggregator"], "mean@0.1.0");
+        assert_eq!(r["unit"], "°C");
+        let v = r["value"].as_f64().unwrap();
+        assert!((75.0..=85.0).contains(&v), "{v}");
+    }
+    // A fixed schedule: the median spacing of commits is the period.
+    let mut gaps: Vec<u64> = rounds
+        .windows(2)
+        .map(|w| w[1]["ts"].as_u64().unwrap() - w[0]["ts"].as_u64().unwrap())
+        .collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        (800..=1200).contains(&median),
+        "median spacing {median} ms for a 1 s period: {gaps:?}"
+    );
+    let rounds = final_check(&mut fleet).await;
+    assert!(rounds.len() >= 8);
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    let rounds = fleet.wait_for_rounds(3, Duration::from_secs(60)).await;
+    let first_leader = leader_of(rounds.last().unwrap());
+
+    // SIGKILL: the session must expire first.
+    let mut killed = fleet.signal(&first_leader, "KILL");
+    let killed_at = Instant::now();
+    let _ = killed.wait();
+    let deadline = SESSION_TIMEOUT + PERIOD + Duration::from_secs(1);
+    wait_until(
+        "a new leader's first stored round after SIGKILL",
+        deadline + Duration::from_secs(2),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .last()
+                .is_some_and(|r| leader_of(r) != first_leader)
+        },
+    )
+    .await;
+    let kill_failover = killed_at.elapsed();
+    let second_leader = leader_of(fleet.rounds().await.last().unwrap());
+    eprintln!("failover after SIGKILL: {kill_failover:?}");
+    assert!(
+        kill_failover <= deadline + Duration::from_millis(500),
+        "{kill_failover:?}"
+    );
+
+    // SIGTERM: the session is closed, no timeout to wait for.
+    let mut stopped = fleet.signal(&second_leader, "TERM");
+    let stopped_at = Instant::now();
+    wait_until(
+        "a new leader's first stored round after SIGTERM",
+        PERIOD + Duration::from_secs(3),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .last()
+                .is_some_and(|r| leader_of(r) != second_leader)
+        },
+    )
+    .await;
+    let term_failover = stopped_at.elapsed();
+    eprintln!("failover after SIGTERM: {term_failover:?}");
+    assert!(
+        term_failover <= PERIOD + Duration::from_secs(1),
+        "{term_failover:?}"
+    );
+    let status = stopped.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    assert!(
+        fleet
+            .log(&format!("agent-{second_leader}.log"))
+            .contains("ZooKeeper session closed")
+    );
+
+    // A few more rounds with the last device, then the invariants.
+    let n = fleet.rounds().await.len();
+    fleet.wait_for_rounds(n + 2, Duration::from_secs(30)).await;
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_committed_while_the_api_is_down_are_all_stored_once_in_order() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    let stored_before = fleet
+        .wait_for_rounds(2, Duration::from_secs(60))
+        .await
+        .len();
+    fleet.stop_api();
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    wait_until(
+        "several rounds committed into the outbox",
+        Duration::from_secs(30),
+        || async {
+            client
+                .list_children(paths::RESULTS)
+                .await
+                .is_ok_and(|c| c.len() >= 4)
+        },
+    )
+    .await;
+    drop(client);
+    admin.close().await;
+    fleet.start_api();
+    let rounds = final_check(&mut fleet).await;
+    assert!(
+        rounds.len() >= stored_before + 4,
+        "the outbox was delivered: {}",
+        rounds.len()
+    );
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (numbers[0]..=*numbers.last().unwrap()).collect();
+    assert_eq!(numbers, expected, "every committed round stored, none lost");
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_recovers_from_zookeeper_restarts_without_process_restarts() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    fleet.wait_for_rounds(2, Duration::from_secs(60)).await;
+
+    for (what, outage) in [("short", None), ("long", Some(SESSION_TIMEOUT * 3))] {
+        let before = fleet.rounds().await.len();
+        fleet.zk.stop();
+        if let Some(outage) = outage {
+            // Longer than the session timeout: sessions expire and are rebuilt.
+            tokio::time::sleep(outage).await;
+        }
+        fleet.zk.restart();
+        fleet
+            .wait_for_rounds(before + 3, Duration::from_secs(60))
+            .await;
+        for (id, child) in fleet.agents.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "agent {id} still running after the {what} outage"
+            );
+        }
+    }
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_is_swapped_by_agent_toml_and_live_through_zookeeper() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("aggregator = \"median\"\n").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    let rounds = fleet.wait_for_rounds(2, Duration::from_secs(60)).await;
+    assert_eq!(
+        rounds.last().unwrap()["aggregator"],
+        "median@0.1.0",
+        "from agent.toml"
+    );
+
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    client
+        .set_data(&Key::Aggregator.path(), b"trimmed-mean", None)
+        .await
+        .unwrap();
+    wait_until(
+        "rounds aggregated by trimmed-mean",
+        Duration::from_secs(30),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .last()
+                .is_some_and(|r| r["aggregator"] == "trimmed-mean@0.1.0")
+        },
+    )
+    .await;
+    // An unknown aggregator is refused; the last good one stays.
+    client
+        .set_data(&Key::Aggregator.path(), b"no-such-aggregator", None)
+        .await
+        .unwrap();
+    let n = fleet.rounds().await.len();
+    fleet.wait_for_rounds(n + 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        fleet.rounds().await.last().unwrap()["aggregator"],
+        "trimmed-mean@0.1.0"
+    );
+    drop(client);
+    admin.close().await;
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn("1");
+    fleet.spawn("2");
+    // Device 3 runs the misbehaving fixture, trapping on every sample.
+    let trap_toml = fleet.dir.path().join("trap.toml");
+    let base = std::fs::read_to_string(fleet.dir.path().join("agent.toml")).unwrap();
+    std::fs::write(
+        &trap_toml,
+        base.replace(
+            "[plugins]\n",
+            &format!(
+                "[plugins]\nsensor = \"{}\"\n",
+                fixture("misbehaving-sensor").display()
+            ),
+        ) + "[plugins.sensor_config]\nmode = \"trap\"\n",
+    )
+    .unwrap();
+    fleet.spawn_with_config("3", &trap_toml);
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    wait_until("device 3 to join", Duration::from_secs(30), || async {
+        client
+            .check_stat(&paths::device("3"))
+            .await
+            .is_ok_and(|s| s.is_some())
+    })
+    .await;
+    drop(client);
+    admin.close().await;
+    let n = fleet.rounds().await.len();
+    let rounds = fleet.wait_for_rounds(n + 5, Duration::from_secs(60)).await;
+    for r in rounds.iter().skip(n) {
+        assert_eq!(r["devices"], serde_json::json!(["1", "2"]), "{r}");
+    }
+    let log = fleet.log("agent-3.log");
+    assert!(
+        log.contains("no reading this round"),
+        "device 3 reports its failures"
+    );
+    assert!(
+        fleet
+            .agents
+            .get_mut("3")
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "device 3 is alive"
+    );
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
