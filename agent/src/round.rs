@@ -299,7 +299,7 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> String {
             unit: ctx.unit.clone(),
         });
         match commit(ctx, node, state, result.as_ref()).await {
-            Ok(()) => {
+            Ok(counter) => {
                 tracing::info!(
                     leader = %ctx.config.device_id,
                     round,
@@ -308,6 +308,7 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> String {
                     missed,
                     value = result.as_ref().map(|r| r.value),
                     aggregator = %aggregator,
+                    counter,
                     "round committed; next round released"
                 );
                 if result.is_some() {
@@ -439,13 +440,13 @@ enum CommitError {
 }
 
 /// One multi: our election node exists (fence), the result (if any), the counter, and the
-/// release of the next round.
+/// release of the next round. Returns the counter's value after the commit.
 async fn commit(
     ctx: &Ctx,
     node: &str,
     state: barrier::RoundState,
     result: Option<&RoundResult>,
-) -> Result<(), CommitError> {
+) -> Result<i64, CommitError> {
     let client = ctx
         .session
         .client()
@@ -473,8 +474,9 @@ async fn commit(
             barrier::add_release(&mut multi, state)
         })();
         built.map_err(|e| CommitError::Other(e.to_string()))?;
+        let added = result.map_or(0, |r| i64::from(r.count));
         return match multi.commit().await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(count.value + added),
             Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(CommitError::Fenced),
             Err(MultiWriteError::OperationFailed {
                 source: ZkError::NoNode,

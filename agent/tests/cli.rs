@@ -248,3 +248,44 @@ fn help_explains_the_commands() {
         assert!(help.contains(expected), "missing {expected} in:\n{help}");
     }
 }
+
+#[test]
+fn run_without_a_device_id_exits_1_and_says_how_to_give_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .arg("run")
+        .current_dir(repo_root())
+        .env_remove("DEVICE_ID")
+        .env_remove("FLEETMETER_CONFIG")
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "a device id is required");
+    assert!(stderr(&out).contains("DEVICE_ID"));
+}
+
+#[test]
+fn run_refuses_bad_configuration_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "[round]\nsampling_perod = 5\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .args(args)
+            .current_dir(repo_root())
+            .env_remove("SAMPLING_PERIOD")
+            .env_remove("FLEETMETER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    assert_clean_failure(
+        &run(&["run", "1", "--config", file.to_str().unwrap()]),
+        "unknown field `sampling_perod`",
+    );
+    assert_clean_failure(
+        &run(&["run", "1", "--period", "abc"]),
+        "sampling period (from --period or SAMPLING_PERIOD)",
+    );
+    assert_clean_failure(
+        &run(&["run", "1", "--sensor", "no-such-sensor"]),
+        "no-such-sensor.wasm",
+    );
+}
