@@ -250,6 +250,7 @@ async fn leader_loop(
             () = stop.cancelled() => {}
             reason = lead(&ctx, &node, &nudge) => {
                 tracing::warn!(device = %ctx.config.device_id, %reason, "stopped leading rounds");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             () = async {
                 loop {
@@ -321,6 +322,8 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> String {
             }
             Err(CommitError::Other(err)) => {
                 tracing::warn!(round, error = %err, "commit failed; retrying the round");
+                // Not a hot loop when the failure persists (a refused ACL, say).
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         }
