@@ -1,0 +1,163 @@
+//! The publisher against the real `fleetmeter-api` binary and a real Redis: both formats,
+//! idempotency, the bearer token, and an unreachable API as a transient failure.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fleetmeter::{
+    config::{PublishFormat, PublishSettings},
+    publish::{Delivery, Publisher, RoundResult},
+};
+use support::{free_port, redis::RedisServer, wait_until};
+
+struct Api {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn api(redis: &RedisServer, token: Option<&str>) -> Api {
+    let binary = Path::new(env!("CARGO_BIN_EXE_fleetmeter")).with_file_name("fleetmeter-api");
+    assert!(
+        binary.exists(),
+        "{} missing: cargo build -p fleetmeter-api",
+        binary.display()
+    );
+    let port = free_port();
+    let mut command = Command::new(binary);
+    command
+        .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis.url())
+        .env_remove("API_TOKEN")
+        .stderr(Stdio::null());
+    if let Some(token) = token {
+        command.env("API_TOKEN", token);
+    }
+    let api = Api {
+        child: command.spawn().unwrap(),
+        url: format!("http://127.0.0.1:{port}/"),
+    };
+    let health = format!("{}healthz", api.url);
+    wait_until("the API to serve", Duration::from_secs(15), || async {
+        reqwest::get(&health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    api
+}
+
+fn settings(format: PublishFormat, token: Option<&str>) -> PublishSettings {
+    PublishSettings {
+        api_url: String::new(),
+        format,
+        token: token.map(str::to_owned),
+        timeout: Duration::from_secs(2),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_secs(1),
+    }
+}
+
+fn result(round: u64, value: f64) -> RoundResult {
+    RoundResult {
+        round,
+        value,
+        count: 2,
+        devices: vec!["1".into(), "2".into()],
+        aggregator: "mean@0.1.0".into(),
+        leader: "1".into(),
+        ts: 1_766_334_379_000,
+        unit: Some("°C".into()),
+    }
+}
+
+async fn stored(api: &Api, path: &str) -> serde_json::Value {
+    reqwest::get(format!("{}{path}", api.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn json_publishing_is_idempotent_by_round() {
+    let redis = RedisServer::start();
+    let api = api(&redis, None).await;
+    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    assert_eq!(
+        publisher.send(&api.url, &result(1, 80.5)).await.unwrap(),
+        Delivery::Stored
+    );
+    assert_eq!(
+        publisher.send(&api.url, &result(1, 80.5)).await.unwrap(),
+        Delivery::Duplicate
+    );
+    match publisher.send(&api.url, &result(1, 99.0)).await.unwrap() {
+        Delivery::Refused(reason) => assert!(reason.starts_with("409"), "{reason}"),
+        other => panic!("a different result for a stored round is refused, got {other:?}"),
+    }
+    let rounds = stored(&api, "api/v1/rounds").await;
+    assert_eq!(rounds.as_array().unwrap().len(), 1);
+    assert_eq!(rounds[0]["value"], 80.5);
+    assert_eq!(rounds[0]["unit"], "°C", "the wire format matches the API's");
+    // A base URL without the trailing slash works too.
+    let bare = api.url.trim_end_matches('/');
+    assert_eq!(
+        publisher.send(bare, &result(2, 81.0)).await.unwrap(),
+        Delivery::Stored
+    );
+}
+
+#[tokio::test]
+async fn query_publishing_uses_the_original_call() {
+    let redis = RedisServer::start();
+    let api = api(&redis, None).await;
+    let publisher = Publisher::new(settings(PublishFormat::Query, None)).unwrap();
+    assert_eq!(
+        publisher.send(&api.url, &result(1, 83.25)).await.unwrap(),
+        Delivery::Stored
+    );
+    let page = reqwest::get(&api.url).await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("----&gt; 83.25 °C"),
+        "stored through GET /nuevo?dato="
+    );
+    assert_eq!(stored(&api, "api/v1/rounds").await, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn the_bearer_token_is_sent_and_a_missing_one_is_retried_not_dropped() {
+    let redis = RedisServer::start();
+    let api = api(&redis, Some("s3cret")).await;
+    let without = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    let err = without.send(&api.url, &result(1, 80.0)).await.unwrap_err();
+    assert!(
+        err.contains("401"),
+        "a wrong or missing token is transient (fix it and it goes through): {err}"
+    );
+    let with = Publisher::new(settings(PublishFormat::Json, Some("s3cret"))).unwrap();
+    assert_eq!(
+        with.send(&api.url, &result(1, 80.0)).await.unwrap(),
+        Delivery::Stored
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_a_transient_failure() {
+    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let err = publisher.send(&url, &result(1, 80.0)).await.unwrap_err();
+    assert!(err.contains("cannot reach the API"), "{err}");
+}
