@@ -45,9 +45,66 @@ pub enum Command {
     /// environment < flags. SIGTERM or ctrl-c closes the ZooKeeper session (the next leader
     /// takes over at once) and exits 0.
     Run(RunArgs),
+    /// Show the fleet: leader, members with their latest reading, round, counter, outbox
+    /// backlog and dynamic configuration.
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or change the fleet's dynamic configuration (sampling_period, api_url,
+    /// aggregator). Values are validated as the agents do; every agent applies a change at
+    /// its next round (the API URL at the next publish).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Work with plugin files: inspect them, try a sensor, try an aggregator.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// Which fleet.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// ZooKeeper hosts, host:port[,host:port...].
+    #[arg(
+        long = "zk",
+        env = "ZK_HOST",
+        default_value = "127.0.0.1:2181",
+        value_name = "HOSTS"
+    )]
+    pub zk: String,
+    /// Root node of the fleet.
+    #[arg(
+        long,
+        env = "FLEETMETER_ROOT",
+        default_value = "/fleetmeter",
+        value_name = "PATH"
+    )]
+    pub root: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print one key's value, or every key's.
+    Get {
+        /// sampling_period, api_url or aggregator.
+        key: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Validate and write one key.
+    Set {
+        /// sampling_period (seconds), api_url (http(s) URL) or aggregator (plugin name).
+        key: String,
+        value: String,
+        /// Where aggregator names are checked, when the directory exists here.
+        #[arg(long, env = "FLEETMETER_PLUGIN_DIR", default_value = "plugins/dist")]
+        plugin_dir: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
 }
 
 impl Command {
@@ -55,6 +112,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
+            Command::Status { .. } | Command::Config(_) => "warn",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
             Command::Plugin(_) => "warn,plugin=info",
         }
@@ -234,7 +292,73 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_device(args),
+        Command::Status { fleet, json } => block_on(async move {
+            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let status = crate::status::read(&session).await;
+            session.close().await;
+            let status = status?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::status::render(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Config(command) => block_on(run_config(command)),
         Command::Plugin(command) => run_plugin(command),
+    }
+}
+
+/// A small runtime for the one-shot ZooKeeper commands.
+fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(future)
+}
+
+async fn run_config(command: ConfigCommand) -> Result<ExitCode> {
+    use crate::coord::dynconfig::Key;
+    match command {
+        ConfigCommand::Get { key, fleet } => {
+            let keys = match key {
+                Some(name) => vec![Key::parse(&name).with_context(|| {
+                    format!("unknown key {name:?}: use sampling_period, api_url or aggregator")
+                })?],
+                None => Key::ALL.to_vec(),
+            };
+            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let mut values = Vec::new();
+            for key in &keys {
+                values.push((key.name(), crate::status::get(&session, *key).await));
+            }
+            session.close().await;
+            for (name, value) in values {
+                let value = value?.unwrap_or_else(|| "(not set)".into());
+                if keys.len() == 1 {
+                    println!("{value}");
+                } else {
+                    println!("{name} = {value}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Set {
+            key,
+            value,
+            plugin_dir,
+            fleet,
+        } => {
+            // Validate before connecting: a refused value needs no ZooKeeper.
+            let (parsed, value) = crate::status::validate(&key, &value, &plugin_dir)?;
+            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let written = crate::status::set(&session, parsed, &value).await;
+            session.close().await;
+            written?;
+            println!("{key} = {value}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -11,3 +11,4 @@ pub mod coord;
 pub mod plugin;
 pub mod publish;
 pub mod round;
+pub mod status;

@@ -10,6 +10,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_filter()));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: log files and `docker logs` stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),

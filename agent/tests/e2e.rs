@@ -542,3 +542,108 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     final_check(&mut fleet).await;
     fleet.stop_all().await;
 }
+
+fn fleetmeter(fleet: &Fleet, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args(args)
+        .args(["--zk", &fleet.zk.hosts()])
+        .env_remove("ZK_HOST")
+        .env_remove("FLEETMETER_ROOT")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_config_set_against_a_running_fleet() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    fleet.wait_for_rounds(3, Duration::from_secs(60)).await;
+
+    let out = fleetmeter(&fleet, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let leader = status["leader"].as_str().unwrap().to_owned();
+    assert!(["1", "2", "3"].contains(&leader.as_str()), "{status}");
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{status}");
+    for m in members {
+        assert!(m["reading"]["round"].as_u64().unwrap() >= 1, "{m}");
+    }
+    assert!(status["round"].as_u64().unwrap() >= 3);
+    assert!(status["counter"].as_i64().unwrap() >= 3);
+    assert_eq!(status["config"]["sampling_period"], "1");
+    assert_eq!(status["config"]["aggregator"], "mean");
+    let text = String::from_utf8(fleetmeter(&fleet, &["status"]).stdout).unwrap();
+    assert!(text.contains(&format!("leader:   {leader}")), "{text}");
+    assert!(text.contains(" (leader): "), "{text}");
+
+    // Refused, with the reason, and nothing written.
+    let plugin_dir = repo_root().join("plugins/dist");
+    for (key, bad, reason) in [
+        ("sampling_period", "0", "sampling_period must be positive"),
+        ("sampling_period", "abc", "must be a number of seconds"),
+        ("api_url", "localhost:4000", "api_url"),
+        ("aggregator", "max", "not an installed aggregator plugin"),
+        ("colour", "red", "unknown key"),
+    ] {
+        let out = fleetmeter(
+            &fleet,
+            &[
+                "config",
+                "set",
+                key,
+                bad,
+                "--plugin-dir",
+                plugin_dir.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{key}={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "{key}={bad}: {err}");
+    }
+    let out = fleetmeter(&fleet, &["config", "get", "sampling_period"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+
+    // A good value: every agent applies it, and rounds follow the new period.
+    let out = fleetmeter(&fleet, &["config", "set", "sampling_period", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sampling_period = 2\n"
+    );
+    for id in ["1", "2", "3"] {
+        wait_until(
+            &format!("agent {id} to apply the period"),
+            Duration::from_secs(10),
+            || async {
+                fleet.log(&format!("agent-{id}.log")).lines().any(|l| {
+                    l.contains("configuration changed")
+                        && l.contains("key=\"sampling_period\"")
+                        && l.contains("value=2")
+                })
+            },
+        )
+        .await;
+    }
+    let n = fleet.rounds().await.len();
+    let rounds = fleet.wait_for_rounds(n + 3, Duration::from_secs(30)).await;
+    let ts: Vec<u64> = rounds[rounds.len() - 2..]
+        .iter()
+        .map(|r| r["ts"].as_u64().unwrap())
+        .collect();
+    let gap = ts[1] - ts[0];
+    assert!((1600..=2400).contains(&gap), "rounds now {gap} ms apart");
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}

@@ -1,0 +1,195 @@
+//! `fleetmeter status` and `fleetmeter config get|set`: the fleet as ZooKeeper holds it, and
+//! validated writes to its dynamic configuration.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde::Serialize;
+use zookeeper_client::Error as ZkError;
+
+use crate::{
+    coord::{
+        CoordError, Session, ZkSettings, barrier, counter,
+        dynconfig::{self, Key},
+        election,
+        paths::{self, DEVICES, RESULTS},
+        persistent,
+    },
+    round::DeviceReading,
+};
+
+/// One device as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Member {
+    pub id: String,
+    /// The latest reading the device wrote, if any.
+    pub reading: Option<DeviceReading>,
+}
+
+/// The fleet's state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Status {
+    pub root: String,
+    pub leader: Option<String>,
+    /// Election order (the leader first).
+    pub contenders: Vec<String>,
+    pub members: Vec<Member>,
+    /// The round devices sample now.
+    pub round: u64,
+    pub counter: i64,
+    /// Committed results not yet accepted by the API.
+    pub backlog: usize,
+    pub config: BTreeMap<String, Option<String>>,
+}
+
+/// Connects briefly (10 s to reach ZooKeeper) for a one-shot command.
+pub async fn connect(hosts: &str, root: &str) -> Result<Session, CoordError> {
+    Session::connect(ZkSettings {
+        hosts: hosts.to_owned(),
+        root: root.to_owned(),
+        session_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+}
+
+pub async fn read(session: &Session) -> Result<Status, CoordError> {
+    let client = session.client()?;
+    let contenders = election::contenders(&client).await?;
+    let mut ids = match client.list_children(DEVICES).await {
+        Ok(ids) => ids,
+        Err(ZkError::NoNode) => Vec::new(),
+        Err(e) => return Err(CoordError::zk("list", DEVICES, e)),
+    };
+    ids.sort();
+    let mut members = Vec::with_capacity(ids.len());
+    for id in ids {
+        let reading = match client.get_data(&paths::device(&id)).await {
+            Ok((data, _)) => serde_json::from_slice(&data).ok(),
+            Err(_) => None,
+        };
+        members.push(Member { id, reading });
+    }
+    let backlog = match client.list_children(RESULTS).await {
+        Ok(children) => children.len(),
+        Err(ZkError::NoNode) => 0,
+        Err(e) => return Err(CoordError::zk("list", RESULTS, e)),
+    };
+    let mut config = BTreeMap::new();
+    for key in Key::ALL {
+        config.insert(key.name().to_owned(), get(session, key).await?);
+    }
+    Ok(Status {
+        root: session.settings().root.clone(),
+        leader: contenders.first().cloned(),
+        round: barrier::current(&client).await?.round,
+        counter: counter::read(&client).await?.value,
+        contenders,
+        members,
+        backlog,
+        config,
+    })
+}
+
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let leader = status.leader.as_deref().unwrap_or("none");
+    out.push_str(&format!("fleet:    {}\n", status.root));
+    out.push_str(&format!("leader:   {leader}\n"));
+    out.push_str(&format!("round:    {}\n", status.round));
+    out.push_str(&format!("counter:  {}\n", status.counter));
+    out.push_str(&format!(
+        "backlog:  {} result(s) waiting for the API\n",
+        status.backlog
+    ));
+    out.push_str(&format!("members:  {}\n", status.members.len()));
+    for m in &status.members {
+        let mark = if Some(&m.id) == status.leader.as_ref() {
+            " (leader)"
+        } else {
+            ""
+        };
+        match &m.reading {
+            Some(r) => out.push_str(&format!(
+                "  {}{mark}: {} in round {}\n",
+                m.id, r.value, r.round
+            )),
+            None => out.push_str(&format!("  {}{mark}: no reading yet\n", m.id)),
+        }
+    }
+    out.push_str("config:\n");
+    for (key, value) in &status.config {
+        out.push_str(&format!(
+            "  {key} = {}\n",
+            value.as_deref().unwrap_or("(not set)")
+        ));
+    }
+    out
+}
+
+/// The raw value of a dynamic key, `None` when absent.
+pub async fn get(session: &Session, key: Key) -> Result<Option<String>, CoordError> {
+    match session.client()?.get_data(&key.path()).await {
+        Ok((data, _)) => Ok(Some(String::from_utf8_lossy(&data).trim().to_owned())),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(CoordError::zk("read", &key.path(), e)),
+    }
+}
+
+/// Why `config set` refused a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("unknown key {0:?}: use sampling_period, api_url or aggregator")]
+    UnknownKey(String),
+    #[error("refused: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+}
+
+/// Checks `value` as the agents will and returns the value to write. An aggregator is
+/// checked against `plugin_dir` when that directory exists here.
+pub fn validate(key_name: &str, value: &str, plugin_dir: &Path) -> Result<(Key, String), SetError> {
+    let key = Key::parse(key_name).ok_or_else(|| SetError::UnknownKey(key_name.to_owned()))?;
+    let value = match key {
+        Key::SamplingPeriod => dynconfig::parse_period(value)
+            .map(dynconfig::format_period)
+            .map_err(SetError::Invalid)?,
+        Key::ApiUrl => dynconfig::parse_api_url(value)
+            .map(|u| u.to_string())
+            .map_err(SetError::Invalid)?,
+        Key::Aggregator => {
+            let check_installed = plugin_dir.is_dir();
+            let known =
+                |name: &str| !check_installed || plugin_dir.join(format!("{name}.wasm")).is_file();
+            dynconfig::parse_aggregator(value, &known).map_err(SetError::Invalid)?
+        }
+    };
+    Ok((key, value))
+}
+
+/// Writes a validated value (see [`validate`]).
+pub async fn set(session: &Session, key: Key, value: &str) -> Result<(), SetError> {
+    let client = session.client()?;
+    let path = key.path();
+    match client.set_data(&path, value.as_bytes(), None).await {
+        Ok(_) => {}
+        Err(ZkError::NoNode) => {
+            client
+                .mkdir(paths::CONFIG, &persistent())
+                .await
+                .map_err(|e| CoordError::zk("create", paths::CONFIG, e))?;
+            match client.create(&path, value.as_bytes(), &persistent()).await {
+                Ok(_) => {}
+                Err(ZkError::NodeExists) => {
+                    client
+                        .set_data(&path, value.as_bytes(), None)
+                        .await
+                        .map_err(|e| CoordError::zk("set", &path, e))?;
+                }
+                Err(e) => return Err(CoordError::zk("create", &path, e).into()),
+            }
+        }
+        Err(e) => return Err(CoordError::zk("set", &path, e).into()),
+    }
+    Ok(())
+}
