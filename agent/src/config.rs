@@ -266,14 +266,20 @@ struct Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// A value that a flag or an environment variable may override.
     fn of(&self, overridden: bool, flag: &str, env: &str, key: &str) -> String {
         if overridden {
             format!("from {flag} or {env}")
         } else {
-            match self.file {
-                Some(path) => format!("`{key}` in {}", path.display()),
-                None => "built-in default".into(),
-            }
+            self.file(key)
+        }
+    }
+
+    /// A value that only the file sets.
+    fn file(&self, key: &str) -> String {
+        match self.file {
+            Some(path) => format!("`{key}` in {}", path.display()),
+            None => "built-in default".into(),
         }
     }
 }
@@ -287,8 +293,8 @@ fn invalid(key: &'static str, source_of: String, message: impl Into<String>) -> 
 }
 
 fn seconds(
+    origin: &Origin<'_>,
     key: &'static str,
-    source_of: String,
     value: f64,
     min: f64,
     max: f64,
@@ -296,7 +302,7 @@ fn seconds(
     if !value.is_finite() || value < min || value > max {
         return Err(invalid(
             key,
-            source_of,
+            origin.file(key),
             format!("must be between {min} and {max} seconds, got {value}"),
         ));
     }
@@ -362,32 +368,33 @@ fn resolve(
         hosts: o.zk_hosts.clone().unwrap_or(config.zookeeper.hosts),
         root: o.root.clone().unwrap_or(config.zookeeper.root),
         session_timeout: seconds(
+            &origin,
             "[zookeeper] session_timeout",
-            origin.of(false, "", "", "[zookeeper] session_timeout"),
             config.zookeeper.session_timeout,
             1.0,
             60.0,
         )?,
         connect_timeout: seconds(
+            &origin,
             "[zookeeper] connect_timeout",
-            origin.of(false, "", "", "[zookeeper] connect_timeout"),
             config.zookeeper.connect_timeout,
             1.0,
             3600.0,
         )?,
     };
-    zookeeper.validate().map_err(|e| {
-        let key = if e.to_string().contains("root") {
-            "[zookeeper] root"
-        } else {
-            "[zookeeper] hosts"
-        };
-        let source_of = if key == "[zookeeper] root" {
-            origin.of(o.root.is_some(), "--root", "FLEETMETER_ROOT", key)
-        } else {
-            zk_origin.clone()
-        };
-        invalid(key, source_of, e.to_string())
+    ZkSettings::validate_hosts(&zookeeper.hosts)
+        .map_err(|e| invalid("[zookeeper] hosts", zk_origin, e.to_string()))?;
+    ZkSettings::validate_root(&zookeeper.root).map_err(|e| {
+        invalid(
+            "[zookeeper] root",
+            origin.of(
+                o.root.is_some(),
+                "--root",
+                "FLEETMETER_ROOT",
+                "[zookeeper] root",
+            ),
+            e.to_string(),
+        )
     })?;
 
     let period_origin = origin.of(
@@ -405,7 +412,7 @@ fn resolve(
     if !(0.1..=0.95).contains(&collect_fraction) {
         return Err(invalid(
             "[round] collect_fraction",
-            origin.of(false, "", "", "[round] collect_fraction"),
+            origin.file("[round] collect_fraction"),
             format!("must be between 0.1 and 0.95, got {collect_fraction}"),
         ));
     }
@@ -438,38 +445,26 @@ fn resolve(
             .clone()
             .or(p.token.clone())
             .filter(|t| !t.is_empty()),
-        timeout: seconds(
-            "[publish] timeout",
-            origin.of(false, "", "", "[publish] timeout"),
-            p.timeout,
-            0.1,
-            300.0,
-        )?,
+        timeout: seconds(&origin, "[publish] timeout", p.timeout, 0.1, 300.0)?,
         retry_initial: seconds(
+            &origin,
             "[publish] retry_initial",
-            origin.of(false, "", "", "[publish] retry_initial"),
             p.retry_initial,
             0.01,
             60.0,
         )?,
-        retry_max: seconds(
-            "[publish] retry_max",
-            origin.of(false, "", "", "[publish] retry_max"),
-            p.retry_max,
-            0.1,
-            3600.0,
-        )?,
+        retry_max: seconds(&origin, "[publish] retry_max", p.retry_max, 0.1, 3600.0)?,
     };
     if publish.retry_initial > publish.retry_max {
         return Err(invalid(
             "[publish] retry_initial",
-            origin.of(false, "", "", "[publish] retry_initial"),
+            origin.file("[publish] retry_initial"),
             "must not exceed retry_max",
         ));
     }
 
     let plugins = config.plugins;
-    let limits_origin = origin.of(false, "", "", "[plugins.limits]");
+    let limits_origin = origin.file("[plugins.limits]");
     plugins
         .limits
         .validate()
@@ -483,14 +478,14 @@ fn resolve(
         .map_err(|e| {
             invalid(
                 "[plugins.grants] dirs",
-                origin.of(false, "", "", "[plugins.grants] dirs"),
+                origin.file("[plugins.grants] dirs"),
                 e,
             )
         })?;
     let sensor_settings = PluginSettings {
         config: plugin_config(
             "[plugins.sensor_config]",
-            origin.of(false, "", "", "[plugins.sensor_config]"),
+            origin.file("[plugins.sensor_config]"),
             plugins.sensor_config,
         )?,
         limits: plugins.limits.clone(),
@@ -503,7 +498,7 @@ fn resolve(
     let aggregator_settings = PluginSettings {
         config: plugin_config(
             "[plugins.aggregator_config]",
-            origin.of(false, "", "", "[plugins.aggregator_config]"),
+            origin.file("[plugins.aggregator_config]"),
             plugins.aggregator_config,
         )?,
         limits: plugins.limits,

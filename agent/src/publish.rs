@@ -186,13 +186,12 @@ impl Publisher {
     }
 
     /// Drains the outbox whenever nudged (and every few seconds), retrying with back-off,
-    /// until `stop` is cancelled. `backlog` reports what waits.
+    /// until `stop` is cancelled.
     pub async fn run(
         &self,
         session: &Session,
         api_url: watch::Receiver<String>,
         nudge: &Notify,
-        backlog: &watch::Sender<usize>,
         stop: &CancellationToken,
     ) {
         let mut delay = self.settings.retry_initial;
@@ -204,8 +203,7 @@ impl Publisher {
                 drained = self.drain(session, &api_url) => drained,
             };
             let wait = match drained {
-                Ok(left) => {
-                    backlog.send_replace(left);
+                Ok(_) => {
                     delay = self.settings.retry_initial;
                     None
                 }
@@ -213,7 +211,6 @@ impl Publisher {
                     reason,
                     backlog: left,
                 }) => {
-                    backlog.send_replace(left);
                     let wait = jitter(delay);
                     tracing::warn!(%reason, backlog = left, retry_in = ?wait, "cannot publish yet; results wait in ZooKeeper");
                     delay = (delay * 2).min(self.settings.retry_max);

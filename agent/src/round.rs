@@ -236,13 +236,12 @@ async fn leader_loop(
         tracing::info!(device = %ctx.config.device_id, "LEADER: this device now leads the fleet");
         let term = stop.child_token();
         let nudge = Arc::new(Notify::new());
-        let (backlog_tx, _backlog) = watch::channel(0_usize);
         let publisher = {
             let (ctx, nudge, term) = (ctx.clone(), nudge.clone(), term.clone());
             tokio::spawn(async move {
                 let api_url = ctx.dynconfig.api_url.clone();
                 ctx.publisher
-                    .run(&ctx.session, api_url, &nudge, &backlog_tx, &term)
+                    .run(&ctx.session, api_url, &nudge, &term)
                     .await;
             })
         };

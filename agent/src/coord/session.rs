@@ -49,22 +49,32 @@ impl Default for ZkSettings {
 
 impl ZkSettings {
     pub fn validate(&self) -> Result<(), CoordError> {
-        if self.hosts.trim().is_empty() || self.hosts.contains('/') {
-            return Err(CoordError::Settings(format!(
-                "hosts must be host:port[,host:port...] without a path, got {:?} (set the root separately)",
-                self.hosts
-            )));
-        }
-        if !self.root.starts_with('/') || (self.root.len() > 1 && self.root.ends_with('/')) {
-            return Err(CoordError::Settings(format!(
-                "root must be an absolute ZooKeeper path like /fleetmeter, got {:?}",
-                self.root
-            )));
-        }
+        Self::validate_hosts(&self.hosts)?;
+        Self::validate_root(&self.root)?;
         if self.session_timeout < Duration::from_millis(500) {
             return Err(CoordError::Settings(format!(
                 "session timeout must be at least 500 ms, got {:?}",
                 self.session_timeout
+            )));
+        }
+        Ok(())
+    }
+
+    /// `host:port[,host:port...]`, without a chroot path.
+    pub fn validate_hosts(hosts: &str) -> Result<(), CoordError> {
+        if hosts.trim().is_empty() || hosts.contains('/') {
+            return Err(CoordError::Settings(format!(
+                "hosts must be host:port[,host:port...] without a path, got {hosts:?} (set the root separately)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An absolute ZooKeeper path without a trailing slash.
+    pub fn validate_root(root: &str) -> Result<(), CoordError> {
+        if !root.starts_with('/') || (root.len() > 1 && root.ends_with('/')) {
+            return Err(CoordError::Settings(format!(
+                "root must be an absolute ZooKeeper path like /fleetmeter, got {root:?}"
             )));
         }
         Ok(())

@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -100,10 +100,6 @@ impl ZkServer {
     /// wait until another client is really waiting, instead of sleeping.
     pub fn is_watched(&self, path: &str) -> bool {
         four_letter(self.port, "wchp").is_some_and(|out| out.lines().any(|l| l.trim() == path))
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
     }
 }
 
