@@ -54,6 +54,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running agent whether it is healthy (GET /healthz): prints its answer and exits
+    /// 0 when healthy, 1 when not, 2 when it does not answer. For container healthchecks.
+    Health {
+        /// The agent's metrics address (its [telemetry] listen; 0.0.0.0 means this host).
+        #[arg(
+            long,
+            env = "FLEETMETER_METRICS_LISTEN",
+            default_value = crate::config::DEFAULT_METRICS_LISTEN,
+            value_name = "ADDR"
+        )]
+        address: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
     /// Read or change the fleet's dynamic configuration (sampling_period, api_url,
     /// aggregator). Values are validated as the agents do; every agent applies a change at
     /// its next round (the API URL at the next publish).
@@ -112,7 +127,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
-            Command::Status { .. } | Command::Config(_) => "warn",
+            Command::Status { .. } | Command::Config(_) | Command::Health { .. } => "warn",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
             Command::Plugin(_) => "warn,plugin=info",
         }
@@ -164,6 +179,10 @@ pub struct RunArgs {
     /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
     #[arg(long, env = "FLEETMETER_PUBLISH_FORMAT", value_name = "FORMAT")]
     pub publish_format: Option<String>,
+    /// Where to serve /metrics and /healthz: IP:PORT, :PORT, or `off`
+    /// [default: 0.0.0.0:9464].
+    #[arg(long, env = "FLEETMETER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 impl RunArgs {
@@ -179,6 +198,7 @@ impl RunArgs {
             plugin_dir: self.plugin_dir.clone(),
             token: self.api_token.clone(),
             format: self.publish_format.clone(),
+            metrics_listen: self.metrics_listen.clone(),
         }
     }
 }
@@ -305,6 +325,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }),
         Command::Config(command) => block_on(run_config(command)),
+        Command::Health { address, timeout } => block_on(health(address, timeout)),
         Command::Plugin(command) => run_plugin(command),
     }
 }
@@ -316,6 +337,37 @@ fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Resu
         .build()
         .context("starting the async runtime")?
         .block_on(future)
+}
+
+async fn health(address: String, timeout: f64) -> Result<ExitCode> {
+    let addr = crate::config::parse_listen(&address)
+        .map_err(|e| anyhow::anyhow!("--address / FLEETMETER_METRICS_LISTEN {e}"))?
+        .context("the agent's telemetry is off (\"off\"): nothing to ask")?;
+    // An agent listening on every interface answers on loopback.
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/healthz", addr.port());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(timeout.clamp(0.1, 300.0)))
+        .build()?;
+    let response = match http.get(&url).send().await {
+        Ok(response) => response,
+        Err(err) => {
+            eprintln!("error: no answer from {url}: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let healthy = response.status().is_success();
+    println!("{}", response.text().await.unwrap_or_default().trim_end());
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn run_config(command: ConfigCommand) -> Result<ExitCode> {

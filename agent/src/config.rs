@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -54,6 +55,7 @@ pub struct FileConfig {
     pub round: RoundSection,
     pub publish: PublishSection,
     pub plugins: PluginsSection,
+    pub telemetry: TelemetrySection,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -179,6 +181,28 @@ impl Default for PluginsSection {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// `HOST:PORT` for `/metrics` and `/healthz`, or `off`.
+    pub listen: String,
+    /// `/healthz` turns unhealthy when no round has closed for this many periods.
+    pub unhealthy_after_periods: u32,
+}
+
+/// The default `[telemetry] listen`: every interface, so that Prometheus on another host (or
+/// in another container) can scrape it.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.into(),
+            unhealthy_after_periods: 3,
+        }
+    }
+}
+
 /// What the sensor may use; aggregators get nothing.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +227,7 @@ pub struct Overrides {
     pub plugin_dir: Option<PathBuf>,
     pub token: Option<String>,
     pub format: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// The validated configuration the agent runs with.
@@ -219,6 +244,7 @@ pub struct AgentConfig {
     pub sensor_settings: PluginSettings,
     pub aggregator: String,
     pub aggregator_settings: PluginSettings,
+    pub telemetry: TelemetrySettings,
     /// Where the file values came from, for messages.
     pub file: Option<PathBuf>,
 }
@@ -231,6 +257,30 @@ pub struct PublishSettings {
     pub timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetrySettings {
+    /// `None`: no telemetry endpoint.
+    pub listen: Option<SocketAddr>,
+    pub unhealthy_after_periods: u32,
+}
+
+/// `HOST:PORT` (an IP address; `:PORT` means every interface), or `off`/empty for none.
+pub fn parse_listen(raw: &str) -> Result<Option<SocketAddr>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let full = match raw.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => raw.to_owned(),
+    };
+    full.parse().map(Some).map_err(|_| {
+        format!(
+            "must be IP:PORT (e.g. 0.0.0.0:9464 or 127.0.0.1:9464), :PORT, or \"off\", got {raw:?}"
+        )
+    })
 }
 
 /// Reads `path` (or `./agent.toml` when it exists, or nothing) and applies `overrides`.
@@ -518,6 +568,31 @@ fn resolve(
         )
     })?;
 
+    let listen_origin = origin.of(
+        o.metrics_listen.is_some(),
+        "--metrics-listen",
+        "FLEETMETER_METRICS_LISTEN",
+        "[telemetry] listen",
+    );
+    let listen = parse_listen(
+        o.metrics_listen
+            .as_deref()
+            .unwrap_or(&config.telemetry.listen),
+    )
+    .map_err(|e| invalid("metrics address", listen_origin, e))?;
+    let after = config.telemetry.unhealthy_after_periods;
+    if !(1..=1000).contains(&after) {
+        return Err(invalid(
+            "[telemetry] unhealthy_after_periods",
+            origin.file("[telemetry] unhealthy_after_periods"),
+            format!("must be between 1 and 1000, got {after}"),
+        ));
+    }
+    let telemetry = TelemetrySettings {
+        listen,
+        unhealthy_after_periods: after,
+    };
+
     Ok(AgentConfig {
         device_id,
         zookeeper,
@@ -530,6 +605,7 @@ fn resolve(
         sensor_settings,
         aggregator,
         aggregator_settings,
+        telemetry,
         file,
     })
 }
@@ -650,6 +726,14 @@ mod tests {
                 "`min` must be a string, number or boolean",
             ),
             ("[plugins]\naggregator = \"Median!\"\n", "aggregator"),
+            (
+                "[telemetry]\nlisten = \"localhost:9464\"\n",
+                "metrics address (`[telemetry] listen` in",
+            ),
+            (
+                "[telemetry]\nunhealthy_after_periods = 0\n",
+                "[telemetry] unhealthy_after_periods",
+            ),
             ("this is not toml", "invalid configuration file"),
         ];
         for (text, expected) in cases {
@@ -686,6 +770,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--api-url or API_URL"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_address_can_be_moved_or_turned_off() {
+        let config = load_text("", id("1")).unwrap();
+        assert_eq!(
+            config.telemetry.listen,
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        let with = |listen: &str| {
+            load_text(
+                "[telemetry]\nlisten = \"127.0.0.1:1\"\n",
+                Overrides {
+                    id: Some("1".into()),
+                    metrics_listen: Some(listen.into()),
+                    ..Overrides::default()
+                },
+            )
+        };
+        assert_eq!(
+            with("127.0.0.1:9500").unwrap().telemetry.listen,
+            Some("127.0.0.1:9500".parse().unwrap()),
+            "env/flag over file"
+        );
+        assert_eq!(
+            with(":9501").unwrap().telemetry.listen,
+            Some("0.0.0.0:9501".parse().unwrap())
+        );
+        assert_eq!(with("off").unwrap().telemetry.listen, None);
+        let err = with("9464").unwrap_err().to_string();
+        assert!(
+            err.contains("--metrics-listen or FLEETMETER_METRICS_LISTEN"),
+            "{err}"
+        );
     }
 
     #[test]

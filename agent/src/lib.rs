@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`plugin`]: the plugin host (engine, sandbox, sensors, aggregators, inspection).
+//! - [`telemetry`]: `/metrics` and `/healthz`.
 //! - [`cli`]: the `fleetmeter` command line; `main.rs` only parses and calls it.
 
 pub mod cli;
@@ -12,3 +13,4 @@ pub mod plugin;
 pub mod publish;
 pub mod round;
 pub mod status;
+pub mod telemetry;

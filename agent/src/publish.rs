@@ -9,7 +9,10 @@
 //! effect. The `query` format (`GET {url}nuevo?dato=V`, the original call) has no key: at
 //! least once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -19,6 +22,7 @@ use zookeeper_client::Error as ZkError;
 use crate::{
     config::{PublishFormat, PublishSettings},
     coord::{CoordError, Session, paths::RESULTS},
+    telemetry::Telemetry,
 };
 
 /// A committed round, as stored in the outbox and sent to `POST /api/v1/rounds`.
@@ -56,6 +60,7 @@ pub enum Delivery {
 pub struct Publisher {
     http: reqwest::Client,
     settings: PublishSettings,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -73,7 +78,23 @@ impl Publisher {
             .connect_timeout(settings.timeout)
             .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, settings })
+        Ok(Self {
+            http,
+            settings,
+            telemetry: None,
+        })
+    }
+
+    /// Records deliveries, failures and the backlog in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    fn backlog(&self, backlog: usize) {
+        if let Some(t) = &self.telemetry {
+            t.publish_backlog(backlog);
+        }
     }
 
     /// Sends one result to `api_url`. `Err` is a transient failure: retry later.
@@ -135,11 +156,15 @@ impl Publisher {
         let client = session.client()?;
         let mut pending = match client.list_children(RESULTS).await {
             Ok(children) => children,
-            Err(ZkError::NoNode) => return Ok(0),
+            Err(ZkError::NoNode) => {
+                self.backlog(0);
+                return Ok(0);
+            }
             Err(e) => return Err(CoordError::zk("list", RESULTS, e).into()),
         };
         pending.sort();
         let total = pending.len();
+        self.backlog(total);
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");
             let data = match client.get_data(&path).await {
@@ -158,6 +183,9 @@ impl Publisher {
             let url = api_url.borrow().clone();
             match self.send(&url, &result).await {
                 Ok(delivery) => {
+                    if let Some(t) = &self.telemetry {
+                        t.delivered(&delivery);
+                    }
                     match &delivery {
                         Delivery::Stored => {
                             tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API")
@@ -170,11 +198,14 @@ impl Publisher {
                         }
                     }
                     match client.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => {}
+                        Ok(()) | Err(ZkError::NoNode) => self.backlog(total - done - 1),
                         Err(e) => return Err(CoordError::zk("delete", &path, e).into()),
                     }
                 }
                 Err(reason) => {
+                    if let Some(t) = &self.telemetry {
+                        t.publish_failed();
+                    }
                     return Err(DrainError::Api {
                         reason,
                         backlog: total - done,
@@ -182,6 +213,7 @@ impl Publisher {
                 }
             }
         }
+        self.backlog(0);
         Ok(0)
     }
 

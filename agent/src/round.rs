@@ -37,8 +37,11 @@ use crate::{
         membership::{self, Membership},
         paths::{self, DEVICES, RESULTS},
     },
-    plugin::{self, AggregatorPlugin, EngineOptions, PluginEngine, Reading, SensorPlugin},
+    plugin::{
+        self, AggregatorPlugin, EngineOptions, PluginEngine, PluginKind, Reading, SensorPlugin,
+    },
     publish::{self, Publisher, RoundResult},
+    telemetry::{self, Telemetry},
 };
 
 /// What a device writes to its node.
@@ -65,6 +68,7 @@ struct Ctx {
     dynconfig: DynConfig,
     members: watch::Receiver<Vec<String>>,
     publisher: Publisher,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Runs the device until `shutdown` is cancelled, then closes the ZooKeeper session (so a
@@ -93,12 +97,35 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let aggregator = load_aggregator(&engine, &config, &config.aggregator)
         .await
         .context("loading the aggregator plugin")?;
-    let publisher = Publisher::new(config.publish.clone()).context("building the HTTP client")?;
+    let telemetry = Arc::new(Telemetry::new(
+        &id,
+        config.zookeeper.session_timeout,
+        config.telemetry.unhealthy_after_periods,
+    ));
+    let publisher = Publisher::new(config.publish.clone())
+        .context("building the HTTP client")?
+        .with_telemetry(telemetry.clone());
+    // Served from before the first connection, so that /healthz tells why the agent is not
+    // ready yet; stopped when `run` returns.
+    let telemetry_stop = CancellationToken::new();
+    let _telemetry_stop = telemetry_stop.clone().drop_guard();
+    if let Some(addr) = config.telemetry.listen {
+        let listener = telemetry::bind(addr).await?;
+        tokio::spawn(telemetry::serve(
+            listener,
+            telemetry.clone(),
+            telemetry_stop.clone(),
+        ));
+    }
 
     let session = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         session = Session::connect(config.zookeeper.clone()) => session?,
     };
+    tokio::spawn({
+        let (telemetry, status) = (telemetry.clone(), session.status());
+        async move { telemetry.follow_session(status).await }
+    });
     let plugin_dir = config.plugin_dir.clone();
     let known: KnownAggregators =
         Arc::new(move |name| plugin_dir.join(format!("{name}.wasm")).is_file());
@@ -112,12 +139,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         known,
     )
     .await?;
+    telemetry.set_dynconfig(dynconfig.clone());
     barrier::ensure(&session.client()?).await?;
     let membership = tokio::select! {
         () = shutdown.cancelled() => { session.close().await; return Ok(()); }
         m = Membership::join(&session, &id, b"{}".to_vec()) => m?,
     };
     let (members, _members_task) = membership::watch_members(&session);
+    tokio::spawn({
+        let (telemetry, members) = (telemetry.clone(), members.clone());
+        async move { telemetry.follow_members(members).await }
+    });
     let election = Election::start(&session, &id);
 
     let ctx = Arc::new(Ctx {
@@ -130,6 +162,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         dynconfig,
         members,
         publisher,
+        telemetry,
     });
     let stop = session.closing();
     let device = tokio::spawn(device_loop(ctx.clone(), membership, stop.clone()));
@@ -185,11 +218,19 @@ async fn device_loop(ctx: Arc<Ctx>, membership: Membership, stop: CancellationTo
             },
         };
         last = Some(round);
+        ctx.telemetry.round_opened(round);
         let sensor = ctx.sensor.clone();
+        let telemetry = ctx.telemetry.clone();
         let sampled = tokio::task::spawn_blocking(move || {
-            sensor.lock().unwrap_or_else(|e| e.into_inner()).sample()
+            let mut sensor = sensor.lock().unwrap_or_else(|e| e.into_inner());
+            let before = sensor.stats().clone();
+            let sampled = sensor.sample();
+            let name = &sensor.metadata().name;
+            telemetry.plugin_call(PluginKind::Sensor, name, &before, sensor.stats());
+            sampled
         })
         .await;
+        ctx.telemetry.sample(matches!(sampled, Ok(Ok(_))));
         let value = match sampled {
             Ok(Ok(value)) => value,
             Ok(Err(err)) => {
@@ -234,6 +275,7 @@ async fn leader_loop(
             }
         };
         tracing::info!(device = %ctx.config.device_id, "LEADER: this device now leads the fleet");
+        ctx.telemetry.leadership(true);
         let term = stop.child_token();
         let nudge = Arc::new(Notify::new());
         let publisher = {
@@ -263,6 +305,7 @@ async fn leader_loop(
         }
         term.cancel();
         let _ = publisher.await;
+        ctx.telemetry.leadership(false);
     }
 }
 
@@ -283,7 +326,9 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> String {
         };
         let round = state.round;
         let collect_until = round_start + period.mul_f64(ctx.config.collect_fraction);
+        let collect_started = Instant::now();
         let (readings, live, missed) = collect(ctx, round, collect_until).await;
+        let collect_time = collect_started.elapsed();
         tokio::time::sleep_until(commit_at).await;
 
         swap_aggregator_if_changed(ctx).await;
@@ -300,6 +345,13 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> String {
         });
         match commit(ctx, node, state, result.as_ref()).await {
             Ok(counter) => {
+                ctx.telemetry.round_committed(
+                    round_start.elapsed(),
+                    collect_time,
+                    readings.len(),
+                    missed,
+                    result.as_ref().map(|r| r.value),
+                );
                 tracing::info!(
                     leader = %ctx.config.device_id,
                     round,
@@ -409,14 +461,23 @@ async fn swap_aggregator_if_changed(ctx: &Ctx) {
 async fn aggregate(ctx: &Ctx, readings: &[Reading]) -> (Option<f64>, String) {
     let aggregator = ctx.aggregator.clone();
     let readings = readings.to_vec();
+    let telemetry = ctx.telemetry.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut loaded = aggregator.lock().unwrap_or_else(|e| e.into_inner());
         let meta = loaded.plugin.metadata();
-        let label = format!("{}@{}", meta.name, meta.version);
+        let (name, label) = (meta.name.clone(), format!("{}@{}", meta.name, meta.version));
         if readings.is_empty() {
             return (Ok(None), label);
         }
-        (loaded.plugin.aggregate(&readings), label)
+        let before = loaded.plugin.stats().clone();
+        let value = loaded.plugin.aggregate(&readings);
+        telemetry.plugin_call(
+            PluginKind::Aggregator,
+            &name,
+            &before,
+            loaded.plugin.stats(),
+        );
+        (value, label)
     })
     .await;
     match outcome {

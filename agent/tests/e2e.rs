@@ -31,6 +31,8 @@ struct Fleet {
     api: Option<Child>,
     redis_url: String,
     agents: BTreeMap<String, Child>,
+    /// Each agent's /metrics and /healthz port.
+    metrics_ports: BTreeMap<String, u16>,
     http: reqwest::Client,
 }
 
@@ -60,6 +62,7 @@ impl Fleet {
             _redis: redis,
             api: None,
             agents: BTreeMap::new(),
+            metrics_ports: BTreeMap::new(),
             http: reqwest::Client::new(),
         };
         let toml = format!(
@@ -107,9 +110,14 @@ impl Fleet {
 
     fn spawn_with_config(&mut self, id: &str, config: &Path) {
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
+        let port = *self
+            .metrics_ports
+            .entry(id.to_owned())
+            .or_insert_with(free_port);
         let child = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
             .args(["run", id, "--config"])
             .arg(config)
+            .env("FLEETMETER_METRICS_LISTEN", format!("127.0.0.1:{port}"))
             .env("ZK_HOST", self.zk.hosts())
             .env("API_URL", self.api_url())
             .env("RUST_LOG", "info")
@@ -150,6 +158,28 @@ impl Fleet {
         let mut rounds: Vec<Value> = response.json().await.unwrap_or_default();
         rounds.reverse();
         rounds
+    }
+
+    /// An agent's /metrics as `name{labels} -> value` (empty while it does not answer).
+    async fn metrics(&self, id: &str) -> BTreeMap<String, f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_ports[id]);
+        let Ok(response) = self.http.get(url).send().await else {
+            return BTreeMap::new();
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+            .collect()
+    }
+
+    /// An agent's /healthz: the status code and the JSON body.
+    async fn health(&self, id: &str) -> Option<(u16, Value)> {
+        let url = format!("http://127.0.0.1:{}/healthz", self.metrics_ports[id]);
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
     }
 
     async fn wait_for_rounds(&self, n: usize, deadline: Duration) -> Vec<Value> {
@@ -635,6 +665,8 @@ async fn status_and_config_set_against_a_running_fleet() {
             },
         )
         .await;
+        let m = fleet.metrics(id).await;
+        assert_eq!(metric(&m, "fleetmeter_sampling_period_seconds"), 2.0);
     }
     let n = fleet.rounds().await.len();
     let rounds = fleet.wait_for_rounds(n + 3, Duration::from_secs(30)).await;
@@ -644,6 +676,147 @@ async fn status_and_config_set_against_a_running_fleet() {
         .collect();
     let gap = ts[1] - ts[0];
     assert!((1600..=2400).contains(&gap), "rounds now {gap} ms apart");
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
+
+fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
+    *metrics
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not exported: {metrics:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    let ids = ["1", "2", "3"];
+    for id in ids {
+        fleet.spawn(id);
+    }
+    fleet.wait_for_rounds(3, Duration::from_secs(60)).await;
+
+    let leader = leader_of(fleet.rounds().await.last().unwrap());
+    let mut before = BTreeMap::new();
+    for id in ids {
+        let m = fleet.metrics(id).await;
+        let expected_leader = if id == leader { 1.0 } else { 0.0 };
+        assert_eq!(
+            metric(&m, "fleetmeter_leader"),
+            expected_leader,
+            "agent {id}"
+        );
+        assert_eq!(metric(&m, "fleetmeter_members"), 3.0, "agent {id}");
+        assert_eq!(metric(&m, "fleetmeter_sampling_period_seconds"), 1.0);
+        assert_eq!(
+            metric(
+                &m,
+                "fleetmeter_zookeeper_session_state{state=\"connected\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            metric(
+                &m,
+                &format!("fleetmeter_agent_info{{device=\"{id}\",version=\"0.1.0\"}}")
+            ),
+            1.0
+        );
+        let (code, health) = fleet.health(id).await.expect("/healthz answers");
+        assert_eq!(code, 200, "agent {id}: {health}");
+        assert_eq!(health["session"], "connected");
+        assert_eq!(health["device"], id);
+        before.insert(id, m);
+    }
+    let health_command = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .args(["health", "--address"])
+            .arg(format!("127.0.0.1:{}", fleet.metrics_ports[id]))
+            .output()
+            .unwrap()
+    };
+    let out = health_command("1");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"healthy\":true"));
+    let n = fleet.rounds().await.len();
+    fleet.wait_for_rounds(n + 3, Duration::from_secs(30)).await;
+    for id in ids {
+        let (old, new) = (&before[id], fleet.metrics(id).await);
+        assert!(metric(&new, "fleetmeter_round") >= metric(old, "fleetmeter_round") + 3.0);
+        let samples = "fleetmeter_samples_total{outcome=\"ok\"}";
+        assert!(
+            metric(&new, samples) >= metric(old, samples) + 3.0,
+            "agent {id}"
+        );
+        let calls = "fleetmeter_plugin_calls_total{kind=\"sensor\",plugin=\"random-temperature\"}";
+        assert!(metric(&new, calls) > metric(old, calls));
+        assert!(
+            metric(
+                &new,
+                "fleetmeter_plugin_call_duration_seconds_count{kind=\"sensor\"}"
+            ) > 0.0
+        );
+    }
+    let (old, new) = (&before[leader.as_str()], fleet.metrics(&leader).await);
+    for counter in [
+        "fleetmeter_rounds_committed_total",
+        "fleetmeter_round_duration_seconds_count",
+        "fleetmeter_published_total{outcome=\"stored\"}",
+    ] {
+        assert!(
+            metric(&new, counter) >= metric(old, counter) + 3.0,
+            "{counter}: {} then {}",
+            metric(old, counter),
+            metric(&new, counter)
+        );
+    }
+    let used = metric(&new, "fleetmeter_readings_used_total")
+        - metric(old, "fleetmeter_readings_used_total");
+    assert!(used >= 9.0, "3 readings per round: {used}");
+    assert_eq!(metric(&new, "fleetmeter_last_round_readings"), 3.0);
+    assert_eq!(metric(&new, "fleetmeter_publish_backlog"), 0.0);
+    assert_eq!(metric(&new, "fleetmeter_leader_acquired_total"), 1.0);
+
+    // ZooKeeper stops: every agent turns unhealthy and says why.
+    fleet.zk.stop();
+    for id in ids {
+        wait_until(
+            &format!("agent {id} to report unhealthy"),
+            Duration::from_secs(20),
+            || async { fleet.health(id).await.is_some_and(|(code, _)| code == 503) },
+        )
+        .await;
+        let (_, health) = fleet.health(id).await.unwrap();
+        assert_eq!(health["healthy"], false);
+        assert!(
+            !health["problems"].as_array().unwrap().is_empty(),
+            "{health}"
+        );
+    }
+    let out = health_command("1");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    eprintln!(
+        "unhealthy while ZooKeeper is down: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ... and healthy again once it is back and rounds close.
+    fleet.zk.restart();
+    for id in ids {
+        wait_until(
+            &format!("agent {id} to report healthy again"),
+            Duration::from_secs(40),
+            || async { fleet.health(id).await.is_some_and(|(code, _)| code == 200) },
+        )
+        .await;
+    }
+    let m = fleet.metrics(ids[0]).await;
+    assert_eq!(
+        metric(
+            &m,
+            "fleetmeter_zookeeper_session_state{state=\"connected\"}"
+        ),
+        1.0
+    );
     final_check(&mut fleet).await;
     fleet.stop_all().await;
 }
