@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// [default: 0.0.0.0:9464].
     #[arg(long, env = "FLEETMETER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Only check the configuration (file, environment and flags, as `run` would read
+    /// them), print what the agent would run with, and exit: 0 when valid, 1 when not.
+    /// Nothing is connected to.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl RunArgs {
@@ -416,6 +421,10 @@ async fn run_config(command: ConfigCommand) -> Result<ExitCode> {
 
 fn run_device(args: RunArgs) -> Result<ExitCode> {
     let config = crate::config::load(args.config.as_deref(), args.overrides())?;
+    if args.check {
+        print!("{}", crate::config::describe(&config));
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fleetmeter")

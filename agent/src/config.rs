@@ -610,6 +610,39 @@ fn resolve(
     })
 }
 
+/// What `fleetmeter run --check` prints: the values the agent would run with.
+pub fn describe(config: &AgentConfig) -> String {
+    let file = config.file.as_ref().map_or_else(
+        || "(none: built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let listen = config
+        .telemetry
+        .listen
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let resolve = |name: &str| crate::plugin::resolve(name, &config.plugin_dir);
+    format!(
+        "configuration OK\n\
+         config file:      {file}\n\
+         device id:        {}\n\
+         zookeeper:        {} (root {}, session timeout {:?})\n\
+         sampling period:  {:?}\n\
+         api url:          {} (format {})\n\
+         sensor:           {}\n\
+         aggregator:       {}\n\
+         metrics, health:  {listen}\n",
+        config.device_id,
+        config.zookeeper.hosts,
+        config.zookeeper.root,
+        config.zookeeper.session_timeout,
+        config.period,
+        config.publish.api_url,
+        format!("{:?}", config.publish.format).to_lowercase(),
+        resolve(&config.sensor).display(),
+        resolve(&config.aggregator).display(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

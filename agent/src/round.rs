@@ -102,6 +102,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         config.zookeeper.session_timeout,
         config.telemetry.unhealthy_after_periods,
     ));
+    telemetry.plugin_loaded(PluginKind::Sensor, &sensor.metadata().name);
+    telemetry.plugin_loaded(PluginKind::Aggregator, &aggregator.plugin.metadata().name);
     let publisher = Publisher::new(config.publish.clone())
         .context("building the HTTP client")?
         .with_telemetry(telemetry.clone());
@@ -449,6 +451,8 @@ async fn swap_aggregator_if_changed(ctx: &Ctx) {
     match load_aggregator(&ctx.engine, &ctx.config, &wanted).await {
         Ok(loaded) => {
             tracing::info!(from = %current, to = %wanted, "aggregator swapped");
+            ctx.telemetry
+                .plugin_loaded(PluginKind::Aggregator, &loaded.plugin.metadata().name);
             *ctx.aggregator.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
         }
         Err(err) => {

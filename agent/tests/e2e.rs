@@ -735,6 +735,7 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
             .output()
             .unwrap()
     };
+    dashboard_metrics_are_exported(&fleet, &ids).await;
     let out = health_command("1");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"healthy\":true"));
@@ -819,4 +820,59 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
     );
     final_check(&mut fleet).await;
     fleet.stop_all().await;
+}
+
+/// Every metric the Grafana dashboard queries is exported by a running agent or the API
+/// (families are named by their `# TYPE` lines; samples add _total, _bucket, ... suffixes).
+async fn dashboard_metrics_are_exported(fleet: &Fleet, ids: &[&str]) {
+    let mut urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("http://127.0.0.1:{}/metrics", fleet.metrics_ports[*id]))
+        .collect();
+    urls.push(format!("{}metrics", fleet.api_url()));
+    let mut families = std::collections::BTreeSet::new();
+    for url in urls {
+        let text = fleet
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        families.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned),
+        );
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/fleetmeter.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queried.extend(
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .filter(|t| t.starts_with("fleetmeter_"))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    let suffixes = ["", "_total", "_bucket", "_count", "_sum"];
+    for name in &queried {
+        assert!(
+            families
+                .iter()
+                .any(|f| suffixes.iter().any(|s| name == &format!("{f}{s}"))),
+            "the dashboard queries {name}, which no running agent or API exports \
+             (exported: {families:?})"
+        );
+    }
 }

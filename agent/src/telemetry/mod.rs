@@ -76,6 +76,13 @@ fn state_name(status: SessionStatus) -> &'static str {
     }
 }
 
+fn kind_name(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Sensor => "sensor",
+        PluginKind::Aggregator => "aggregator",
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// What `/healthz` decides from.
@@ -198,7 +205,7 @@ impl Telemetry {
         registry.register_collector(Box::new(Live {
             dynconfig: dynconfig.clone(),
         }));
-        Self {
+        let telemetry = Self {
             leader: metric!(
                 "leader",
                 "1 while this agent leads the fleet",
@@ -321,6 +328,33 @@ impl Telemetry {
                 session: None,
                 last_round: None,
             }),
+        };
+        // Series that exist from the start read 0 rather than "no data" in Prometheus
+        // (increase() over a series that appears later misses its first step).
+        for outcome in ["ok", "failed"] {
+            let _ = telemetry.samples.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["stored", "duplicate", "refused"] {
+            let _ = telemetry
+                .published
+                .get_or_create(&OutcomeLabels { outcome });
+        }
+        telemetry
+    }
+
+    /// A plugin was loaded: its series start at 0.
+    pub fn plugin_loaded(&self, kind: PluginKind, plugin: &str) {
+        let labels = PluginLabels {
+            kind: kind_name(kind),
+            plugin: plugin.to_owned(),
+        };
+        for family in [
+            &self.plugin_calls,
+            &self.plugin_failures,
+            &self.plugin_guest_errors,
+            &self.plugin_backed_off,
+        ] {
+            let _ = family.get_or_create(&labels);
         }
     }
 
@@ -432,10 +466,7 @@ impl Telemetry {
         before: &PluginStats,
         after: &PluginStats,
     ) {
-        let kind = match kind {
-            PluginKind::Sensor => "sensor",
-            PluginKind::Aggregator => "aggregator",
-        };
+        let kind = kind_name(kind);
         let labels = PluginLabels {
             kind,
             plugin: plugin.to_owned(),
