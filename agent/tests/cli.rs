@@ -289,3 +289,48 @@ fn run_refuses_bad_configuration_before_connecting() {
         "no-such-sensor.wasm",
     );
 }
+
+#[test]
+fn run_refuses_a_metrics_port_in_use_and_names_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args(["run", "1", "--metrics-listen", &addr, "--zk", "127.0.0.1:1"])
+        .current_dir(repo_root())
+        .env_remove("FLEETMETER_CONFIG")
+        .env_remove("ZK_HOST")
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, &format!("cannot serve metrics on {addr}"));
+    assert!(stderr(&out).contains("--metrics-listen or FLEETMETER_METRICS_LISTEN"));
+}
+
+#[test]
+fn run_check_prints_the_configuration_and_connects_to_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args([
+            "run",
+            "4",
+            "--check",
+            "--zk",
+            "zk-a:2181,zk-b:2181",
+            "--period",
+            "2.5",
+        ])
+        .current_dir(repo_root())
+        .env_remove("FLEETMETER_CONFIG")
+        .env_remove("FLEETMETER_METRICS_LISTEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for expected in [
+        "configuration OK",
+        "device id:        4",
+        "zookeeper:        zk-a:2181,zk-b:2181",
+        "sampling period:  2.5s",
+        "metrics, health:  0.0.0.0:9464",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in {text}");
+    }
+}
