@@ -3,8 +3,9 @@
 //! `fleetmeter run --check`; every path the Dockerfile copies exists and every crate's
 //! manifest reaches its dependency layer, whose stub layout resolves with `--locked`;
 //! Prometheus scrapes the compose services on their ports; Grafana's provisioning points at
-//! them. (That every metric the dashboard queries is exported by a running agent or API is
-//! checked against a real fleet in e2e.rs.)
+//! them, and Prometheus' own `promtool` accepts its configuration. (e2e.rs checks against a
+//! real fleet that every metric the dashboard queries is exported, and that every dashboard
+//! query returns data from a real Prometheus scraping it with this configuration.)
 
 mod support;
 
@@ -294,6 +295,21 @@ fn prometheus_scrapes_the_compose_services_on_their_ports() {
             .any(|v| v
                 .starts_with("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml")),
         "{volumes:?}"
+    );
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_configuration() {
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(repo_root().join("deploy/prometheus/prometheus.yml"))
+        .output()
+        .unwrap_or_else(|e| panic!("promtool ({e}): scripts/test installs Debian's prometheus"));
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -876,3 +876,132 @@ async fn dashboard_metrics_are_exported(fleet: &Fleet, ids: &[&str]) {
         );
     }
 }
+
+/// Runs a PromQL query; `Err` is Prometheus' error (a query that does not parse, say).
+async fn promql(
+    http: &reqwest::Client,
+    prometheus: &str,
+    expr: &str,
+) -> Result<Vec<Value>, String> {
+    let body: Value = http
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if body["status"] != "success" {
+        return Err(body.to_string());
+    }
+    Ok(body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn sample_value(series: &Value) -> f64 {
+    series["value"][1].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_return_data_from_prometheus_scraping_the_fleet() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    let ids = ["1", "2", "3"];
+    for id in ids {
+        fleet.spawn(id);
+    }
+    // The deployment's Prometheus configuration, its compose targets mapped to these processes
+    // and its interval shortened so that rate windows fill quickly.
+    let mut config =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    for id in ids {
+        config = config.replace(
+            &format!("agent-{id}:9464"),
+            &format!("127.0.0.1:{}", fleet.metrics_ports[id]),
+        );
+    }
+    config = config
+        .replace("api:4000", &format!("127.0.0.1:{}", fleet.api_port))
+        .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    assert!(
+        !config.contains("agent-") && !config.contains("api:"),
+        "every compose target is mapped:\n{config}"
+    );
+    let prometheus = support::prometheus::PrometheusServer::start(&config);
+    let url = prometheus.url();
+    let http = &fleet.http;
+    wait_until(
+        "Prometheus to scrape 4 targets up",
+        Duration::from_secs(60),
+        || async {
+            promql(http, &url, "up == 1")
+                .await
+                .is_ok_and(|r| r.len() == 4)
+        },
+    )
+    .await;
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/fleetmeter.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            if let Err(err) = promql(http, &url, expr).await {
+                panic!("panel {}: {expr} is refused: {err}", panel["title"]);
+            }
+            wait_until(
+                &format!("data for {expr} (panel {})", panel["title"]),
+                Duration::from_secs(60),
+                || async { promql(http, &url, expr).await.is_ok_and(|r| !r.is_empty()) },
+            )
+            .await;
+        }
+    }
+    // The joins mean what the panels say.
+    let leaders = promql(
+        http,
+        &url,
+        "fleetmeter_leader * on(instance) group_left(device) fleetmeter_agent_info",
+    )
+    .await
+    .unwrap();
+    let devices: BTreeMap<String, f64> = leaders
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["device"].as_str().unwrap().to_owned(),
+                sample_value(s),
+            )
+        })
+        .collect();
+    assert_eq!(devices.keys().collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert_eq!(
+        devices.values().filter(|v| **v == 1.0).count(),
+        1,
+        "{devices:?}"
+    );
+    let readings = promql(
+        http,
+        &url,
+        "sum(fleetmeter_last_round_readings * fleetmeter_leader)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(sample_value(&readings[0]), 3.0);
+    let value = promql(http, &url, "fleetmeter_api_latest_value")
+        .await
+        .unwrap();
+    assert!(
+        (75.0..=85.0).contains(&sample_value(&value[0])),
+        "{value:?}"
+    );
+    drop(prometheus);
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}

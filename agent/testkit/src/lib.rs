@@ -4,7 +4,10 @@
 //! - [`zk`]: ZooKeeper from Debian's package (standalone and a 3-node ensemble).
 //! - [`redis`]: Debian's `redis-server`.
 //! - [`proxy`]: a TCP proxy that injects connection faults in front of ZooKeeper.
+//! - [`prometheus`]: Debian's Prometheus server, to scrape a fleet and run the dashboard's
+//!   queries.
 
+pub mod prometheus;
 pub mod proxy;
 pub mod redis;
 pub mod zk;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test binary uses its own part of the support module
-pub use fleetmeter_testkit::{free_port, proxy, redis, wait_until, zk};
+pub use fleetmeter_testkit::{free_port, prometheus, proxy, redis, wait_until, zk};
 
 use std::path::PathBuf;
 
