@@ -115,6 +115,15 @@ pub enum PublishFormat {
     Query,
 }
 
+impl PublishFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishFormat::Json => "json",
+            PublishFormat::Query => "query",
+        }
+    }
+}
+
 impl std::str::FromStr for PublishFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -637,7 +646,7 @@ pub fn describe(config: &AgentConfig) -> String {
         config.zookeeper.session_timeout,
         config.period,
         config.publish.api_url,
-        format!("{:?}", config.publish.format).to_lowercase(),
+        config.publish.format.name(),
         resolve(&config.sensor).display(),
         resolve(&config.aggregator).display(),
     )

@@ -91,10 +91,14 @@ impl Publisher {
         self
     }
 
-    fn backlog(&self, backlog: usize) {
-        if let Some(t) = &self.telemetry {
-            t.publish_backlog(backlog);
+    fn record(&self, what: impl FnOnce(&Telemetry)) {
+        if let Some(telemetry) = &self.telemetry {
+            what(telemetry);
         }
+    }
+
+    fn backlog(&self, backlog: usize) {
+        self.record(|t| t.publish_backlog(backlog));
     }
 
     /// Sends one result to `api_url`. `Err` is a transient failure: retry later.
@@ -183,9 +187,7 @@ impl Publisher {
             let url = api_url.borrow().clone();
             match self.send(&url, &result).await {
                 Ok(delivery) => {
-                    if let Some(t) = &self.telemetry {
-                        t.delivered(&delivery);
-                    }
+                    self.record(|t| t.delivered(&delivery));
                     match &delivery {
                         Delivery::Stored => {
                             tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API")
@@ -203,9 +205,7 @@ impl Publisher {
                     }
                 }
                 Err(reason) => {
-                    if let Some(t) = &self.telemetry {
-                        t.publish_failed();
-                    }
+                    self.record(Telemetry::publish_failed);
                     return Err(DrainError::Api {
                         reason,
                         backlog: total - done,

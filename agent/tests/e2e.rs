@@ -160,13 +160,22 @@ impl Fleet {
         rounds
     }
 
+    /// An agent's /metrics URL.
+    fn metrics_url(&self, id: &str) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_ports[id])
+    }
+
+    /// The text at `url` (empty while nothing answers).
+    async fn scrape(&self, url: &str) -> String {
+        match self.http.get(url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// An agent's /metrics as `name{labels} -> value` (empty while it does not answer).
     async fn metrics(&self, id: &str) -> BTreeMap<String, f64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_ports[id]);
-        let Ok(response) = self.http.get(url).send().await else {
-            return BTreeMap::new();
-        };
-        let text = response.text().await.unwrap_or_default();
+        let text = self.scrape(&self.metrics_url(id)).await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
@@ -741,10 +750,35 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"healthy\":true"));
     let n = fleet.rounds().await.len();
     fleet.wait_for_rounds(n + 3, Duration::from_secs(30)).await;
+    // Stored rounds trail what the agents saw by up to a publish: wait for every counter
+    // checked below to catch up rather than read them at one instant.
+    let leader_counters = [
+        "fleetmeter_rounds_committed_total",
+        "fleetmeter_round_duration_seconds_count",
+        "fleetmeter_published_total{outcome=\"stored\"}",
+    ];
+    let samples = "fleetmeter_samples_total{outcome=\"ok\"}";
+    let caught_up = |id: &str, new: &BTreeMap<String, f64>| {
+        let old = &before[id];
+        let grown =
+            |name: &str, by: f64| new.contains_key(name) && new[name] >= metric(old, name) + by;
+        grown("fleetmeter_round", 3.0)
+            && grown(samples, 3.0)
+            && (id != leader
+                || (leader_counters.iter().all(|c| grown(c, 3.0))
+                    && grown("fleetmeter_readings_used_total", 9.0)))
+    };
+    for id in ids {
+        wait_until(
+            &format!("agent {id}'s metrics to show 3 more rounds"),
+            Duration::from_secs(10),
+            || async { caught_up(id, &fleet.metrics(id).await) },
+        )
+        .await;
+    }
     for id in ids {
         let (old, new) = (&before[id], fleet.metrics(id).await);
         assert!(metric(&new, "fleetmeter_round") >= metric(old, "fleetmeter_round") + 3.0);
-        let samples = "fleetmeter_samples_total{outcome=\"ok\"}";
         assert!(
             metric(&new, samples) >= metric(old, samples) + 3.0,
             "agent {id}"
@@ -759,11 +793,7 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
         );
     }
     let (old, new) = (&before[leader.as_str()], fleet.metrics(&leader).await);
-    for counter in [
-        "fleetmeter_rounds_committed_total",
-        "fleetmeter_round_duration_seconds_count",
-        "fleetmeter_published_total{outcome=\"stored\"}",
-    ] {
+    for counter in leader_counters {
         assert!(
             metric(&new, counter) >= metric(old, counter) + 3.0,
             "{counter}: {} then {}",
@@ -822,25 +852,35 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
     fleet.stop_all().await;
 }
 
+/// Every (panel title, PromQL expression) of the Grafana dashboard.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/fleetmeter.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push((
+                title.to_owned(),
+                target["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    queries
+}
+
 /// Every metric the Grafana dashboard queries is exported by a running agent or the API
 /// (families are named by their `# TYPE` lines; samples add _total, _bucket, ... suffixes).
 async fn dashboard_metrics_are_exported(fleet: &Fleet, ids: &[&str]) {
-    let mut urls: Vec<String> = ids
-        .iter()
-        .map(|id| format!("http://127.0.0.1:{}/metrics", fleet.metrics_ports[*id]))
-        .collect();
+    let mut urls: Vec<String> = ids.iter().map(|id| fleet.metrics_url(id)).collect();
     urls.push(format!("{}metrics", fleet.api_url()));
     let mut families = std::collections::BTreeSet::new();
     for url in urls {
-        let text = fleet
-            .http
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = fleet.scrape(&url).await;
+        assert!(!text.is_empty(), "{url} answers");
         families.extend(
             text.lines()
                 .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -848,21 +888,13 @@ async fn dashboard_metrics_are_exported(fleet: &Fleet, ids: &[&str]) {
                 .map(str::to_owned),
         );
     }
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/fleetmeter.json"))
-            .unwrap(),
-    )
-    .unwrap();
     let mut queried = std::collections::BTreeSet::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            queried.extend(
-                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-                    .filter(|t| t.starts_with("fleetmeter_"))
-                    .map(str::to_owned),
-            );
-        }
+    for (_, expr) in dashboard_queries() {
+        queried.extend(
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|t| t.starts_with("fleetmeter_"))
+                .map(str::to_owned),
+        );
     }
     assert!(queried.len() >= 10, "{queried:?}");
     let suffixes = ["", "_total", "_bucket", "_count", "_sum"];
@@ -944,24 +976,16 @@ async fn the_dashboard_queries_return_data_from_prometheus_scraping_the_fleet() 
     )
     .await;
 
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/fleetmeter.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            if let Err(err) = promql(http, &url, expr).await {
-                panic!("panel {}: {expr} is refused: {err}", panel["title"]);
-            }
-            wait_until(
-                &format!("data for {expr} (panel {})", panel["title"]),
-                Duration::from_secs(60),
-                || async { promql(http, &url, expr).await.is_ok_and(|r| !r.is_empty()) },
-            )
-            .await;
+    for (title, expr) in dashboard_queries() {
+        if let Err(err) = promql(http, &url, &expr).await {
+            panic!("panel {title}: {expr} is refused: {err}");
         }
+        wait_until(
+            &format!("data for {expr} (panel {title})"),
+            Duration::from_secs(60),
+            || async { promql(http, &url, &expr).await.is_ok_and(|r| !r.is_empty()) },
+        )
+        .await;
     }
     // The joins mean what the panels say.
     let leaders = promql(
