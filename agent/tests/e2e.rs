@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fleetmeter::coord::{Session, ZkSettings, counter, dynconfig::Key, paths};
+use fleetmeter::coord::{Session, ZkSettings, barrier, counter, dynconfig::Key, paths};
 use serde_json::Value;
 use support::{
     fixture, free_port, plugin, redis::RedisServer, repo_root, wait_until, zk::ZkServer,
@@ -549,19 +549,42 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     fleet.spawn_with_config("3", &trap_toml);
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until("device 3 to join", Duration::from_secs(30), || async {
-        client
-            .check_stat(&paths::device("3"))
-            .await
-            .is_ok_and(|s| s.is_some())
-    })
-    .await;
+    for id in ["1", "2", "3"] {
+        wait_until(
+            &format!("device {id} to join"),
+            Duration::from_secs(30),
+            || async {
+                client
+                    .check_stat(&paths::device(id))
+                    .await
+                    .is_ok_and(|s| s.is_some())
+            },
+        )
+        .await;
+    }
+    // The round open now may have opened before a device joined (a late joiner rightly
+    // misses it); every later round opened with all three devices as members.
+    let open = barrier::current(&client).await.unwrap().round;
     drop(client);
     admin.close().await;
-    let n = fleet.rounds().await.len();
-    let rounds = fleet.wait_for_rounds(n + 5, Duration::from_secs(60)).await;
-    for r in rounds.iter().skip(n) {
-        assert_eq!(r["devices"], serde_json::json!(["1", "2"]), "{r}");
+    wait_until(
+        "5 rounds opened after every device joined",
+        Duration::from_secs(60),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .iter()
+                .filter(|r| r["round"].as_u64().unwrap() > open)
+                .count()
+                >= 5
+        },
+    )
+    .await;
+    for r in fleet.rounds().await {
+        if r["round"].as_u64().unwrap() > open {
+            assert_eq!(r["devices"], serde_json::json!(["1", "2"]), "{r}");
+        }
     }
     let log = fleet.log("agent-3.log");
     assert!(
