@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fleetmeter::coord::{Session, ZkSettings, barrier, counter, dynconfig::Key, paths};
+use fleetmeter::coord::{Session, ZkSettings, barrier, counter, dynconfig::Key, election, paths};
 use serde_json::Value;
 use support::{
     fixture, free_port, plugin, redis::RedisServer, repo_root, wait_until, zk::ZkServer,
@@ -342,14 +342,14 @@ async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
     let rounds = fleet.wait_for_rounds(3, Duration::from_secs(60)).await;
     let first_leader = leader_of(rounds.last().unwrap());
 
-    // SIGKILL: the session must expire first.
+    // SIGKILL: the session must expire first, then another device leads. How long that
+    // takes is measured by `scripts/bench-failover`, not asserted here.
     let mut killed = fleet.signal(&first_leader, "KILL");
     let killed_at = Instant::now();
     let _ = killed.wait();
-    let deadline = SESSION_TIMEOUT + PERIOD + Duration::from_secs(1);
     wait_until(
         "a new leader's first stored round after SIGKILL",
-        deadline + Duration::from_secs(2),
+        Duration::from_secs(60),
         || async {
             fleet
                 .rounds()
@@ -359,20 +359,42 @@ async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let kill_failover = killed_at.elapsed();
+    eprintln!("failover after SIGKILL: {:?}", killed_at.elapsed());
     let second_leader = leader_of(fleet.rounds().await.last().unwrap());
-    eprintln!("failover after SIGKILL: {kill_failover:?}");
-    assert!(
-        kill_failover <= deadline + Duration::from_millis(500),
-        "{kill_failover:?}"
-    );
 
-    // SIGTERM: the session is closed, no timeout to wait for.
+    // SIGTERM: the agent closes its session before it exits, so its ephemeral nodes are
+    // already gone when the process is (no session timeout for the fleet to wait out).
     let mut stopped = fleet.signal(&second_leader, "TERM");
     let stopped_at = Instant::now();
+    let status = stopped.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    assert_eq!(
+        client
+            .check_stat(&paths::device(&second_leader))
+            .await
+            .unwrap(),
+        None,
+        "device {second_leader}'s node outlived its process"
+    );
+    assert!(
+        !election::contenders(&client)
+            .await
+            .unwrap()
+            .contains(&second_leader),
+        "device {second_leader}'s election node outlived its process"
+    );
+    drop(client);
+    admin.close().await;
+    assert!(
+        fleet
+            .log(&format!("agent-{second_leader}.log"))
+            .contains("ZooKeeper session closed")
+    );
     wait_until(
         "a new leader's first stored round after SIGTERM",
-        PERIOD + Duration::from_secs(3),
+        Duration::from_secs(30),
         || async {
             fleet
                 .rounds()
@@ -382,19 +404,7 @@ async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
         },
     )
     .await;
-    let term_failover = stopped_at.elapsed();
-    eprintln!("failover after SIGTERM: {term_failover:?}");
-    assert!(
-        term_failover <= PERIOD + Duration::from_secs(1),
-        "{term_failover:?}"
-    );
-    let status = stopped.wait().unwrap();
-    assert!(status.success(), "SIGTERM exits 0: {status}");
-    assert!(
-        fleet
-            .log(&format!("agent-{second_leader}.log"))
-            .contains("ZooKeeper session closed")
-    );
+    eprintln!("failover after SIGTERM: {:?}", stopped_at.elapsed());
 
     // A few more rounds with the last device, then the invariants.
     let n = fleet.rounds().await.len();
@@ -700,14 +710,17 @@ async fn status_and_config_set_against_a_running_fleet() {
         let m = fleet.metrics(id).await;
         assert_eq!(metric(&m, "fleetmeter_sampling_period_seconds"), 2.0);
     }
+    // The schedule of the rounds opened after every agent applied the period, averaged
+    // over three gaps so that one late commit on a busy machine does not decide.
     let n = fleet.rounds().await.len();
-    let rounds = fleet.wait_for_rounds(n + 3, Duration::from_secs(30)).await;
-    let ts: Vec<u64> = rounds[rounds.len() - 2..]
-        .iter()
-        .map(|r| r["ts"].as_u64().unwrap())
-        .collect();
-    let gap = ts[1] - ts[0];
-    assert!((1600..=2400).contains(&gap), "rounds now {gap} ms apart");
+    let rounds = fleet.wait_for_rounds(n + 5, Duration::from_secs(40)).await;
+    let after: Vec<&Value> = rounds[n + 1..n + 5].iter().collect();
+    let spacing = (after[3]["ts"].as_u64().unwrap() - after[0]["ts"].as_u64().unwrap())
+        / (after[3]["round"].as_u64().unwrap() - after[0]["round"].as_u64().unwrap());
+    assert!(
+        (1700..=2300).contains(&spacing),
+        "rounds now {spacing} ms apart: {after:?}"
+    );
     final_check(&mut fleet).await;
     fleet.stop_all().await;
 }
