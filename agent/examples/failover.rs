@@ -1,0 +1,285 @@
+//! Failover time of a real fleet: a ZooKeeper from Debian's package and three release
+//! `fleetmeter run` processes with the bundled plugins. The leader is stopped again and
+//! again, alternately with SIGKILL (its session must time out) and SIGTERM (it closes its
+//! session), and the time from the signal to the next committed round is measured, read
+//! from ZooKeeper's `{root}/round`. The stopped device is started again before the next
+//! trial, at a varying point of the period. At the end, `counter` is checked against every
+//! committed result (no API runs, so they all stay in the outbox): nothing lost or doubled.
+//!
+//! `scripts/bench-failover [--trials N] [--period S] [--session-timeout S]`
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use fleetmeter::coord::{Session, ZkSettings, barrier, counter, election, paths};
+use fleetmeter_testkit::zk::ZkServer;
+
+/// Measures how long a fleet of three agents goes without a committed round when its
+/// leader is stopped by SIGKILL or SIGTERM.
+#[derive(Parser)]
+struct Args {
+    /// Trials per signal.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// The fleet's sampling period, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    period: f64,
+    /// The agents' ZooKeeper session timeout, seconds (1 to 10 with the test server's
+    /// 500 ms tick). The agent's default is 4.
+    #[arg(long, default_value_t = 4.0)]
+    session_timeout: f64,
+    /// The `fleetmeter` binary; by default the one next to this example's directory
+    /// (target/release/fleetmeter).
+    #[arg(long)]
+    fleetmeter: Option<PathBuf>,
+    /// The bundled plugins.
+    #[arg(long, default_value = "plugins/dist")]
+    plugin_dir: PathBuf,
+}
+
+struct Fleet {
+    binary: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+    zk_hosts: String,
+    agents: BTreeMap<String, Child>,
+}
+
+impl Fleet {
+    fn spawn(&mut self, id: &str) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("agent-{id}.log")))?;
+        let child = Command::new(&self.binary)
+            .args(["run", id, "--config"])
+            .arg(&self.config)
+            .env("ZK_HOST", &self.zk_hosts)
+            .env("FLEETMETER_METRICS_LISTEN", "off")
+            .env("RUST_LOG", "info")
+            .env_remove("SAMPLING_PERIOD")
+            .env_remove("API_URL")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.agents.insert(id.to_owned(), child);
+        Ok(())
+    }
+
+    fn stop(&mut self, id: &str, signal: &str) -> Result<Child> {
+        let child = self
+            .agents
+            .remove(id)
+            .with_context(|| format!("device {id} is not one of ours"))?;
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill -{signal} {} failed", child.id());
+        Ok(child)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in self.agents.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 5 ms until it holds; fails naming `what` after `deadline`.
+async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            bail!("no {what} after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn summary(label: &str, mut times: Vec<Duration>, reference_text: &str, reference: Duration) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = times[times.len() / 2];
+    println!(
+        "{label:<8} n={:<3} min {:>7.0} ms   median {:>7.0} ms   max {:>7.0} ms   (reference: {reference_text} = {:.0} ms)",
+        times.len(),
+        ms(times[0]),
+        ms(median),
+        ms(*times.last().unwrap()),
+        ms(reference),
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.trials > 0, "--trials must be at least 1");
+    let binary = match args.fleetmeter {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(Path::parent)
+            .context("the example lives in target/<profile>/examples")?
+            .join("fleetmeter"),
+    };
+    ensure!(
+        binary.is_file(),
+        "{} not found: build it with `cargo build --release -p fleetmeter` or pass --fleetmeter",
+        binary.display()
+    );
+    for plugin in ["random-temperature", "mean"] {
+        let path = args.plugin_dir.join(format!("{plugin}.wasm"));
+        ensure!(
+            path.is_file(),
+            "{} not found: run scripts/build-plugins",
+            path.display()
+        );
+    }
+    let period = Duration::from_secs_f64(args.period);
+    let session_timeout = Duration::from_secs_f64(args.session_timeout);
+
+    let work = tempfile::tempdir()?;
+    let zk = ZkServer::start();
+    let config = work.path().join("agent.toml");
+    // No API: results stay in the outbox, where the final check counts them.
+    std::fs::write(
+        &config,
+        format!(
+            "[zookeeper]\nsession_timeout = {}\n[round]\nsampling_period = {}\n\
+             [publish]\napi_url = \"http://127.0.0.1:9/\"\nretry_initial = 1.0\nretry_max = 10.0\n\
+             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n",
+            args.session_timeout,
+            args.period,
+            std::path::absolute(&args.plugin_dir)?.display(),
+            work.path().join("cache").display(),
+        ),
+    )?;
+    let mut fleet = Fleet {
+        binary,
+        config,
+        logs: work.path().to_owned(),
+        zk_hosts: zk.hosts(),
+        agents: BTreeMap::new(),
+    };
+    let observer = Session::connect(ZkSettings {
+        hosts: zk.hosts(),
+        root: "/fleetmeter".into(),
+        session_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(30),
+    })
+    .await?;
+    let client = observer.client()?;
+
+    println!(
+        "fleet of 3 agents, period {:?}, session timeout {:?}, {} trials per signal; logs in {}",
+        period,
+        session_timeout,
+        args.trials,
+        work.path().display()
+    );
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id)?;
+    }
+    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for trial in 0..2 * args.trials {
+        // A full fleet, a few rounds in, then a stop at a varying point of the period.
+        wait_for("full fleet", Duration::from_secs(60), || async {
+            Ok(election::contenders(&client).await?.len() == 3)
+        })
+        .await?;
+        let start = barrier::current(&client).await?.round;
+        wait_for("two rounds", 10 * period + session_timeout, || async {
+            Ok(barrier::current(&client).await?.round >= start + 2)
+        })
+        .await?;
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+        tokio::time::sleep(period.mul_f64(f64::from(nanos.subsec_nanos() % 1000) / 1000.0)).await;
+
+        let signal = if trial % 2 == 0 { "KILL" } else { "TERM" };
+        let leader = election::contenders(&client)
+            .await?
+            .first()
+            .cloned()
+            .context("no leader")?;
+        let mut child = fleet.stop(&leader, signal)?;
+        let signalled = Instant::now();
+        child.wait()?;
+        // A dead process commits nothing more: the next round is the new leader's.
+        let last = barrier::current(&client).await?.round;
+        wait_for(
+            "round from a new leader",
+            4 * (session_timeout + period),
+            || async { Ok(barrier::current(&client).await?.round > last) },
+        )
+        .await?;
+        let took = signalled.elapsed();
+        let now_leading = election::contenders(&client).await?;
+        println!(
+            "trial {:>2}: SIG{signal:<4} to leader {leader}: next round committed after {:>6.0} ms (now led by {})",
+            trial + 1,
+            took.as_secs_f64() * 1000.0,
+            now_leading.first().map_or("nobody", String::as_str),
+        );
+        times.entry(signal).or_default().push(took);
+        fleet.spawn(&leader)?;
+    }
+
+    // Exactly once across every failover: counter == the readings of every committed round.
+    for id in ["1", "2", "3"] {
+        let mut child = fleet.stop(id, "TERM")?;
+        child.wait()?;
+    }
+    let mut committed = 0i64;
+    let results = client.list_children(paths::RESULTS).await?;
+    for name in &results {
+        let (data, _) = client
+            .get_data(&format!("{}/{name}", paths::RESULTS))
+            .await?;
+        let result: serde_json::Value = serde_json::from_slice(&data)?;
+        committed += result["count"].as_i64().context("a result has a count")?;
+    }
+    let counted = counter::read(&client).await?.value;
+    drop(client);
+    observer.close().await;
+
+    println!();
+    summary(
+        "SIGKILL",
+        times.remove("KILL").unwrap(),
+        "session timeout + period",
+        session_timeout + period,
+    );
+    summary("SIGTERM", times.remove("TERM").unwrap(), "period", period);
+    println!(
+        "exactly once: counter {counted}, readings in the {} committed rounds {committed}: {}",
+        results.len(),
+        if counted == committed {
+            "equal"
+        } else {
+            "DIFFERENT"
+        }
+    );
+    ensure!(
+        counted == committed,
+        "counter and committed readings differ"
+    );
+    Ok(())
+}
