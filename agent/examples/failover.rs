@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use fleetmeter::coord::{Session, ZkSettings, barrier, counter, election, paths};
 use fleetmeter_testkit::zk::ZkServer;
@@ -96,22 +96,12 @@ impl Drop for Fleet {
     }
 }
 
-/// Polls `check` every 5 ms until it holds; fails naming `what` after `deadline`.
-async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > deadline {
-            bail!("no {what} after {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits, on a ZooKeeper watch, for a round committed after round `after` opened.
+async fn next_round(observer: &Session, after: u64, deadline: Duration) -> Result<()> {
+    tokio::time::timeout(deadline, barrier::wait_for_round(observer, Some(after)))
+        .await
+        .with_context(|| format!("no round after {after} within {deadline:?}"))??;
+    Ok(())
 }
 
 fn summary(label: &str, mut times: Vec<Duration>, reference_text: &str, reference: Duration) {
@@ -201,15 +191,16 @@ async fn main() -> Result<()> {
     let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for trial in 0..2 * args.trials {
         // A full fleet, a few rounds in, then a stop at a varying point of the period.
-        wait_for("full fleet", Duration::from_secs(60), || async {
-            Ok(election::contenders(&client).await?.len() == 3)
-        })
-        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while election::contenders(&client).await?.len() < 3 {
+            ensure!(
+                Instant::now() < deadline,
+                "the fleet is not back to 3 agents after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let start = barrier::current(&client).await?.round;
-        wait_for("two rounds", 10 * period + session_timeout, || async {
-            Ok(barrier::current(&client).await?.round >= start + 2)
-        })
-        .await?;
+        next_round(&observer, start + 1, 10 * period + session_timeout).await?;
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
         tokio::time::sleep(period.mul_f64(f64::from(nanos.subsec_nanos() % 1000) / 1000.0)).await;
 
@@ -224,12 +215,7 @@ async fn main() -> Result<()> {
         child.wait()?;
         // A dead process commits nothing more: the next round is the new leader's.
         let last = barrier::current(&client).await?.round;
-        wait_for(
-            "round from a new leader",
-            4 * (session_timeout + period),
-            || async { Ok(barrier::current(&client).await?.round > last) },
-        )
-        .await?;
+        next_round(&observer, last, 4 * (session_timeout + period)).await?;
         let took = signalled.elapsed();
         let now_leading = election::contenders(&client).await?;
         println!(

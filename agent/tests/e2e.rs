@@ -199,6 +199,29 @@ impl Fleet {
         self.rounds().await
     }
 
+    /// Waits for a stored round led by another device than `old`; returns its leader.
+    async fn wait_for_new_leader(&self, old: &str, what: &str, deadline: Duration) -> String {
+        wait_until(
+            &format!("a new leader's first stored round after {what}"),
+            deadline,
+            || async {
+                self.rounds()
+                    .await
+                    .last()
+                    .is_some_and(|r| leader_of(r) != old)
+            },
+        )
+        .await;
+        leader_of(self.rounds().await.last().unwrap())
+    }
+
+    /// The stored rounds numbered above `round`.
+    async fn rounds_after(&self, round: u64) -> Vec<Value> {
+        let mut rounds = self.rounds().await;
+        rounds.retain(|r| r["round"].as_u64().unwrap() > round);
+        rounds
+    }
+
     async fn admin(&self) -> Session {
         Session::connect(ZkSettings {
             hosts: self.zk.hosts(),
@@ -347,20 +370,10 @@ async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
     let mut killed = fleet.signal(&first_leader, "KILL");
     let killed_at = Instant::now();
     let _ = killed.wait();
-    wait_until(
-        "a new leader's first stored round after SIGKILL",
-        Duration::from_secs(60),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .last()
-                .is_some_and(|r| leader_of(r) != first_leader)
-        },
-    )
-    .await;
+    let second_leader = fleet
+        .wait_for_new_leader(&first_leader, "SIGKILL", Duration::from_secs(60))
+        .await;
     eprintln!("failover after SIGKILL: {:?}", killed_at.elapsed());
-    let second_leader = leader_of(fleet.rounds().await.last().unwrap());
 
     // SIGTERM: the agent closes its session before it exits, so its ephemeral nodes are
     // already gone when the process is (no session timeout for the fleet to wait out).
@@ -392,18 +405,9 @@ async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
             .log(&format!("agent-{second_leader}.log"))
             .contains("ZooKeeper session closed")
     );
-    wait_until(
-        "a new leader's first stored round after SIGTERM",
-        Duration::from_secs(30),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .last()
-                .is_some_and(|r| leader_of(r) != second_leader)
-        },
-    )
-    .await;
+    fleet
+        .wait_for_new_leader(&second_leader, "SIGTERM", Duration::from_secs(30))
+        .await;
     eprintln!("failover after SIGTERM: {:?}", stopped_at.elapsed());
 
     // A few more rounds with the last device, then the invariants.
@@ -580,21 +584,11 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     wait_until(
         "5 rounds opened after every device joined",
         Duration::from_secs(60),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .iter()
-                .filter(|r| r["round"].as_u64().unwrap() > open)
-                .count()
-                >= 5
-        },
+        || async { fleet.rounds_after(open).await.len() >= 5 },
     )
     .await;
-    for r in fleet.rounds().await {
-        if r["round"].as_u64().unwrap() > open {
-            assert_eq!(r["devices"], serde_json::json!(["1", "2"]), "{r}");
-        }
+    for r in fleet.rounds_after(open).await {
+        assert_eq!(r["devices"], serde_json::json!(["1", "2"]), "{r}");
     }
     let log = fleet.log("agent-3.log");
     assert!(
