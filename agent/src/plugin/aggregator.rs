@@ -10,7 +10,8 @@ use super::{
         aggregator::{Aggregator, AggregatorPre},
         types,
     },
-    instance::{HostState, Runner, World},
+    host::HostState,
+    instance::{Runner, World},
 };
 
 pub(crate) struct AggregatorWorld;

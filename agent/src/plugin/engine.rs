@@ -18,7 +18,7 @@ use wasmtime::{
     component::{Component, Linker},
 };
 
-use super::{CONTRACT_PACKAGE, CONTRACT_VERSION, LoadError, PluginKind, instance::HostState};
+use super::{CONTRACT_PACKAGE, CONTRACT_VERSION, LoadError, PluginKind, host::HostState};
 
 /// How the engine is built. Fuel metering is an engine-wide switch.
 #[derive(Clone, Debug)]

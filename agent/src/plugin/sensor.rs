@@ -7,7 +7,8 @@ use wasmtime::{Store, component::InstancePre};
 use super::{
     CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats,
     bindings::sensor::{Sensor, SensorPre},
-    instance::{HostState, Runner, World},
+    host::HostState,
+    instance::{Runner, World},
 };
 
 pub(crate) struct SensorWorld;
