@@ -14,7 +14,7 @@ use crate::{
         paths::{self, DEVICES, RESULTS},
         persistent,
     },
-    round::DeviceReading,
+    wire::DeviceReading,
 };
 
 /// One device as `status` shows it.
@@ -141,7 +141,7 @@ pub enum SetError {
     #[error("unknown key {0:?}: use sampling_period, api_url or aggregator")]
     UnknownKey(String),
     #[error("refused: {0}")]
-    Invalid(String),
+    Invalid(#[from] dynconfig::InvalidValue),
     #[error(transparent)]
     Coord(#[from] CoordError),
 }
@@ -151,17 +151,13 @@ pub enum SetError {
 pub fn validate(key_name: &str, value: &str, plugin_dir: &Path) -> Result<(Key, String), SetError> {
     let key = Key::parse(key_name).ok_or_else(|| SetError::UnknownKey(key_name.to_owned()))?;
     let value = match key {
-        Key::SamplingPeriod => dynconfig::parse_period(value)
-            .map(dynconfig::format_period)
-            .map_err(SetError::Invalid)?,
-        Key::ApiUrl => dynconfig::parse_api_url(value)
-            .map(|u| u.to_string())
-            .map_err(SetError::Invalid)?,
+        Key::SamplingPeriod => dynconfig::parse_period(value).map(dynconfig::format_period)?,
+        Key::ApiUrl => dynconfig::parse_api_url(value).map(|u| u.to_string())?,
         Key::Aggregator => {
             let check_installed = plugin_dir.is_dir();
             let known =
                 |name: &str| !check_installed || plugin_dir.join(format!("{name}.wasm")).is_file();
-            dynconfig::parse_aggregator(value, &known).map_err(SetError::Invalid)?
+            dynconfig::parse_aggregator(value, &known)?
         }
     };
     Ok((key, value))

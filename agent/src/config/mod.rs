@@ -3,21 +3,32 @@
 //! At run time the ZooKeeper config nodes override the period, the API URL and the aggregator
 //! (see `coord::dynconfig`), seeded from these values.
 //!
+//! # Layout
+//! - [`keys`]: the one table of keys, flags, variables, defaults and ranges.
+//! - [`file`]: `agent.toml` as serde reads it.
+//! - `resolve`: validation, one function per section.
+//!
 //! Unknown keys and invalid values fail at start with a message that names the key and where
 //! the value came from.
 
+mod file;
+pub mod keys;
+mod resolve;
+
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::Deserialize;
+pub use file::{
+    DeviceSection, FileConfig, GrantsSection, PluginsSection, PublishFormat, PublishSection,
+    RoundSection, TelemetrySection, UnknownFormat, ZookeeperSection,
+};
 
 use crate::{
-    coord::{ZkSettings, dynconfig},
-    plugin::{DirGrant, Grants, Limits, PluginSettings},
+    coord::{CoordError, ZkSettings, dynconfig::InvalidValue},
+    plugin::{DirGrantError, LimitsError, PluginSettings},
 };
 
 /// The file read when no `--config` is given, if it exists.
@@ -30,13 +41,17 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{key} ({source_of}): {message}")]
+    #[error("invalid configuration file {path}: {}", one_line(source))]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// `key` is the key's label in the key table; `origin` says where the value came from.
+    #[error("{key} ({origin}): {source}")]
     Invalid {
         key: &'static str,
-        source_of: String,
-        message: String,
+        origin: String,
+        source: InvalidSetting,
     },
     #[error(
         "a device id is required: `fleetmeter run ID` (or --id ID, the DEVICE_ID environment \
@@ -45,181 +60,37 @@ pub enum ConfigError {
     MissingId,
 }
 
-/// `agent.toml`. Every key is optional; see the documented `agent.toml` at the repository
-/// root for the defaults.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileConfig {
-    pub device: DeviceSection,
-    pub zookeeper: ZookeeperSection,
-    pub round: RoundSection,
-    pub publish: PublishSection,
-    pub plugins: PluginsSection,
-    pub telemetry: TelemetrySection,
+/// Why one value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidSetting {
+    #[error("must be between {min} and {max} {unit}, got {value}")]
+    OutOfRange {
+        value: f64,
+        min: f64,
+        max: f64,
+        unit: &'static str,
+    },
+    #[error("must not exceed retry_max")]
+    RetryOrder,
+    #[error("`{key}` must be a string, number or boolean, got {found}")]
+    PluginConfigType { key: String, found: &'static str },
+    #[error(transparent)]
+    Value(#[from] InvalidValue),
+    #[error(transparent)]
+    Format(#[from] UnknownFormat),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error(transparent)]
+    DirGrant(#[from] DirGrantError),
+    #[error(transparent)]
+    Coord(#[from] CoordError),
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeviceSection {
-    pub id: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ZookeeperSection {
-    pub hosts: String,
-    pub root: String,
-    /// Seconds.
-    pub session_timeout: f64,
-    /// Seconds to keep trying the first connection.
-    pub connect_timeout: f64,
-}
-
-impl Default for ZookeeperSection {
-    fn default() -> Self {
-        Self {
-            hosts: "127.0.0.1:2181".into(),
-            root: "/fleetmeter".into(),
-            session_timeout: 4.0,
-            connect_timeout: 60.0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoundSection {
-    /// Seconds between round starts.
-    pub sampling_period: f64,
-    /// Fraction of the period the leader waits for readings before going on without
-    /// stragglers.
-    pub collect_fraction: f64,
-}
-
-impl Default for RoundSection {
-    fn default() -> Self {
-        Self {
-            sampling_period: 5.0,
-            collect_fraction: 0.8,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PublishFormat {
-    /// `POST {url}api/v1/rounds` with the round as JSON, idempotent by round number.
-    #[default]
-    Json,
-    /// `GET {url}nuevo?dato=V`, the original API's call (at-least-once).
-    Query,
-}
-
-impl PublishFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            PublishFormat::Json => "json",
-            PublishFormat::Query => "query",
-        }
-    }
-}
-
-impl std::str::FromStr for PublishFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "json" => Ok(PublishFormat::Json),
-            "query" => Ok(PublishFormat::Query),
-            other => Err(format!("must be `json` or `query`, got {other:?}")),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PublishSection {
-    pub api_url: String,
-    pub format: PublishFormat,
-    /// Bearer token for the API's writes (its API_TOKEN).
-    pub token: Option<String>,
-    /// Seconds per request.
-    pub timeout: f64,
-    /// First retry delay, seconds; doubled up to `retry_max`, with jitter.
-    pub retry_initial: f64,
-    pub retry_max: f64,
-}
-
-impl Default for PublishSection {
-    fn default() -> Self {
-        Self {
-            api_url: "http://127.0.0.1:4000/".into(),
-            format: PublishFormat::Json,
-            token: None,
-            timeout: 5.0,
-            retry_initial: 0.5,
-            retry_max: 30.0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PluginsSection {
-    pub dir: PathBuf,
-    pub cache_dir: Option<PathBuf>,
-    pub sensor: String,
-    pub aggregator: String,
-    pub sensor_config: BTreeMap<String, toml::Value>,
-    pub aggregator_config: BTreeMap<String, toml::Value>,
-    pub limits: Limits,
-    pub grants: GrantsSection,
-}
-
-impl Default for PluginsSection {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from("plugins/dist"),
-            cache_dir: None,
-            sensor: "random-temperature".into(),
-            aggregator: "mean".into(),
-            sensor_config: BTreeMap::new(),
-            aggregator_config: BTreeMap::new(),
-            limits: Limits::default(),
-            grants: GrantsSection::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetrySection {
-    /// `HOST:PORT` for `/metrics` and `/healthz`, or `off`.
-    pub listen: String,
-    /// `/healthz` turns unhealthy when no round has closed for this many periods.
-    pub unhealthy_after_periods: u32,
-}
-
-/// The default `[telemetry] listen`: every interface, so that Prometheus on another host (or
-/// in another container) can scrape it.
-pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9464";
-
-impl Default for TelemetrySection {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_METRICS_LISTEN.into(),
-            unhealthy_after_periods: 3,
-        }
-    }
-}
-
-/// What the sensor may use; aggregators get nothing.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct GrantsSection {
-    /// Read-only directories, `HOST` or `HOST:GUEST`.
-    pub dirs: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub network: bool,
+/// toml's message spans lines (the offending line, a caret); an error message is one line.
+fn one_line(error: &toml::de::Error) -> String {
+    error.to_string().trim_end().replace('\n', " ")
 }
 
 /// Values from the environment and the command line (clap fills each from its flag or its
@@ -275,8 +146,13 @@ pub struct TelemetrySettings {
     pub unhealthy_after_periods: u32,
 }
 
+/// A telemetry address that is not `IP:PORT`, `:PORT` or `off`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("must be IP:PORT (e.g. 0.0.0.0:9464 or 127.0.0.1:9464), :PORT, or \"off\", got {0:?}")]
+pub struct ListenError(pub String);
+
 /// `HOST:PORT` (an IP address; `:PORT` means every interface), or `off`/empty for none.
-pub fn parse_listen(raw: &str) -> Result<Option<SocketAddr>, String> {
+pub fn parse_listen(raw: &str) -> Result<Option<SocketAddr>, ListenError> {
     let raw = raw.trim();
     if raw.is_empty() || raw.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -285,11 +161,9 @@ pub fn parse_listen(raw: &str) -> Result<Option<SocketAddr>, String> {
         Some(port) => format!("0.0.0.0:{port}"),
         None => raw.to_owned(),
     };
-    full.parse().map(Some).map_err(|_| {
-        format!(
-            "must be IP:PORT (e.g. 0.0.0.0:9464 or 127.0.0.1:9464), :PORT, or \"off\", got {raw:?}"
-        )
-    })
+    full.parse()
+        .map(Some)
+        .map_err(|_| ListenError(raw.to_owned()))
 }
 
 /// Reads `path` (or `./agent.toml` when it exists, or nothing) and applies `overrides`.
@@ -304,319 +178,19 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<AgentConfig, Co
                 path: path.clone(),
                 source,
             })?;
-            parse(&text).map_err(|message| ConfigError::Parse {
+            parse(&text).map_err(|source| ConfigError::Parse {
                 path: path.clone(),
-                message,
+                source,
             })?
         }
         None => FileConfig::default(),
     };
-    resolve(parsed, file, overrides)
+    resolve::resolve(parsed, file, overrides)
 }
 
-/// Parses TOML text; the message carries toml's line and column.
-pub fn parse(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
-}
-
-/// Where a value came from, for error messages.
-struct Origin<'a> {
-    file: &'a Option<PathBuf>,
-}
-
-impl Origin<'_> {
-    /// A value that a flag or an environment variable may override.
-    fn of(&self, overridden: bool, flag: &str, env: &str, key: &str) -> String {
-        if overridden {
-            format!("from {flag} or {env}")
-        } else {
-            self.file(key)
-        }
-    }
-
-    /// A value that only the file sets.
-    fn file(&self, key: &str) -> String {
-        match self.file {
-            Some(path) => format!("`{key}` in {}", path.display()),
-            None => "built-in default".into(),
-        }
-    }
-}
-
-fn invalid(key: &'static str, source_of: String, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        source_of,
-        message: message.into(),
-    }
-}
-
-fn seconds(
-    origin: &Origin<'_>,
-    key: &'static str,
-    value: f64,
-    min: f64,
-    max: f64,
-) -> Result<Duration, ConfigError> {
-    if !value.is_finite() || value < min || value > max {
-        return Err(invalid(
-            key,
-            origin.file(key),
-            format!("must be between {min} and {max} seconds, got {value}"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
-fn plugin_config(
-    key: &'static str,
-    source_of: String,
-    table: BTreeMap<String, toml::Value>,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    table
-        .into_iter()
-        .map(|(k, v)| {
-            let value = match v {
-                toml::Value::String(s) => s,
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(b) => b.to_string(),
-                other => {
-                    return Err(invalid(
-                        key,
-                        source_of.clone(),
-                        format!(
-                            "`{k}` must be a string, number or boolean, got {}",
-                            other.type_str()
-                        ),
-                    ));
-                }
-            };
-            Ok((k, value))
-        })
-        .collect()
-}
-
-fn resolve(
-    config: FileConfig,
-    file: Option<PathBuf>,
-    o: Overrides,
-) -> Result<AgentConfig, ConfigError> {
-    let origin = Origin { file: &file };
-
-    let device_id =
-        o.id.clone()
-            .or(config.device.id)
-            .filter(|id| !id.trim().is_empty())
-            .ok_or(ConfigError::MissingId)?;
-    crate::coord::membership::validate_id(&device_id).map_err(|e| {
-        invalid(
-            "device id",
-            origin.of(
-                o.id.is_some(),
-                "the ID argument",
-                "DEVICE_ID",
-                "[device] id",
-            ),
-            e.to_string(),
-        )
-    })?;
-
-    let zk_origin = origin.of(o.zk_hosts.is_some(), "--zk", "ZK_HOST", "[zookeeper] hosts");
-    let zookeeper = ZkSettings {
-        hosts: o.zk_hosts.clone().unwrap_or(config.zookeeper.hosts),
-        root: o.root.clone().unwrap_or(config.zookeeper.root),
-        session_timeout: seconds(
-            &origin,
-            "[zookeeper] session_timeout",
-            config.zookeeper.session_timeout,
-            1.0,
-            60.0,
-        )?,
-        connect_timeout: seconds(
-            &origin,
-            "[zookeeper] connect_timeout",
-            config.zookeeper.connect_timeout,
-            1.0,
-            3600.0,
-        )?,
-    };
-    ZkSettings::validate_hosts(&zookeeper.hosts)
-        .map_err(|e| invalid("[zookeeper] hosts", zk_origin, e.to_string()))?;
-    ZkSettings::validate_root(&zookeeper.root).map_err(|e| {
-        invalid(
-            "[zookeeper] root",
-            origin.of(
-                o.root.is_some(),
-                "--root",
-                "FLEETMETER_ROOT",
-                "[zookeeper] root",
-            ),
-            e.to_string(),
-        )
-    })?;
-
-    let period_origin = origin.of(
-        o.period.is_some(),
-        "--period",
-        "SAMPLING_PERIOD",
-        "[round] sampling_period",
-    );
-    let period = match &o.period {
-        Some(raw) => dynconfig::parse_period(raw),
-        None => dynconfig::parse_period(&config.round.sampling_period.to_string()),
-    }
-    .map_err(|e| invalid("sampling period", period_origin, e))?;
-    let collect_fraction = config.round.collect_fraction;
-    if !(0.1..=0.95).contains(&collect_fraction) {
-        return Err(invalid(
-            "[round] collect_fraction",
-            origin.file("[round] collect_fraction"),
-            format!("must be between 0.1 and 0.95, got {collect_fraction}"),
-        ));
-    }
-
-    let url_origin = origin.of(
-        o.api_url.is_some(),
-        "--api-url",
-        "API_URL",
-        "[publish] api_url",
-    );
-    let api_url = dynconfig::parse_api_url(o.api_url.as_deref().unwrap_or(&config.publish.api_url))
-        .map_err(|e| invalid("API URL", url_origin, e))?
-        .to_string();
-    let format = match &o.format {
-        Some(raw) => raw.parse().map_err(|e: String| {
-            invalid(
-                "publish format",
-                "from --publish-format or FLEETMETER_PUBLISH_FORMAT".into(),
-                e,
-            )
-        })?,
-        None => config.publish.format,
-    };
-    let p = &config.publish;
-    let publish = PublishSettings {
-        api_url,
-        format,
-        token: o
-            .token
-            .clone()
-            .or(p.token.clone())
-            .filter(|t| !t.is_empty()),
-        timeout: seconds(&origin, "[publish] timeout", p.timeout, 0.1, 300.0)?,
-        retry_initial: seconds(
-            &origin,
-            "[publish] retry_initial",
-            p.retry_initial,
-            0.01,
-            60.0,
-        )?,
-        retry_max: seconds(&origin, "[publish] retry_max", p.retry_max, 0.1, 3600.0)?,
-    };
-    if publish.retry_initial > publish.retry_max {
-        return Err(invalid(
-            "[publish] retry_initial",
-            origin.file("[publish] retry_initial"),
-            "must not exceed retry_max",
-        ));
-    }
-
-    let plugins = config.plugins;
-    let limits_origin = origin.file("[plugins.limits]");
-    plugins
-        .limits
-        .validate()
-        .map_err(|e| invalid("[plugins.limits]", limits_origin, e))?;
-    let dirs = plugins
-        .grants
-        .dirs
-        .iter()
-        .map(|d| DirGrant::parse(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            invalid(
-                "[plugins.grants] dirs",
-                origin.file("[plugins.grants] dirs"),
-                e,
-            )
-        })?;
-    let sensor_settings = PluginSettings {
-        config: plugin_config(
-            "[plugins.sensor_config]",
-            origin.file("[plugins.sensor_config]"),
-            plugins.sensor_config,
-        )?,
-        limits: plugins.limits.clone(),
-        grants: Grants {
-            dirs,
-            env: plugins.grants.env.into_iter().collect(),
-            network: plugins.grants.network,
-        },
-    };
-    let aggregator_settings = PluginSettings {
-        config: plugin_config(
-            "[plugins.aggregator_config]",
-            origin.file("[plugins.aggregator_config]"),
-            plugins.aggregator_config,
-        )?,
-        limits: plugins.limits,
-        grants: Grants::default(),
-    };
-    let aggregator = o.aggregator.clone().unwrap_or(plugins.aggregator);
-    dynconfig::parse_aggregator(&aggregator, &|_| true).map_err(|e| {
-        invalid(
-            "aggregator",
-            origin.of(
-                o.aggregator.is_some(),
-                "--aggregator",
-                "FLEETMETER_AGGREGATOR",
-                "[plugins] aggregator",
-            ),
-            e,
-        )
-    })?;
-
-    let listen_origin = origin.of(
-        o.metrics_listen.is_some(),
-        "--metrics-listen",
-        "FLEETMETER_METRICS_LISTEN",
-        "[telemetry] listen",
-    );
-    let listen = parse_listen(
-        o.metrics_listen
-            .as_deref()
-            .unwrap_or(&config.telemetry.listen),
-    )
-    .map_err(|e| invalid("metrics address", listen_origin, e))?;
-    let after = config.telemetry.unhealthy_after_periods;
-    if !(1..=1000).contains(&after) {
-        return Err(invalid(
-            "[telemetry] unhealthy_after_periods",
-            origin.file("[telemetry] unhealthy_after_periods"),
-            format!("must be between 1 and 1000, got {after}"),
-        ));
-    }
-    let telemetry = TelemetrySettings {
-        listen,
-        unhealthy_after_periods: after,
-    };
-
-    Ok(AgentConfig {
-        device_id,
-        zookeeper,
-        period,
-        collect_fraction,
-        publish,
-        plugin_dir: o.plugin_dir.clone().unwrap_or(plugins.dir),
-        cache_dir: plugins.cache_dir,
-        sensor: o.sensor.clone().unwrap_or(plugins.sensor),
-        sensor_settings,
-        aggregator,
-        aggregator_settings,
-        telemetry,
-        file,
-    })
+/// Parses TOML text.
+pub fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
 }
 
 /// What `fleetmeter run --check` prints: the values the agent would run with.

@@ -52,40 +52,65 @@ impl Key {
     }
 }
 
+/// A dynamic configuration value that is refused; the last good value stays.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidValue {
+    #[error("sampling_period must be a number of seconds, got {0:?}")]
+    PeriodNotANumber(String),
+    #[error("sampling_period must be positive, got {0:?}")]
+    PeriodNotPositive(String),
+    #[error(
+        "sampling_period must be between {min} and {max} seconds, got {raw:?}",
+        min = MIN_PERIOD.as_secs_f64(),
+        max = MAX_PERIOD.as_secs()
+    )]
+    PeriodOutOfRange { raw: String },
+    #[error("api_url {raw:?} is not a URL: {source}")]
+    UrlMalformed {
+        raw: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("api_url must be an http:// or https:// URL with a host, got {0:?}")]
+    UrlNotHttp(String),
+    #[error("aggregator must be a plugin name like `median`, got {0:?}")]
+    AggregatorName(String),
+    #[error("aggregator {0:?} is not an installed aggregator plugin")]
+    AggregatorUnknown(String),
+}
+
 /// A sampling period in seconds (`5`, `2.5`).
-pub fn parse_period(raw: &str) -> Result<Duration, String> {
+pub fn parse_period(raw: &str) -> Result<Duration, InvalidValue> {
     let secs: f64 = raw
         .trim()
         .parse()
-        .map_err(|_| format!("sampling_period must be a number of seconds, got {raw:?}"))?;
+        .map_err(|_| InvalidValue::PeriodNotANumber(raw.to_owned()))?;
     if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("sampling_period must be positive, got {raw:?}"));
+        return Err(InvalidValue::PeriodNotPositive(raw.to_owned()));
     }
     let period = Duration::from_secs_f64(secs);
     if period < MIN_PERIOD || period > MAX_PERIOD {
-        return Err(format!(
-            "sampling_period must be between {} and {} seconds, got {raw:?}",
-            MIN_PERIOD.as_secs_f64(),
-            MAX_PERIOD.as_secs()
-        ));
+        return Err(InvalidValue::PeriodOutOfRange {
+            raw: raw.to_owned(),
+        });
     }
     Ok(period)
 }
 
 /// An `http(s)://host[:port]/path` URL for the measurements API.
-pub fn parse_api_url(raw: &str) -> Result<url::Url, String> {
-    let url =
-        url::Url::parse(raw.trim()).map_err(|e| format!("api_url {raw:?} is not a URL: {e}"))?;
+pub fn parse_api_url(raw: &str) -> Result<url::Url, InvalidValue> {
+    let url = url::Url::parse(raw.trim()).map_err(|source| InvalidValue::UrlMalformed {
+        raw: raw.to_owned(),
+        source,
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!(
-            "api_url must be an http:// or https:// URL with a host, got {raw:?}"
-        ));
+        return Err(InvalidValue::UrlNotHttp(raw.to_owned()));
     }
     Ok(url)
 }
 
 /// An aggregator name: a plugin name (`[a-z0-9_-]`, 1–64 characters) that `known` accepts.
-pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<String, String> {
+pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<String, InvalidValue> {
     let name = raw.trim();
     let well_formed = !name.is_empty()
         && name.len() <= 64
@@ -93,14 +118,10 @@ pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<Strin
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !well_formed {
-        return Err(format!(
-            "aggregator must be a plugin name like `median`, got {raw:?}"
-        ));
+        return Err(InvalidValue::AggregatorName(raw.to_owned()));
     }
     if !known(name) {
-        return Err(format!(
-            "aggregator {name:?} is not an installed aggregator plugin"
-        ));
+        return Err(InvalidValue::AggregatorUnknown(name.to_owned()));
     }
     Ok(name.to_owned())
 }
@@ -217,7 +238,7 @@ async fn follow(
     session: Session,
     key: Key,
     rejected: Arc<AtomicU64>,
-    apply: impl Fn(&str) -> Result<bool, String> + Send + 'static,
+    apply: impl Fn(&str) -> Result<bool, InvalidValue> + Send + 'static,
 ) {
     let path = key.path();
     let mut status = session.status();
@@ -300,6 +321,7 @@ mod tests {
         assert!(
             parse_aggregator("max", &known)
                 .unwrap_err()
+                .to_string()
                 .contains("not an installed")
         );
     }

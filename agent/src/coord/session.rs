@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, SessionState};
 
 use super::{CoordError, persistent};
+use crate::backoff::Backoff;
 
 /// How long `close` waits for the client to confirm it sent CloseSession.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
@@ -34,17 +35,6 @@ pub struct ZkSettings {
     pub session_timeout: Duration,
     /// How long the first connection may take before `connect` gives up.
     pub connect_timeout: Duration,
-}
-
-impl Default for ZkSettings {
-    fn default() -> Self {
-        Self {
-            hosts: "127.0.0.1:2181".into(),
-            root: "/fleetmeter".into(),
-            session_timeout: Duration::from_secs(4),
-            connect_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 impl ZkSettings {
@@ -136,14 +126,14 @@ impl Session {
     pub async fn connect(settings: ZkSettings) -> Result<Self, CoordError> {
         settings.validate()?;
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = reconnect_backoff();
         let client = loop {
+            let delay = backoff.next_delay();
             match open(&settings).await {
                 Ok(client) => break client,
                 Err(err) if started.elapsed() + delay < settings.connect_timeout => {
-                    tracing::warn!(hosts = %settings.hosts, error = %err, "ZooKeeper not reachable yet; retrying");
+                    tracing::warn!(hosts = %settings.hosts, error = %err, retry_in = ?delay, "ZooKeeper not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
                     return Err(CoordError::Unreachable {
@@ -350,8 +340,9 @@ async fn supervise(shared: Arc<Shared>) {
 
 /// A new session, retried with back-off until it works or the session is closed.
 async fn rebuild(shared: &Shared) -> Option<Client> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = reconnect_backoff();
     loop {
+        let delay = backoff.next_delay();
         tokio::select! {
             () = shared.cancel.cancelled() => return None,
             result = open(&shared.settings) => match result {
@@ -363,6 +354,11 @@ async fn rebuild(shared: &Shared) -> Option<Client> {
             () = shared.cancel.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// From 100 ms up to 2 s, jittered: a fleet that lost ZooKeeper together does not come back
+/// in one burst.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
 }

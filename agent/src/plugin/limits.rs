@@ -60,31 +60,43 @@ impl Limits {
     }
 
     /// Checks the values make sense; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
-            return Err(format!(
-                "timeout_ms must be between 1 and 60000, got {}",
-                self.timeout_ms
-            ));
+            return Err(LimitsError::Timeout(self.timeout_ms));
         }
         if self.fuel == Some(0) {
-            return Err("fuel must be positive (omit it for no fuel limit)".into());
+            return Err(LimitsError::NoFuel);
         }
         if self.max_memory_mib == 0 || self.max_memory_mib > 4096 {
-            return Err(format!(
-                "max_memory_mib must be between 1 and 4096, got {}",
-                self.max_memory_mib
-            ));
+            return Err(LimitsError::Memory(self.max_memory_mib));
         }
         if self.backoff_initial_ms > self.backoff_max_ms {
-            return Err(format!(
-                "backoff_initial_ms ({}) must not exceed backoff_max_ms ({})",
-                self.backoff_initial_ms, self.backoff_max_ms
-            ));
+            return Err(LimitsError::Backoff {
+                initial: self.backoff_initial_ms,
+                max: self.backoff_max_ms,
+            });
         }
         Ok(())
     }
 }
+
+/// A `[plugins.limits]` value out of range; the message names the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("timeout_ms must be between 1 and 60000, got {0}")]
+    Timeout(u64),
+    #[error("fuel must be positive (omit it for no fuel limit)")]
+    NoFuel,
+    #[error("max_memory_mib must be between 1 and 4096, got {0}")]
+    Memory(u64),
+    #[error("backoff_initial_ms ({initial}) must not exceed backoff_max_ms ({max})")]
+    Backoff { initial: u64, max: u64 },
+}
+
+/// A directory grant that is not `HOST` or `HOST:GUEST`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a directory grant; use HOST or HOST:GUEST")]
+pub struct DirGrantError(pub String);
 
 /// A host directory made visible, read-only, inside the sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,15 +108,13 @@ pub struct DirGrant {
 
 impl DirGrant {
     /// Parses `HOST` or `HOST:GUEST`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, DirGrantError> {
         let (host, guest) = match spec.split_once(':') {
             Some((host, guest)) => (host, guest),
             None => (spec, spec),
         };
         if host.is_empty() || guest.is_empty() {
-            return Err(format!(
-                "`{spec}` is not a directory grant; use HOST or HOST:GUEST"
-            ));
+            return Err(DirGrantError(spec.to_owned()));
         }
         Ok(Self {
             host: PathBuf::from(host),
@@ -196,12 +206,22 @@ mod tests {
             timeout_ms: 0,
             ..Limits::default()
         };
-        assert!(bad.validate().unwrap_err().starts_with("timeout_ms"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("timeout_ms")
+        );
         let bad = Limits {
             max_memory_mib: 0,
             ..Limits::default()
         };
-        assert!(bad.validate().unwrap_err().starts_with("max_memory_mib"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("max_memory_mib")
+        );
         assert!(Limits::default().validate().is_ok());
     }
 }

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`engine`]: the one engine of an agent, the compile cache and load-time checks.
 //! - [`limits`]: the sandbox's budget per call and what a plugin is granted.
+//! - `host`: what one instance gets from the host: its store data, logging, WASI context.
 //! - `instance`: one plugin's instances: deadlines, trap handling, rebuilds, back-off.
 //! - [`sensor`] / [`aggregator`]: the two kinds of plugin, as the agent uses them.
 //! - [`inspect`]: what a plugin file is, for `fleetmeter plugin inspect`.
@@ -13,6 +14,7 @@ mod aggregator;
 mod bindings;
 mod engine;
 mod error;
+mod host;
 mod inspect;
 mod instance;
 mod limits;
@@ -25,7 +27,7 @@ pub use engine::{Compiled, EngineOptions, PluginEngine, default_cache_dir};
 pub use error::{CallError, Failure, LoadError};
 pub use inspect::{Inspection, inspect};
 pub use instance::PluginStats;
-pub use limits::{DirGrant, Grants, Limits, PluginSettings};
+pub use limits::{DirGrant, DirGrantError, Grants, Limits, LimitsError, PluginSettings};
 pub use sensor::SensorPlugin;
 
 /// The WIT package both worlds belong to.

@@ -3,151 +3,101 @@
 //! The leader's commit multi writes each round's result to `{root}/results/{n}` (the outbox)
 //! in the same transaction that advances the round and the counter. The publisher then sends
 //! the outbox in round order and deletes each entry only after the API accepted it; while the
-//! API is down it retries with capped exponential back-off and jitter, and a new leader
-//! drains what its predecessor left. With the `json` format the round number is the API's
-//! idempotency key, so a resend after a crash is a harmless duplicate: exactly once in
-//! effect. The `query` format (`GET {url}nuevo?dato=V`, the original call) has no key: at
-//! least once.
+//! API is down it retries with capped exponential back-off and jitter ([`crate::backoff`]),
+//! and a new leader drains what its predecessor left. With the `json` format the round number
+//! is the API's idempotency key, so a resend after a crash is a harmless duplicate: exactly
+//! once in effect. The `query` format (`GET {url}nuevo?dato=V`, the original call) has no
+//! key: at least once.
+//!
+//! What happens is reported to a [`PublishEvents`] (the agent's telemetry implements it), so
+//! this module depends on no metrics code.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+mod api;
 
-use serde::{Deserialize, Serialize};
+use std::{future::Future, sync::Arc, time::Duration};
+
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::Error as ZkError;
 
+pub use api::{Delivery, Refusal, SendError};
+
 use crate::{
-    config::{PublishFormat, PublishSettings},
+    backoff::Backoff,
+    config::PublishSettings,
     coord::{CoordError, Session, paths::RESULTS},
-    telemetry::Telemetry,
+    wire::RoundResult,
 };
 
-/// A committed round, as stored in the outbox and sent to `POST /api/v1/rounds`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RoundResult {
-    pub round: u64,
-    pub value: f64,
-    pub count: u32,
-    pub devices: Vec<String>,
-    /// `NAME@VERSION` of the aggregator plugin.
-    pub aggregator: String,
-    pub leader: String,
-    /// Commit time, ms since the Unix epoch.
-    pub ts: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<String>,
+/// How long the publisher idles between drains when nothing nudges it.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Receives what the publisher does; every method defaults to doing nothing.
+pub trait PublishEvents: Send + Sync {
+    /// Results waiting in the outbox now.
+    fn backlog(&self, _waiting: usize) {}
+    /// The API decided about one result.
+    fn delivered(&self, _delivery: &Delivery) {}
+    /// An attempt failed and will be retried.
+    fn failed(&self) {}
 }
 
+/// The outbox entry of round `round`. Zero-padded so that a plain sort is round order, like
+/// sequential nodes.
 pub fn result_path(round: u64) -> String {
-    // Zero-padded so that a plain sort is round order, like sequential nodes.
     format!("{RESULTS}/{round:020}")
 }
 
-/// What the API did with one result.
-#[derive(Debug, PartialEq)]
-pub enum Delivery {
-    Stored,
-    /// Already stored (a resend after a crash or a failover).
-    Duplicate,
-    /// The API will never accept it (e.g. 409: a different result is stored under this round,
-    /// or 422). Logged loudly and dropped from the outbox: retrying cannot help.
-    Refused(String),
-}
-
 pub struct Publisher {
-    http: reqwest::Client,
+    api: api::ApiClient,
     settings: PublishSettings,
-    telemetry: Option<Arc<Telemetry>>,
+    events: Option<Arc<dyn PublishEvents>>,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("format", &self.settings.format)
+            .field("format", &self.api.format())
             .finish_non_exhaustive()
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("{source} ({backlog} result(s) waiting)")]
+    Api {
+        #[source]
+        source: SendError,
+        backlog: usize,
+    },
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+}
+
 impl Publisher {
     pub fn new(settings: PublishSettings) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            http,
+            api: api::ApiClient::new(&settings)?,
             settings,
-            telemetry: None,
+            events: None,
         })
     }
 
-    /// Records deliveries, failures and the backlog in `telemetry`.
-    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
-        self.telemetry = Some(telemetry);
+    /// Reports deliveries, failures and the backlog to `events`.
+    pub fn with_events(mut self, events: Arc<dyn PublishEvents>) -> Self {
+        self.events = Some(events);
         self
     }
 
-    fn record(&self, what: impl FnOnce(&Telemetry)) {
-        if let Some(telemetry) = &self.telemetry {
-            what(telemetry);
+    fn report(&self, what: impl FnOnce(&dyn PublishEvents)) {
+        if let Some(events) = &self.events {
+            what(events.as_ref());
         }
     }
 
-    fn backlog(&self, backlog: usize) {
-        self.record(|t| t.publish_backlog(backlog));
-    }
-
-    /// Sends one result to `api_url`. `Err` is a transient failure: retry later.
-    pub async fn send(&self, api_url: &str, result: &RoundResult) -> Result<Delivery, String> {
-        let base = if api_url.ends_with('/') {
-            api_url.to_owned()
-        } else {
-            format!("{api_url}/")
-        };
-        let request = match self.settings.format {
-            PublishFormat::Json => self.http.post(format!("{base}api/v1/rounds")).json(result),
-            PublishFormat::Query => self
-                .http
-                .get(format!("{base}nuevo"))
-                .query(&[("dato", result.value.to_string())]),
-        };
-        let request = match &self.settings.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the API at {base}: {e}"))?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            let duplicate = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("duplicate").and_then(serde_json::Value::as_bool))
-                .unwrap_or(false);
-            return Ok(if duplicate {
-                Delivery::Duplicate
-            } else {
-                Delivery::Stored
-            });
-        }
-        let detail = format!("{status}: {}", body.trim());
-        if status.is_server_error()
-            || status == reqwest::StatusCode::UNAUTHORIZED
-            || status == reqwest::StatusCode::FORBIDDEN
-            || status == reqwest::StatusCode::NOT_FOUND
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        {
-            // The API is down, misconfigured (wrong URL or token: fix and it goes through)
-            // or busy: keep the result and retry.
-            return Err(format!("the API answered {detail}"));
-        }
-        Ok(Delivery::Refused(detail))
+    /// Sends one result to `api_url`.
+    pub async fn send(&self, api_url: &str, result: &RoundResult) -> Result<Delivery, SendError> {
+        self.api.send(api_url, result).await
     }
 
     /// Publishes the outbox in round order; stops at the first transient failure.
@@ -161,14 +111,14 @@ impl Publisher {
         let mut pending = match client.list_children(RESULTS).await {
             Ok(children) => children,
             Err(ZkError::NoNode) => {
-                self.backlog(0);
+                self.report(|e| e.backlog(0));
                 return Ok(0);
             }
             Err(e) => return Err(CoordError::zk("list", RESULTS, e).into()),
         };
         pending.sort();
         let total = pending.len();
-        self.backlog(total);
+        self.report(|e| e.backlog(total));
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");
             let data = match client.get_data(&path).await {
@@ -187,7 +137,7 @@ impl Publisher {
             let url = api_url.borrow().clone();
             match self.send(&url, &result).await {
                 Ok(delivery) => {
-                    self.record(|t| t.delivered(&delivery));
+                    self.report(|e| e.delivered(&delivery));
                     match &delivery {
                         Delivery::Stored => {
                             tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API")
@@ -200,20 +150,22 @@ impl Publisher {
                         }
                     }
                     match client.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => self.backlog(total - done - 1),
+                        Ok(()) | Err(ZkError::NoNode) => {
+                            self.report(|e| e.backlog(total - done - 1));
+                        }
                         Err(e) => return Err(CoordError::zk("delete", &path, e).into()),
                     }
                 }
-                Err(reason) => {
-                    self.record(Telemetry::publish_failed);
+                Err(source) => {
+                    self.report(|e| e.failed());
                     return Err(DrainError::Api {
-                        reason,
+                        source,
                         backlog: total - done,
                     });
                 }
             }
         }
-        self.backlog(0);
+        self.report(|e| e.backlog(0));
         Ok(0)
     }
 
@@ -226,68 +178,60 @@ impl Publisher {
         nudge: &Notify,
         stop: &CancellationToken,
     ) {
-        let mut delay = self.settings.retry_initial;
-        loop {
-            // Interruptible: a result sent but not yet deleted is sent again by the next
-            // leader, which the API recognises as a duplicate.
-            let drained = tokio::select! {
-                () = stop.cancelled() => return,
-                drained = self.drain(session, &api_url) => drained,
-            };
-            let wait = match drained {
-                Ok(_) => {
-                    delay = self.settings.retry_initial;
-                    None
-                }
-                Err(DrainError::Api {
-                    reason,
-                    backlog: left,
-                }) => {
-                    let wait = jitter(delay);
-                    tracing::warn!(%reason, backlog = left, retry_in = ?wait, "cannot publish yet; results wait in ZooKeeper");
-                    delay = (delay * 2).min(self.settings.retry_max);
-                    Some(wait)
-                }
-                Err(DrainError::Coord(err)) => {
-                    tracing::warn!(error = %err, "cannot read the outbox; retrying");
-                    Some(jitter(delay))
-                }
-            };
-            let idle = wait.unwrap_or(Duration::from_secs(5));
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = nudge.notified(), if wait.is_none() => {}
-                () = tokio::time::sleep(idle) => {}
+        let backoff = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
+        retry_loop(backoff, nudge, stop, || self.drain(session, &api_url)).await;
+    }
+}
+
+/// Calls `drain` until `stop`: after a success, again when nudged or after [`IDLE`]; after a
+/// failure, again after the back-off's next delay (a nudge does not cut a back-off short, or
+/// every committed round would hammer an API that is down).
+async fn retry_loop<F, Fut>(
+    mut backoff: Backoff,
+    nudge: &Notify,
+    stop: &CancellationToken,
+    mut drain: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, DrainError>>,
+{
+    loop {
+        // Interruptible: a result sent but not yet deleted is sent again by the next
+        // leader, which the API recognises as a duplicate.
+        let drained = tokio::select! {
+            () = stop.cancelled() => return,
+            drained = drain() => drained,
+        };
+        let wait = match drained {
+            Ok(_) => {
+                backoff.reset();
+                None
             }
+            Err(DrainError::Api { source, backlog }) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(reason = %source, backlog, retry_in = ?wait, "cannot publish yet; results wait in ZooKeeper");
+                Some(wait)
+            }
+            Err(DrainError::Coord(err)) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in = ?wait, "cannot read the outbox; retrying");
+                Some(wait)
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = nudge.notified(), if wait.is_none() => {}
+            () = tokio::time::sleep(wait.unwrap_or(IDLE)) => {}
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DrainError {
-    #[error("{reason} ({backlog} result(s) waiting)")]
-    Api { reason: String, backlog: usize },
-    #[error(transparent)]
-    Coord(#[from] CoordError),
-}
-
-/// `delay` scaled by a factor in [0.5, 1.5), so that agents do not retry in lockstep.
-fn jitter(delay: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let factor = 0.5 + f64::from(nanos % 1000) / 1000.0;
-    delay.mul_f64(factor)
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
     use super::*;
 
     #[test]
@@ -297,14 +241,121 @@ mod tests {
         assert_eq!(names, [result_path(9), result_path(10), result_path(100)]);
     }
 
-    #[test]
-    fn jitter_stays_within_half_to_one_and_a_half() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_secs(2));
+    fn api_down() -> DrainError {
+        DrainError::Api {
+            source: SendError::Status {
+                status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                body: "down".into(),
+            },
+            backlog: 1,
+        }
+    }
+
+    /// Runs the retry loop with a drain that fails `failures` times, then succeeds; returns
+    /// when each attempt happened, relative to the start.
+    async fn attempts(failures: usize, backoff: Backoff, until: Duration) -> Vec<Duration> {
+        let start = Instant::now();
+        let calls = Mutex::new(Vec::new());
+        let (nudge, stop) = (Notify::new(), CancellationToken::new());
+        let drain = || {
+            let mut calls = calls.lock().unwrap();
+            calls.push(start.elapsed());
+            let n = calls.len();
+            async move {
+                if n <= failures {
+                    Err(api_down())
+                } else {
+                    Ok(0)
+                }
+            }
+        };
+        tokio::select! {
+            () = retry_loop(backoff, &nudge, &stop, drain) => panic!("the loop ends only on stop"),
+            () = tokio::time::sleep(until) => {}
+        }
+        calls.into_inner().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_api_that_is_down_is_retried_with_doubling_capped_delays() {
+        let backoff =
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(4)).without_jitter();
+        let at = attempts(6, backoff, Duration::from_secs(20)).await;
+        let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+        // Six failures wait 0.5, 1, 2, 4, 4, 4 s; the seventh attempt succeeds; then the
+        // loop idles 5 s between drains.
+        assert_eq!(&gaps[..6], [500, 1000, 2000, 4000, 4000, 4000]);
+        assert!(gaps[6..].iter().all(|g| *g == 5000), "{gaps:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_back_off() {
+        let stop = CancellationToken::new();
+        let nudge = Notify::new();
+        let start = Instant::now();
+        let calls = Mutex::new(Vec::<Duration>::new());
+        // Fails twice, succeeds, then fails again: the second run of failures starts over
+        // at the initial delay.
+        let drain = || {
+            let mut calls = calls.lock().unwrap();
+            calls.push(start.elapsed());
+            let n = calls.len();
+            async move { if n == 3 { Ok(0) } else { Err(api_down()) } }
+        };
+        let backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).without_jitter();
+        tokio::select! {
+            () = retry_loop(backoff, &nudge, &stop, drain) => unreachable!(),
+            () = tokio::time::sleep(Duration::from_millis(5400)) => {}
+        }
+        let at: Vec<u128> = calls
+            .into_inner()
+            .unwrap()
+            .iter()
+            .map(Duration::as_millis)
+            .collect();
+        // 0: fail, +100: fail, +200 = 300: ok, +5000 idle = 5300: fail (initial delay again).
+        assert_eq!(at, [0, 100, 300, 5300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jittered_retries_stay_within_half_to_one_and_a_half_of_the_schedule() {
+        let backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(2));
+        let at = attempts(5, backoff, Duration::from_secs(12)).await;
+        let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        for (gap, nominal) in gaps.iter().zip([0.4, 0.8, 1.6, 2.0, 2.0]) {
             assert!(
-                d >= Duration::from_secs(1) && d < Duration::from_secs(3),
-                "{d:?}"
+                *gap >= nominal * 0.5 && *gap < nominal * 1.5,
+                "{gap} s for a nominal {nominal} s ({gaps:?})"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nudge_drains_at_once_when_idle_and_stop_ends_the_loop() {
+        let stop = CancellationToken::new();
+        let nudge = Notify::new();
+        let start = Instant::now();
+        let calls = Mutex::new(Vec::<Duration>::new());
+        let drain = || {
+            calls.lock().unwrap().push(start.elapsed());
+            async { Ok(0) }
+        };
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let driver = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            nudge.notify_one();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        };
+        tokio::join!(retry_loop(backoff, &nudge, &stop, drain), driver);
+        let at: Vec<u128> = calls
+            .into_inner()
+            .unwrap()
+            .iter()
+            .map(Duration::as_millis)
+            .collect();
+        assert_eq!(at, [0, 1000], "drained at the start and right at the nudge");
+        assert_eq!(start.elapsed(), Duration::from_secs(2), "stopped at once");
     }
 }

@@ -14,14 +14,26 @@ use tokio_util::sync::CancellationToken;
 
 use super::Telemetry;
 
+/// The telemetry address cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot serve metrics on {addr}: {source}. Another agent on this host? Give each agent its \
+     own address with {setting}, or \"off\""
+)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+    /// Where the address is set, from the configuration key table.
+    setting: String,
+}
+
 /// Binds `addr`; the error names the setting to change.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot serve metrics on {addr}: {err}. Another agent on this host? Give each agent \
-             its own address with --metrics-listen or FLEETMETER_METRICS_LISTEN (or \
-             `[telemetry] listen` in agent.toml), or \"off\""
-        )
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr,
+        source,
+        setting: crate::config::keys::METRICS_LISTEN.where_set(),
     })
 }
 

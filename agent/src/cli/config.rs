@@ -1,0 +1,52 @@
+//! `fleetmeter config get|set`: the fleet's dynamic configuration, validated as the agents
+//! validate it.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::ConfigCommand;
+
+pub(super) async fn run(command: ConfigCommand) -> Result<ExitCode> {
+    use crate::coord::dynconfig::Key;
+    match command {
+        ConfigCommand::Get { key, fleet } => {
+            let keys = match key {
+                Some(name) => vec![Key::parse(&name).with_context(|| {
+                    format!("unknown key {name:?}: use sampling_period, api_url or aggregator")
+                })?],
+                None => Key::ALL.to_vec(),
+            };
+            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let mut values = Vec::new();
+            for key in &keys {
+                values.push((key.name(), crate::status::get(&session, *key).await));
+            }
+            session.close().await;
+            for (name, value) in values {
+                let value = value?.unwrap_or_else(|| "(not set)".into());
+                if keys.len() == 1 {
+                    println!("{value}");
+                } else {
+                    println!("{name} = {value}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Set {
+            key,
+            value,
+            plugin_dir,
+            fleet,
+        } => {
+            // Validate before connecting: a refused value needs no ZooKeeper.
+            let (parsed, value) = crate::status::validate(&key, &value, &plugin_dir)?;
+            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let written = crate::status::set(&session, parsed, &value).await;
+            session.close().await;
+            written?;
+            println!("{key} = {value}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The `fleetmeter` command line. `main.rs` parses [`Cli`], sets up logging and calls
+//! [`run`]; each command's handler lives in its own module.
+//!
+//! # Layout
+//! - `run`: `fleetmeter run`, wiring a device and the round loop.
+//! - `status`: `fleetmeter status`.
+//! - `config`: `fleetmeter config get|set`.
+//! - `health`: `fleetmeter health`.
+//! - `plugin`: `fleetmeter plugin inspect|run|aggregate`.
+//!
+//! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
+
+mod config;
+mod health;
+mod plugin;
+mod run;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use plugin::{EngineArgs, LimitArgs, PluginCommand};
+pub use run::RunArgs;
+
+use crate::config::keys;
+
+/// A fleet of measuring devices coordinated through ZooKeeper, with sensors and aggregation
+/// policies as sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "fleetmeter", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr. Set RUST_LOG (e.g. `debug`, `plugin=trace`) for more detail.
+    #[arg(long = keys::LOG_FORMAT.long(), global = true, value_enum, default_value_t = LogFormat::Text, env = keys::LOG_FORMAT.var())]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a measuring device: sample every round, and lead the fleet when elected.
+    ///
+    /// Configuration: built-in defaults < agent.toml (./agent.toml, or --config) <
+    /// environment < flags. SIGTERM or ctrl-c closes the ZooKeeper session (the next leader
+    /// takes over at once) and exits 0.
+    Run(RunArgs),
+    /// Show the fleet: leader, members with their latest reading, round, counter, outbox
+    /// backlog and dynamic configuration.
+    Status {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running agent whether it is healthy (GET /healthz): prints its answer and exits
+    /// 0 when healthy, 1 when not, 2 when it does not answer. For container healthchecks.
+    Health {
+        /// The agent's metrics address (its [telemetry] listen; 0.0.0.0 means this host).
+        #[arg(
+            long,
+            env = keys::METRICS_LISTEN.var(),
+            default_value = keys::METRICS_LISTEN.default.trim_matches('"'),
+            value_name = keys::METRICS_LISTEN.value()
+        )]
+        address: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
+    /// Read or change the fleet's dynamic configuration (sampling_period, api_url,
+    /// aggregator). Values are validated as the agents do; every agent applies a change at
+    /// its next round (the API URL at the next publish).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Work with plugin files: inspect them, try a sensor, try an aggregator.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// Which fleet.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// ZooKeeper hosts, host:port[,host:port...].
+    #[arg(
+        long = keys::ZK_HOSTS.long(),
+        env = keys::ZK_HOSTS.var(),
+        default_value = keys::ZK_HOSTS.default.trim_matches('"'),
+        value_name = keys::ZK_HOSTS.value()
+    )]
+    pub zk: String,
+    /// Root node of the fleet.
+    #[arg(
+        long = keys::ZK_ROOT.long(),
+        env = keys::ZK_ROOT.var(),
+        default_value = keys::ZK_ROOT.default.trim_matches('"'),
+        value_name = keys::ZK_ROOT.value()
+    )]
+    pub root: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print one key's value, or every key's.
+    Get {
+        /// sampling_period, api_url or aggregator.
+        key: Option<String>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Validate and write one key.
+    Set {
+        /// sampling_period (seconds), api_url (http(s) URL) or aggregator (plugin name).
+        key: String,
+        value: String,
+        /// Where aggregator names are checked, when the directory exists here.
+        #[arg(
+            long = keys::PLUGIN_DIR.long(),
+            env = keys::PLUGIN_DIR.var(),
+            default_value = keys::PLUGIN_DIR.default.trim_matches('"')
+        )]
+        plugin_dir: PathBuf,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
+impl Command {
+    /// The log filter used when RUST_LOG is not set.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "info",
+            Command::Status { .. } | Command::Config(_) | Command::Health { .. } => "warn",
+            // Plugin authors want their plugin's own log lines, not the agent's chatter.
+            Command::Plugin(_) => "warn,plugin=info",
+        }
+    }
+}
+
+/// Runs a parsed command line. Errors are returned for `main` to print on one line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Status { fleet, json } => block_on(status::run(fleet, json)),
+        Command::Config(command) => block_on(config::run(command)),
+        Command::Health { address, timeout } => block_on(health::run(address, timeout)),
+        Command::Plugin(command) => plugin::run(command),
+    }
+}
+
+/// A small runtime for the one-shot ZooKeeper commands.
+fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(future)
+}

@@ -1,0 +1,333 @@
+//! `fleetmeter plugin inspect|run|aggregate`: the plugin author's tools.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{
+    config::keys,
+    plugin::{
+        self, AggregatorPlugin, CallError, DirGrant, EngineOptions, Grants, Limits, PluginEngine,
+        PluginSettings, Reading, SensorPlugin,
+    },
+};
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Show what a plugin file is: world, contract version, metadata, exports, imports,
+    /// size and sha256. Exits 1 if the agent would refuse to load it, saying why.
+    Inspect {
+        /// A .wasm file, or the name of a plugin in --plugin-dir.
+        file: String,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Load a sensor and take samples, one value per line on stdout. Exits 1 if any sample
+    /// failed (each failure is reported on stderr; the run goes on).
+    Run {
+        /// A .wasm file, or the name of a plugin in --plugin-dir.
+        file: String,
+        /// How many samples to take.
+        #[arg(long, short = 'n', default_value_t = 5)]
+        samples: u32,
+        /// Pause between samples, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Plugin configuration, as in agent.toml (repeatable): `--config min=70`.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Grant a host directory read-only (repeatable): `--dir /sys/class/thermal`, or
+        /// `--dir HOST:GUEST` to show it at another path inside the sandbox.
+        #[arg(long = "dir", value_name = "HOST[:GUEST]", value_parser = DirGrant::parse)]
+        dirs: Vec<DirGrant>,
+        /// Set an environment variable inside the sandbox (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Allow outgoing network connections and name lookups.
+        #[arg(long)]
+        network: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Load an aggregator and aggregate the given values; prints the result, or `none`.
+    Aggregate {
+        /// A .wasm file, or the name of a plugin in --plugin-dir.
+        file: String,
+        /// Plugin configuration (repeatable): `--config fraction=0.2`.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// The readings: `VALUE` (device ids 1, 2, ... are given in order) or `DEVICE=VALUE`.
+        #[arg(required = true, allow_negative_numbers = true, value_name = "VALUE")]
+        values: Vec<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+/// Where plugins and compiled code live.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Directory where plugin names are looked up (`mean` means DIR/mean.wasm).
+    #[arg(
+        long = keys::PLUGIN_DIR.long(),
+        env = keys::PLUGIN_DIR.var(),
+        default_value = keys::PLUGIN_DIR.default.trim_matches('"')
+    )]
+    pub plugin_dir: PathBuf,
+    /// Directory for compiled plugins [default: $XDG_CACHE_HOME/fleetmeter/plugins or
+    /// ~/.cache/fleetmeter/plugins].
+    #[arg(long, env = "FLEETMETER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile plugins on every start instead of using the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// Sandbox limits for one call.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Time limit of one call, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().timeout_ms)]
+    pub timeout_ms: u64,
+    /// Fuel budget of one call (roughly, WebAssembly instructions); off by default.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory cap, in MiB.
+    #[arg(long, default_value_t = Limits::default().max_memory_mib)]
+    pub max_memory_mib: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+            max_memory_mib: self.max_memory_mib,
+            ..Limits::default()
+        }
+    }
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
+fn engine(args: &EngineArgs, fuel: bool) -> Result<PluginEngine> {
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(plugin::default_cache_dir)
+    };
+    Ok(PluginEngine::new(EngineOptions {
+        cache_dir,
+        fuel,
+        ..EngineOptions::default()
+    })?)
+}
+
+fn locate(file: &str, args: &EngineArgs) -> Result<PathBuf> {
+    let path = plugin::resolve(file, &args.plugin_dir);
+    if !path.exists() {
+        if path.starts_with(&args.plugin_dir) {
+            bail!(
+                "no plugin `{file}`: {} does not exist (build the bundled plugins with \
+                 scripts/build-plugins, or pass a path to a .wasm file)",
+                path.display()
+            );
+        }
+        bail!("plugin file {} does not exist", path.display());
+    }
+    Ok(path)
+}
+
+pub(super) fn run(command: PluginCommand) -> Result<ExitCode> {
+    match command {
+        PluginCommand::Inspect { file, engine: args } => {
+            let path = locate(&file, &args)?;
+            let inspection = plugin::inspect(&engine(&args, false)?, &path)?;
+            print_inspection(&inspection)?;
+            Ok(match inspection.problem {
+                Some(_) => ExitCode::FAILURE,
+                None => ExitCode::SUCCESS,
+            })
+        }
+        PluginCommand::Run {
+            file,
+            samples,
+            interval_ms,
+            config,
+            dirs,
+            env,
+            network,
+            limits,
+            engine: args,
+        } => {
+            let path = locate(&file, &args)?;
+            let settings = PluginSettings {
+                config,
+                limits: limits.limits(),
+                grants: Grants { dirs, env, network },
+            };
+            let engine = engine(&args, settings.limits.fuel.is_some())?;
+            let mut sensor = SensorPlugin::load(&engine, &path, settings)?;
+            run_samples(&mut sensor, samples, Duration::from_millis(interval_ms))
+        }
+        PluginCommand::Aggregate {
+            file,
+            config,
+            values,
+            limits,
+            engine: args,
+        } => {
+            let path = locate(&file, &args)?;
+            let readings = parse_readings(&values)?;
+            let settings = PluginSettings {
+                config,
+                limits: limits.limits(),
+                grants: Grants::default(),
+            };
+            let engine = engine(&args, settings.limits.fuel.is_some())?;
+            let mut aggregator = AggregatorPlugin::load(&engine, &path, settings)?;
+            match aggregator.aggregate(&readings)? {
+                Some(value) => println!("{value}"),
+                None => println!("none"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_readings(values: &[String]) -> Result<Vec<Reading>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let (device, value) = match raw.split_once('=') {
+                Some((device, value)) => (device.to_owned(), value),
+                None => ((i + 1).to_string(), raw.as_str()),
+            };
+            let value: f64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("reading `{raw}`: `{value}` is not a number"))?;
+            if !value.is_finite() {
+                bail!("reading `{raw}`: the value must be finite");
+            }
+            Ok(Reading { device, value })
+        })
+        .collect()
+}
+
+fn run_samples(sensor: &mut SensorPlugin, samples: u32, interval: Duration) -> Result<ExitCode> {
+    let meta = sensor.metadata().clone();
+    eprintln!(
+        "{} {} — {} sample(s){}",
+        meta.name,
+        meta.version,
+        samples,
+        if meta.unit.is_empty() {
+            String::new()
+        } else {
+            format!(", unit {}", meta.unit)
+        }
+    );
+    let mut stdout = std::io::stdout().lock();
+    let mut values = Vec::with_capacity(samples as usize);
+    let mut failed = 0_u32;
+    for n in 1..=samples {
+        if n > 1 && !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+        let started = Instant::now();
+        match sensor.sample() {
+            Ok(value) => {
+                writeln!(stdout, "{value}")?;
+                values.push(value);
+            }
+            Err(err) => {
+                failed += 1;
+                eprintln!("sample {n}: {err}");
+                if let CallError::BackingOff { remaining, .. } = err {
+                    // Wait the back-off out, as the agent would at its next round.
+                    std::thread::sleep(remaining.saturating_sub(started.elapsed()));
+                }
+            }
+        }
+    }
+    stdout.flush()?;
+    let stats = sensor.stats();
+    if !values.is_empty() {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        eprintln!("min {min}, max {max}, mean {mean:.3}");
+    }
+    eprintln!(
+        "{} ok, {} failed; {} instance(s), {:.1?} inside the plugin",
+        values.len(),
+        failed,
+        stats.instantiations,
+        stats.busy
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_inspection(i: &plugin::Inspection) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "file:      {}", i.path.display())?;
+    writeln!(out, "size:      {} bytes", i.size)?;
+    writeln!(out, "sha256:    {}", i.sha256)?;
+    match (&i.kind, &i.contract) {
+        (Some(kind), Some(version)) => writeln!(
+            out,
+            "world:     {kind} ({}@{version})",
+            plugin::CONTRACT_PACKAGE
+        )?,
+        _ => writeln!(out, "world:     none")?,
+    }
+    if let Some(meta) = &i.metadata {
+        writeln!(out, "plugin:    {} {}", meta.name, meta.version)?;
+        if !meta.unit.is_empty() {
+            writeln!(out, "unit:      {}", meta.unit)?;
+        }
+        if !meta.description.is_empty() {
+            writeln!(out, "about:     {}", meta.description)?;
+        }
+    }
+    write_list(&mut out, "exports:", &i.exports)?;
+    write_list(&mut out, "imports:", &i.imports)?;
+    if let Some(problem) = &i.problem {
+        writeln!(out, "problem:   {problem}")?;
+    }
+    Ok(())
+}
+
+fn write_list(out: &mut impl Write, label: &str, items: &[String]) -> Result<()> {
+    if items.is_empty() {
+        writeln!(out, "{label:<10} none")?;
+    }
+    for (n, item) in items.iter().enumerate() {
+        let label = if n == 0 { label } else { "" };
+        writeln!(out, "{label:<10} {item}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `fleetmeter run`: reads the configuration, loads the plugins, serves telemetry, connects
+//! to ZooKeeper and runs the round loop ([`crate::round::run`]) until SIGTERM or ctrl-c, then
+//! closes the session so that the next leader takes over at once.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{self, AgentConfig, keys},
+    coord::Session,
+    plugin::{self, EngineOptions, PluginEngine},
+    round::{self, Device},
+    telemetry::{self, Telemetry},
+};
+
+/// `fleetmeter run`. Every value is optional here: what is missing comes from agent.toml or
+/// the defaults (see agent.toml for all keys).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This device's id (also --id, or DEVICE_ID).
+    #[arg(value_name = keys::DEVICE_ID.value(), env = keys::DEVICE_ID.var())]
+    pub id: Option<String>,
+    /// This device's id, as a flag.
+    #[arg(long = keys::DEVICE_ID.long(), value_name = keys::DEVICE_ID.value(), conflicts_with = "id")]
+    pub id_flag: Option<String>,
+    /// Configuration file [default: ./agent.toml when it exists].
+    #[arg(long = keys::CONFIG.long(), env = keys::CONFIG.var(), value_name = keys::CONFIG.value())]
+    pub config: Option<PathBuf>,
+    /// ZooKeeper hosts, host:port[,host:port...].
+    #[arg(long = keys::ZK_HOSTS.long(), env = keys::ZK_HOSTS.var(), value_name = keys::ZK_HOSTS.value())]
+    pub zk: Option<String>,
+    /// The measurements API's base URL.
+    #[arg(long = keys::API_URL.long(), env = keys::API_URL.var(), value_name = keys::API_URL.value())]
+    pub api_url: Option<String>,
+    /// Seconds between rounds.
+    #[arg(long = keys::SAMPLING_PERIOD.long(), env = keys::SAMPLING_PERIOD.var(), value_name = keys::SAMPLING_PERIOD.value())]
+    pub period: Option<String>,
+    /// Root node of this fleet in ZooKeeper.
+    #[arg(long = keys::ZK_ROOT.long(), env = keys::ZK_ROOT.var(), value_name = keys::ZK_ROOT.value())]
+    pub root: Option<String>,
+    /// Sensor plugin (a name in the plugin directory, or a path).
+    #[arg(long = keys::SENSOR.long(), env = keys::SENSOR.var(), value_name = keys::SENSOR.value())]
+    pub sensor: Option<String>,
+    /// Aggregator plugin name.
+    #[arg(long = keys::AGGREGATOR.long(), env = keys::AGGREGATOR.var(), value_name = keys::AGGREGATOR.value())]
+    pub aggregator: Option<String>,
+    /// Directory of plugins.
+    #[arg(long = keys::PLUGIN_DIR.long(), env = keys::PLUGIN_DIR.var(), value_name = keys::PLUGIN_DIR.value())]
+    pub plugin_dir: Option<PathBuf>,
+    /// Bearer token for the API's writes.
+    #[arg(
+        long = keys::API_TOKEN.long(),
+        env = keys::API_TOKEN.var(),
+        hide_env_values = true,
+        value_name = keys::API_TOKEN.value()
+    )]
+    pub api_token: Option<String>,
+    /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
+    #[arg(long = keys::PUBLISH_FORMAT.long(), env = keys::PUBLISH_FORMAT.var(), value_name = keys::PUBLISH_FORMAT.value())]
+    pub publish_format: Option<String>,
+    /// Where to serve /metrics and /healthz: IP:PORT, :PORT, or `off`
+    /// [default: 0.0.0.0:9464].
+    #[arg(long = keys::METRICS_LISTEN.long(), env = keys::METRICS_LISTEN.var(), value_name = keys::METRICS_LISTEN.value())]
+    pub metrics_listen: Option<String>,
+    /// Only check the configuration (file, environment and flags, as `run` would read
+    /// them), print what the agent would run with, and exit: 0 when valid, 1 when not.
+    /// Nothing is connected to.
+    #[arg(long = keys::CHECK.long())]
+    pub check: bool,
+}
+
+impl RunArgs {
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            id: self.id_flag.clone().or_else(|| self.id.clone()),
+            zk_hosts: self.zk.clone(),
+            root: self.root.clone(),
+            api_url: self.api_url.clone(),
+            period: self.period.clone(),
+            sensor: self.sensor.clone(),
+            aggregator: self.aggregator.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+            token: self.api_token.clone(),
+            format: self.publish_format.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+        }
+    }
+}
+
+pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = config::load(args.config.as_deref(), args.overrides())?;
+    if args.check {
+        print!("{}", config::describe(&config));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fleetmeter")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                wait_for_signal().await;
+                shutdown.cancel();
+            }
+        });
+        run_device(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wires one device: plugins first (a bad plugin stops the start with its message), then
+/// telemetry (served from before the first connection, so that /healthz tells why the agent
+/// is not ready yet), then the session and the round loop.
+async fn run_device(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    let id = config.device_id.clone();
+    tracing::info!(device = %id, zookeeper = %config.zookeeper.hosts, root = %config.zookeeper.root, "fleetmeter starting");
+    let engine = PluginEngine::new(EngineOptions {
+        cache_dir: config.cache_dir.clone().or_else(plugin::default_cache_dir),
+        fuel: config.sensor_settings.limits.fuel.is_some(),
+        ..EngineOptions::default()
+    })?;
+    let telemetry = Arc::new(Telemetry::new(
+        &id,
+        config.zookeeper.session_timeout,
+        config.telemetry.unhealthy_after_periods,
+    ));
+    let device = Device::load(config, &engine, telemetry.clone()).await?;
+    let telemetry_stop = CancellationToken::new();
+    let _telemetry_stop = telemetry_stop.clone().drop_guard();
+    if let Some(addr) = device.config.telemetry.listen {
+        let listener = telemetry::bind(addr).await?;
+        tokio::spawn(telemetry::serve(listener, telemetry, telemetry_stop));
+    }
+    let session = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        session = Session::connect(device.config.zookeeper.clone()) => session?,
+    };
+    let ran = round::run(device, &session, shutdown).await;
+    tracing::info!(device = %id, "shutting down: closing the ZooKeeper session");
+    session.close().await;
+    ran?;
+    tracing::info!(device = %id, "stopped");
+    Ok(())
+}
+
+/// SIGTERM (docker stop, systemd) or ctrl-c.
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; ctrl-c still stops");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,361 @@
+//! The one table of configuration keys: for each, its `agent.toml` key, command-line flag,
+//! environment variable, default and valid range.
+//!
+//! The clap attributes in `cli` take their flag and variable names from here, the error
+//! messages name a value's origin from here, and the README's configuration reference is
+//! rendered from here ([`readme_table`]); tests fail when the command line, the built-in
+//! defaults of [`super::FileConfig`] or the README drift from this table.
+
+/// One configuration value and every way to set it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Key {
+    /// What error messages call it ("sampling period", or the file key).
+    pub label: &'static str,
+    /// `[section] name` in agent.toml, when the file sets it.
+    pub file: Option<&'static str>,
+    /// A positional argument that sets it too (`ID`).
+    pub positional: Option<&'static str>,
+    /// The long flag, without `--`.
+    pub flag: Option<&'static str>,
+    /// The flag's value name (`HOSTS`), shown in `--help` and the README.
+    pub value_name: Option<&'static str>,
+    /// The environment variable.
+    pub env: Option<&'static str>,
+    /// The default as a TOML value (`4.0`, `"mean"`); empty when there is none.
+    pub default: &'static str,
+    /// Inclusive bounds for numbers, checked at start.
+    pub range: Option<(f64, f64)>,
+    /// The unit of numbers (`s`), or what the value is.
+    pub unit: &'static str,
+    /// What else the README says about it.
+    pub note: &'static str,
+}
+
+impl Key {
+    const fn file(label: &'static str, file: &'static str, default: &'static str) -> Self {
+        Self {
+            label,
+            file: Some(file),
+            positional: None,
+            flag: None,
+            value_name: None,
+            env: None,
+            default,
+            range: None,
+            unit: "",
+            note: "",
+        }
+    }
+
+    const fn flag(mut self, flag: &'static str, value_name: &'static str) -> Self {
+        self.flag = Some(flag);
+        self.value_name = Some(value_name);
+        self
+    }
+
+    const fn env(mut self, env: &'static str) -> Self {
+        self.env = Some(env);
+        self
+    }
+
+    const fn range(mut self, min: f64, max: f64, unit: &'static str) -> Self {
+        self.range = Some((min, max));
+        self.unit = unit;
+        self
+    }
+
+    const fn note(mut self, note: &'static str) -> Self {
+        self.note = note;
+        self
+    }
+
+    /// The flag's name, for clap attributes. Panics (at compile time, in a const context)
+    /// when the key has no flag.
+    pub const fn long(&self) -> &'static str {
+        match self.flag {
+            Some(flag) => flag,
+            None => panic!("this configuration key has no flag"),
+        }
+    }
+
+    /// The variable's name, for clap attributes.
+    pub const fn var(&self) -> &'static str {
+        match self.env {
+            Some(env) => env,
+            None => panic!("this configuration key has no environment variable"),
+        }
+    }
+
+    /// The value name, for clap attributes.
+    pub const fn value(&self) -> &'static str {
+        match self.value_name {
+            Some(name) => name,
+            None => panic!("this configuration key has no flag"),
+        }
+    }
+
+    /// "ID, --id or DEVICE_ID": how to set it outside the file.
+    pub fn overrides(&self) -> String {
+        let mut ways: Vec<String> = Vec::new();
+        ways.extend(self.positional.map(str::to_owned));
+        ways.extend(self.flag.map(|f| format!("--{f}")));
+        ways.extend(self.env.map(str::to_owned));
+        match ways.len() {
+            0 => String::new(),
+            1 => ways.remove(0),
+            n => format!("{} or {}", ways[..n - 1].join(", "), ways[n - 1]),
+        }
+    }
+
+    /// Every way to set it, for messages that tell an operator what to change:
+    /// "--metrics-listen or FLEETMETER_METRICS_LISTEN (or `[telemetry] listen` in agent.toml)".
+    pub fn where_set(&self) -> String {
+        match (self.overrides(), self.file) {
+            (ways, Some(file)) if !ways.is_empty() => {
+                format!("{ways} (or `{file}` in agent.toml)")
+            }
+            (_, Some(file)) => format!("`{file}` in agent.toml"),
+            (ways, None) => ways,
+        }
+    }
+}
+
+pub const DEVICE_ID: Key = Key {
+    positional: Some("ID"),
+    ..Key::file("device id", "[device] id", "")
+        .flag("id", "ID")
+        .env("DEVICE_ID")
+        .note("required (exit 1 with a message if missing); letters, digits, `-`, `_`, `.`")
+};
+pub const CONFIG: Key = Key {
+    file: None,
+    ..Key::file("configuration file", "", "")
+        .flag("config", "PATH")
+        .env("FLEETMETER_CONFIG")
+        .note("`./agent.toml` if it exists, else built-in defaults")
+};
+pub const ZK_HOSTS: Key = Key::file(
+    "[zookeeper] hosts",
+    "[zookeeper] hosts",
+    "\"127.0.0.1:2181\"",
+)
+.flag("zk", "HOSTS")
+.env("ZK_HOST")
+.note("`host:port[,host:port...]`");
+pub const ZK_ROOT: Key = Key::file("[zookeeper] root", "[zookeeper] root", "\"/fleetmeter\"")
+    .flag("root", "PATH")
+    .env("FLEETMETER_ROOT")
+    .note("the fleet's root node; several fleets can share an ensemble");
+pub const SESSION_TIMEOUT: Key = Key::file(
+    "[zookeeper] session_timeout",
+    "[zookeeper] session_timeout",
+    "4.0",
+)
+.range(1.0, 60.0, "s");
+pub const CONNECT_TIMEOUT: Key = Key::file(
+    "[zookeeper] connect_timeout",
+    "[zookeeper] connect_timeout",
+    "60.0",
+)
+.range(1.0, 3600.0, "s")
+.note("how long the first connection may take");
+pub const SAMPLING_PERIOD: Key = Key::file("sampling period", "[round] sampling_period", "5.0")
+    .flag("period", "SECONDS")
+    .env("SAMPLING_PERIOD")
+    .range(0.1, 86400.0, "s")
+    .note("overridden at run time by `{root}/config/sampling_period`");
+pub const COLLECT_FRACTION: Key = Key::file(
+    "[round] collect_fraction",
+    "[round] collect_fraction",
+    "0.8",
+)
+.range(0.1, 0.95, "of the period")
+.note("how long the leader waits for stragglers");
+pub const API_URL: Key = Key::file("API URL", "[publish] api_url", "\"http://127.0.0.1:4000/\"")
+    .flag("api-url", "URL")
+    .env("API_URL")
+    .note("http(s) only; overridden at run time by `{root}/config/api_url`");
+pub const PUBLISH_FORMAT: Key = Key::file("publish format", "[publish] format", "\"json\"")
+    .flag("publish-format", "FORMAT")
+    .env("FLEETMETER_PUBLISH_FORMAT")
+    .note("`json` (idempotent POST) or `query` (the original GET /nuevo?dato=)");
+pub const API_TOKEN: Key = Key::file("[publish] token", "[publish] token", "")
+    .flag("api-token", "TOKEN")
+    .env("FLEETMETER_API_TOKEN")
+    .note("bearer token for the API's writes; none by default");
+pub const PUBLISH_TIMEOUT: Key =
+    Key::file("[publish] timeout", "[publish] timeout", "5.0").range(0.1, 300.0, "s");
+pub const RETRY_INITIAL: Key =
+    Key::file("[publish] retry_initial", "[publish] retry_initial", "0.5")
+        .range(0.01, 60.0, "s")
+        .note("first retry delay; doubled up to `retry_max`, each jittered ×0.5–1.5");
+pub const RETRY_MAX: Key =
+    Key::file("[publish] retry_max", "[publish] retry_max", "30.0").range(0.1, 3600.0, "s");
+pub const SENSOR: Key = Key::file("sensor", "[plugins] sensor", "\"random-temperature\"")
+    .flag("sensor", "PLUGIN")
+    .env("FLEETMETER_SENSOR")
+    .note("a name in the plugin directory, or a path");
+pub const AGGREGATOR: Key = Key::file("aggregator", "[plugins] aggregator", "\"mean\"")
+    .flag("aggregator", "NAME")
+    .env("FLEETMETER_AGGREGATOR")
+    .note("overridden at run time by `{root}/config/aggregator`");
+pub const PLUGIN_DIR: Key = Key::file("plugin directory", "[plugins] dir", "\"plugins/dist\"")
+    .flag("plugin-dir", "DIR")
+    .env("FLEETMETER_PLUGIN_DIR");
+pub const CACHE_DIR: Key = Key::file("[plugins] cache_dir", "[plugins] cache_dir", "").note(
+    "compiled plugins; default `$XDG_CACHE_HOME/fleetmeter/plugins`, else `~/.cache/fleetmeter/plugins`",
+);
+pub const SENSOR_CONFIG: Key = Key::file("[plugins.sensor_config]", "[plugins.sensor_config]", "")
+    .note("a table; each `KEY = value` is given to the sensor's `init`");
+pub const AGGREGATOR_CONFIG: Key = Key::file(
+    "[plugins.aggregator_config]",
+    "[plugins.aggregator_config]",
+    "",
+)
+.note("a table; each `KEY = value` is given to the aggregator's `init`");
+pub const LIMIT_TIMEOUT: Key = Key::file("[plugins.limits]", "[plugins.limits] timeout_ms", "1000")
+    .range(1.0, 60000.0, "ms")
+    .note("per call, both plugins");
+pub const LIMIT_FUEL: Key = Key::file("[plugins.limits]", "[plugins.limits] fuel", "")
+    .note("instructions per call, roughly; off by default");
+pub const LIMIT_MEMORY: Key =
+    Key::file("[plugins.limits]", "[plugins.limits] max_memory_mib", "64")
+        .range(1.0, 4096.0, "MiB");
+pub const LIMIT_FAILURES: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] failures_before_backoff",
+    "3",
+)
+.note("failed calls in a row before the plugin backs off");
+pub const LIMIT_BACKOFF_INITIAL: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] backoff_initial_ms",
+    "1000",
+)
+.note("ms; doubled per further failure");
+pub const LIMIT_BACKOFF_MAX: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] backoff_max_ms",
+    "60000",
+)
+.note("ms");
+pub const GRANT_DIRS: Key = Key::file("[plugins.grants] dirs", "[plugins.grants] dirs", "[]")
+    .note("read-only directories for the sensor, `HOST` or `HOST:GUEST`; aggregators get nothing");
+pub const GRANT_NETWORK: Key = Key::file(
+    "[plugins.grants] network",
+    "[plugins.grants] network",
+    "false",
+)
+.note("outgoing connections and name lookups for the sensor");
+pub const GRANT_ENV: Key = Key::file("[plugins.grants.env]", "[plugins.grants.env]", "")
+    .note("a table of environment variables the sensor sees");
+pub const METRICS_LISTEN: Key =
+    Key::file("metrics address", "[telemetry] listen", "\"0.0.0.0:9464\"")
+        .flag("metrics-listen", "ADDR")
+        .env("FLEETMETER_METRICS_LISTEN")
+        .note("where `/metrics` and `/healthz` are served: `IP:PORT`, `:PORT` or `off`");
+pub const UNHEALTHY_AFTER: Key = Key::file(
+    "[telemetry] unhealthy_after_periods",
+    "[telemetry] unhealthy_after_periods",
+    "3",
+)
+.range(1.0, 1000.0, "periods");
+pub const LOG_FORMAT: Key = Key {
+    file: None,
+    default: "\"text\"",
+    ..Key::file("log format", "", "")
+        .flag("log-format", "FORMAT")
+        .env("FLEETMETER_LOG_FORMAT")
+        .note("`text` or `json`; `RUST_LOG` sets the level")
+};
+pub const CHECK: Key = Key {
+    file: None,
+    value_name: None,
+    ..Key::file("check", "", "")
+        .flag("check", "")
+        .note("validate and print the configuration, connect to nothing, exit 0 (valid) or 1")
+};
+
+/// Every key of `fleetmeter run`, in the README's order.
+pub const ALL: &[Key] = &[
+    DEVICE_ID,
+    CONFIG,
+    ZK_HOSTS,
+    ZK_ROOT,
+    SESSION_TIMEOUT,
+    CONNECT_TIMEOUT,
+    SAMPLING_PERIOD,
+    COLLECT_FRACTION,
+    API_URL,
+    PUBLISH_FORMAT,
+    API_TOKEN,
+    PUBLISH_TIMEOUT,
+    RETRY_INITIAL,
+    RETRY_MAX,
+    SENSOR,
+    AGGREGATOR,
+    PLUGIN_DIR,
+    CACHE_DIR,
+    SENSOR_CONFIG,
+    AGGREGATOR_CONFIG,
+    LIMIT_TIMEOUT,
+    LIMIT_FUEL,
+    LIMIT_MEMORY,
+    LIMIT_FAILURES,
+    LIMIT_BACKOFF_INITIAL,
+    LIMIT_BACKOFF_MAX,
+    GRANT_DIRS,
+    GRANT_NETWORK,
+    GRANT_ENV,
+    METRICS_LISTEN,
+    UNHEALTHY_AFTER,
+    LOG_FORMAT,
+    CHECK,
+];
+
+/// Marks around the generated table in README.md.
+pub const README_BEGIN: &str =
+    "<!-- configuration keys: generated from agent/src/config/keys.rs -->";
+pub const README_END: &str = "<!-- end of configuration keys -->";
+
+/// The README's configuration reference, one row per key.
+pub fn readme_table() -> String {
+    let mut out = String::from(
+        "| agent.toml | flag | environment | default | valid values, notes |\n|---|---|---|---|---|\n",
+    );
+    let code = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!("`{s}`")
+        }
+    };
+    for key in ALL {
+        let flag = match (key.positional, key.flag, key.value_name) {
+            (Some(arg), Some(flag), _) => format!("`{arg}` or `--{flag} {arg}`"),
+            (None, Some(flag), Some(value)) if !value.is_empty() => {
+                format!("`--{flag} {value}`")
+            }
+            (None, Some(flag), _) => format!("`--{flag}`"),
+            _ => String::new(),
+        };
+        let valid = match key.range {
+            Some((min, max)) => format!("{min}–{max} {}", key.unit),
+            None => String::new(),
+        };
+        let notes = [valid.as_str(), key.note]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            code(key.file.unwrap_or("")),
+            flag,
+            code(key.env.unwrap_or("")),
+            code(key.default.trim_matches('"')),
+            notes.replace('|', "\\|"),
+        ));
+    }
+    out
+}

@@ -1,0 +1,284 @@
+//! From a parsed file and the overrides to a validated [`AgentConfig`], one function per
+//! section. Every refusal names the key (from the key table) and where the value came from.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{
+    AgentConfig, ConfigError, InvalidSetting, Overrides, PublishSettings, TelemetrySettings,
+    file::{
+        DeviceSection, FileConfig, PluginsSection, PublishSection, RoundSection, TelemetrySection,
+        ZookeeperSection,
+    },
+    keys::{self, Key},
+    parse_listen,
+};
+use crate::{
+    coord::{ZkSettings, dynconfig, membership},
+    plugin::{DirGrant, Grants, LimitsError, PluginSettings},
+};
+
+/// Where values came from, for error messages.
+#[derive(Clone, Copy, Debug)]
+struct Origin<'a> {
+    file: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    /// Where `key`'s value came from: an override (flag or variable) or the file.
+    fn of(self, key: &Key, overridden: bool) -> String {
+        if overridden {
+            format!("from {}", key.overrides())
+        } else {
+            self.file(key)
+        }
+    }
+
+    /// A value only the file sets.
+    fn file(self, key: &Key) -> String {
+        match (self.file, key.file) {
+            (Some(path), Some(name)) => format!("`{name}` in {}", path.display()),
+            _ => "built-in default".into(),
+        }
+    }
+
+    fn invalid(self, key: &'static Key, overridden: bool, error: InvalidSetting) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.label,
+            origin: self.of(key, overridden),
+            source: error,
+        }
+    }
+}
+
+pub(super) fn resolve(
+    config: FileConfig,
+    file: Option<PathBuf>,
+    o: Overrides,
+) -> Result<AgentConfig, ConfigError> {
+    let origin = Origin {
+        file: file.as_deref(),
+    };
+    let device_id = device(origin, config.device, &o)?;
+    let zookeeper = zookeeper(origin, config.zookeeper, &o)?;
+    let (period, collect_fraction) = round(origin, &config.round, &o)?;
+    let publish = publish(origin, config.publish, &o)?;
+    let aggregator = o
+        .aggregator
+        .clone()
+        .unwrap_or_else(|| config.plugins.aggregator.clone());
+    dynconfig::parse_aggregator(&aggregator, &|_| true)
+        .map_err(|e| origin.invalid(&keys::AGGREGATOR, o.aggregator.is_some(), e.into()))?;
+    let sensor = o
+        .sensor
+        .clone()
+        .unwrap_or_else(|| config.plugins.sensor.clone());
+    let plugin_dir = o
+        .plugin_dir
+        .clone()
+        .unwrap_or_else(|| config.plugins.dir.clone());
+    let cache_dir = config.plugins.cache_dir.clone();
+    let (sensor_settings, aggregator_settings) = plugins(origin, config.plugins)?;
+    let telemetry = telemetry(origin, &config.telemetry, &o)?;
+    Ok(AgentConfig {
+        device_id,
+        zookeeper,
+        period,
+        collect_fraction,
+        publish,
+        plugin_dir,
+        cache_dir,
+        sensor,
+        sensor_settings,
+        aggregator,
+        aggregator_settings,
+        telemetry,
+        file,
+    })
+}
+
+/// A number of seconds within the key's range.
+fn seconds(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<Duration, ConfigError> {
+    in_range(origin, key, value)?;
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// A number within the key's range (a value only the file sets).
+fn in_range(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<(), ConfigError> {
+    let (min, max) = key
+        .range
+        .expect("a numeric key has a range in the key table");
+    if !value.is_finite() || value < min || value > max {
+        return Err(origin.invalid(
+            key,
+            false,
+            InvalidSetting::OutOfRange {
+                value,
+                min,
+                max,
+                unit: key.unit,
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn device(origin: Origin<'_>, file: DeviceSection, o: &Overrides) -> Result<String, ConfigError> {
+    let id =
+        o.id.clone()
+            .or(file.id)
+            .filter(|id| !id.trim().is_empty())
+            .ok_or(ConfigError::MissingId)?;
+    membership::validate_id(&id)
+        .map_err(|e| origin.invalid(&keys::DEVICE_ID, o.id.is_some(), e.into()))?;
+    Ok(id)
+}
+
+fn zookeeper(
+    origin: Origin<'_>,
+    file: ZookeeperSection,
+    o: &Overrides,
+) -> Result<ZkSettings, ConfigError> {
+    let settings = ZkSettings {
+        hosts: o.zk_hosts.clone().unwrap_or(file.hosts),
+        root: o.root.clone().unwrap_or(file.root),
+        session_timeout: seconds(origin, &keys::SESSION_TIMEOUT, file.session_timeout)?,
+        connect_timeout: seconds(origin, &keys::CONNECT_TIMEOUT, file.connect_timeout)?,
+    };
+    ZkSettings::validate_hosts(&settings.hosts)
+        .map_err(|e| origin.invalid(&keys::ZK_HOSTS, o.zk_hosts.is_some(), e.into()))?;
+    ZkSettings::validate_root(&settings.root)
+        .map_err(|e| origin.invalid(&keys::ZK_ROOT, o.root.is_some(), e.into()))?;
+    Ok(settings)
+}
+
+fn round(
+    origin: Origin<'_>,
+    file: &RoundSection,
+    o: &Overrides,
+) -> Result<(Duration, f64), ConfigError> {
+    let period = match &o.period {
+        Some(raw) => dynconfig::parse_period(raw),
+        None => dynconfig::parse_period(&file.sampling_period.to_string()),
+    }
+    .map_err(|e| origin.invalid(&keys::SAMPLING_PERIOD, o.period.is_some(), e.into()))?;
+    in_range(origin, &keys::COLLECT_FRACTION, file.collect_fraction)?;
+    Ok((period, file.collect_fraction))
+}
+
+fn publish(
+    origin: Origin<'_>,
+    file: PublishSection,
+    o: &Overrides,
+) -> Result<PublishSettings, ConfigError> {
+    let api_url = dynconfig::parse_api_url(o.api_url.as_deref().unwrap_or(&file.api_url))
+        .map_err(|e| origin.invalid(&keys::API_URL, o.api_url.is_some(), e.into()))?
+        .to_string();
+    let format = match &o.format {
+        Some(raw) => raw.parse().map_err(|e: super::UnknownFormat| {
+            origin.invalid(&keys::PUBLISH_FORMAT, true, e.into())
+        })?,
+        None => file.format,
+    };
+    let publish = PublishSettings {
+        api_url,
+        format,
+        token: o.token.clone().or(file.token).filter(|t| !t.is_empty()),
+        timeout: seconds(origin, &keys::PUBLISH_TIMEOUT, file.timeout)?,
+        retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,
+        retry_max: seconds(origin, &keys::RETRY_MAX, file.retry_max)?,
+    };
+    if publish.retry_initial > publish.retry_max {
+        return Err(origin.invalid(&keys::RETRY_INITIAL, false, InvalidSetting::RetryOrder));
+    }
+    Ok(publish)
+}
+
+/// The sensor's and the aggregator's settings.
+fn plugins(
+    origin: Origin<'_>,
+    file: PluginsSection,
+) -> Result<(PluginSettings, PluginSettings), ConfigError> {
+    file.limits.validate().map_err(|e| {
+        let key = match e {
+            LimitsError::Timeout(_) => &keys::LIMIT_TIMEOUT,
+            LimitsError::NoFuel => &keys::LIMIT_FUEL,
+            LimitsError::Memory(_) => &keys::LIMIT_MEMORY,
+            LimitsError::Backoff { .. } => &keys::LIMIT_BACKOFF_INITIAL,
+        };
+        origin.invalid(key, false, e.into())
+    })?;
+    let dirs = file
+        .grants
+        .dirs
+        .iter()
+        .map(|d| DirGrant::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| origin.invalid(&keys::GRANT_DIRS, false, e.into()))?;
+    let sensor = PluginSettings {
+        config: plugin_config(origin, &keys::SENSOR_CONFIG, file.sensor_config)?,
+        limits: file.limits.clone(),
+        grants: Grants {
+            dirs,
+            env: file.grants.env.into_iter().collect(),
+            network: file.grants.network,
+        },
+    };
+    let aggregator = PluginSettings {
+        config: plugin_config(origin, &keys::AGGREGATOR_CONFIG, file.aggregator_config)?,
+        limits: file.limits,
+        grants: Grants::default(),
+    };
+    Ok((sensor, aggregator))
+}
+
+/// A plugin's `init` configuration: strings, numbers and booleans, given as strings.
+fn plugin_config(
+    origin: Origin<'_>,
+    key: &'static Key,
+    table: BTreeMap<String, toml::Value>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(origin.invalid(
+                        key,
+                        false,
+                        InvalidSetting::PluginConfigType {
+                            key: k,
+                            found: other.type_str(),
+                        },
+                    ));
+                }
+            };
+            Ok((k, value))
+        })
+        .collect()
+}
+
+fn telemetry(
+    origin: Origin<'_>,
+    file: &TelemetrySection,
+    o: &Overrides,
+) -> Result<TelemetrySettings, ConfigError> {
+    let listen = parse_listen(o.metrics_listen.as_deref().unwrap_or(&file.listen))
+        .map_err(|e| origin.invalid(&keys::METRICS_LISTEN, o.metrics_listen.is_some(), e.into()))?;
+    in_range(
+        origin,
+        &keys::UNHEALTHY_AFTER,
+        f64::from(file.unhealthy_after_periods),
+    )?;
+    Ok(TelemetrySettings {
+        listen,
+        unhealthy_after_periods: file.unhealthy_after_periods,
+    })
+}

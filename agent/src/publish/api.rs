@@ -1,0 +1,121 @@
+//! One request to the measurements API, and what came of it: a [`Delivery`] (the API decided)
+//! or a [`SendError`] (transient: keep the result and retry).
+
+use reqwest::StatusCode;
+
+use crate::{
+    config::{PublishFormat, PublishSettings},
+    wire::RoundResult,
+};
+
+/// What the API did with one result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delivery {
+    Stored,
+    /// Already stored (a resend after a crash or a failover).
+    Duplicate,
+    /// The API will never accept it (e.g. 409: a different result is stored under this round,
+    /// or 422). Logged loudly and dropped from the outbox: retrying cannot help.
+    Refused(Refusal),
+}
+
+/// The API's answer to a result it refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{status}: {body}")]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The API's answer, trimmed.
+    pub body: String,
+}
+
+/// A failure to deliver that retrying can fix: the result stays in the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot reach the API at {base}: {source}")]
+    Unreachable {
+        base: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Down (5xx), misconfigured (401, 403, 404: fix the URL or the token and it goes
+    /// through) or busy (429).
+    #[error("the API answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+}
+
+/// The HTTP side of the publisher.
+#[derive(Clone, Debug)]
+pub(super) struct ApiClient {
+    http: reqwest::Client,
+    format: PublishFormat,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    pub(super) fn new(settings: &PublishSettings) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            format: settings.format,
+            token: settings.token.clone(),
+        })
+    }
+
+    pub(super) fn format(&self) -> PublishFormat {
+        self.format
+    }
+
+    pub(super) async fn send(
+        &self,
+        api_url: &str,
+        result: &RoundResult,
+    ) -> Result<Delivery, SendError> {
+        let base = if api_url.ends_with('/') {
+            api_url.to_owned()
+        } else {
+            format!("{api_url}/")
+        };
+        let request = match self.format {
+            PublishFormat::Json => self.http.post(format!("{base}api/v1/rounds")).json(result),
+            PublishFormat::Query => self
+                .http
+                .get(format!("{base}nuevo"))
+                .query(&[("dato", result.value.to_string())]),
+        };
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|source| SendError::Unreachable { base, source })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status.is_success() {
+            let duplicate = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("duplicate").and_then(serde_json::Value::as_bool))
+                .unwrap_or(false);
+            return Ok(if duplicate {
+                Delivery::Duplicate
+            } else {
+                Delivery::Stored
+            });
+        }
+        let body = body.trim().to_owned();
+        if status.is_server_error()
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || status == StatusCode::NOT_FOUND
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            return Err(SendError::Status { status, body });
+        }
+        Ok(Delivery::Refused(Refusal { status, body }))
+    }
+}

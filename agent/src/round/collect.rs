@@ -1,0 +1,257 @@
+//! The leader's collection of a round's readings: it waits for every live device until the
+//! collection deadline, then goes on without the stragglers (counted).
+//!
+//! Where readings come from is a [`ReadingSource`]: ZooKeeper in the agent
+//! ([`ZkReadings`]), a scripted source in the tests below, which run under paused time.
+//! Every reading is hostile input: a node that does not parse, or holds another round's
+//! reading, counts as no reading.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use tokio::time::Instant;
+use zookeeper_client::MultiReadResult;
+
+use crate::{
+    coord::{
+        Session,
+        paths::{self, DEVICES},
+    },
+    plugin::Reading,
+    wire::DeviceReading,
+};
+
+/// How often the leader looks for readings it is still missing.
+pub const POLL: Duration = Duration::from_millis(25);
+
+/// Where the leader reads the fleet from.
+pub(crate) trait ReadingSource {
+    /// The live devices now; `None` when they cannot be listed (the last list stands).
+    async fn members(&mut self) -> Option<Vec<String>>;
+    /// The raw node data of each of `devices`, in order (`None`: absent or unreadable).
+    async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>>;
+}
+
+/// What a collection found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Collected {
+    /// The round's readings, by device id.
+    pub readings: Vec<Reading>,
+    /// Live devices at the end of the collection.
+    pub live: usize,
+    /// Live devices without a reading at the deadline.
+    pub missed: usize,
+}
+
+/// Round `round`'s readings, waiting for every live device until `until`. `members` is the
+/// last member list known, used until the source answers.
+pub(crate) async fn collect(
+    source: &mut impl ReadingSource,
+    mut members: Vec<String>,
+    round: u64,
+    until: Instant,
+) -> Collected {
+    let mut readings = BTreeMap::new();
+    loop {
+        if let Some(now) = source.members().await {
+            members = now;
+        }
+        let missing: Vec<&String> = members
+            .iter()
+            .filter(|d| !readings.contains_key(*d))
+            .collect();
+        if !missing.is_empty()
+            && let Some(data) = source.readings(&missing).await
+        {
+            for (device, data) in missing.iter().zip(data) {
+                if let Some(data) = data
+                    && let Ok(reading) = serde_json::from_slice::<DeviceReading>(&data)
+                    && reading.round == round
+                    && reading.value.is_finite()
+                {
+                    readings.insert((*device).clone(), reading.value);
+                }
+            }
+        }
+        let everyone = members.iter().all(|d| readings.contains_key(d));
+        if (everyone && !members.is_empty()) || Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+    let missed = members
+        .iter()
+        .filter(|d| !readings.contains_key(*d))
+        .count();
+    Collected {
+        readings: readings
+            .into_iter()
+            .map(|(device, value)| Reading { device, value })
+            .collect(),
+        live: members.len(),
+        missed,
+    }
+}
+
+/// The device nodes under `{root}/devices`, read in one multi per poll.
+pub(crate) struct ZkReadings<'a> {
+    pub session: &'a Session,
+}
+
+impl ReadingSource for ZkReadings<'_> {
+    async fn members(&mut self) -> Option<Vec<String>> {
+        let client = self.session.client().ok()?;
+        client.list_children(DEVICES).await.ok()
+    }
+
+    async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>> {
+        let client = self.session.client().ok()?;
+        let mut reader = client.new_multi_reader();
+        for device in devices {
+            reader.add_get_data(&paths::device(device)).ok()?;
+        }
+        let results = reader.commit().await.ok()?;
+        Some(
+            results
+                .into_iter()
+                .map(|result| match result {
+                    MultiReadResult::Data { data, .. } => Some(data),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Devices whose readings appear at given times after the start.
+    struct Scripted {
+        start: Instant,
+        members: Vec<String>,
+        /// device → (appears after, node data)
+        arrivals: HashMap<String, (Duration, Vec<u8>)>,
+        polls: usize,
+    }
+
+    impl Scripted {
+        fn new(members: &[&str]) -> Self {
+            Self {
+                start: Instant::now(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+                arrivals: HashMap::new(),
+                polls: 0,
+            }
+        }
+
+        fn reading(mut self, device: &str, after_ms: u64, round: u64, value: f64) -> Self {
+            let data = serde_json::to_vec(&DeviceReading {
+                round,
+                value,
+                ts: 0,
+            })
+            .unwrap();
+            self.arrivals
+                .insert(device.into(), (Duration::from_millis(after_ms), data));
+            self
+        }
+
+        fn raw(mut self, device: &str, data: &[u8]) -> Self {
+            self.arrivals
+                .insert(device.into(), (Duration::ZERO, data.to_vec()));
+            self
+        }
+    }
+
+    impl ReadingSource for Scripted {
+        async fn members(&mut self) -> Option<Vec<String>> {
+            self.polls += 1;
+            Some(self.members.clone())
+        }
+
+        async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>> {
+            let elapsed = self.start.elapsed();
+            Some(
+                devices
+                    .iter()
+                    .map(|d| {
+                        self.arrivals
+                            .get(*d)
+                            .filter(|(after, _)| elapsed >= *after)
+                            .map(|(_, data)| data.clone())
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    fn values(collected: &Collected) -> Vec<(&str, f64)> {
+        collected
+            .readings
+            .iter()
+            .map(|r| (r.device.as_str(), r.value))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_as_soon_as_every_live_device_reported() {
+        let start = Instant::now();
+        let mut source = Scripted::new(&["1", "2", "3"])
+            .reading("1", 0, 7, 80.0)
+            .reading("2", 100, 7, 81.0)
+            .reading("3", 300, 7, 82.0);
+        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(4)).await;
+        assert_eq!(values(&collected), [("1", 80.0), ("2", 81.0), ("3", 82.0)]);
+        assert_eq!((collected.live, collected.missed), (3, 0));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(300) + POLL,
+            "done within one poll of the last reading, not at the deadline: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn goes_on_without_stragglers_at_the_deadline() {
+        let start = Instant::now();
+        let mut source = Scripted::new(&["1", "2", "3"])
+            .reading("1", 0, 7, 80.0)
+            .reading("3", 5000, 7, 82.0); // too late; "2" never reports
+        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(4)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(4),
+            "waited exactly until the deadline"
+        );
+        assert_eq!(values(&collected), [("1", 80.0)]);
+        assert_eq!((collected.live, collected.missed), (3, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readings_of_other_rounds_and_garbage_do_not_count() {
+        let start = Instant::now();
+        let mut source = Scripted::new(&["1", "2", "3", "4"])
+            .reading("1", 0, 7, 80.0)
+            .reading("2", 0, 6, 99.0) // last round's
+            .raw("3", b"{\"round\":7,\"value\":\"hot\"}")
+            .raw("4", b"{\"round\":7,\"value\":1e999,\"ts\":0}");
+        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(1)).await;
+        assert_eq!(values(&collected), [("1", 80.0)]);
+        assert_eq!(collected.missed, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_fleet_waits_until_the_deadline_and_collects_nothing() {
+        let start = Instant::now();
+        let mut source = Scripted::new(&[]);
+        let collected = collect(&mut source, vec![], 1, start + Duration::from_secs(2)).await;
+        assert_eq!(collected, Collected::default());
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert!(
+            source.polls > 1,
+            "it kept looking for devices that join late"
+        );
+    }
+}

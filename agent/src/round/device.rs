@@ -1,0 +1,62 @@
+//! What every device does, leader or not: wait for the next round on the barrier, sample the
+//! sensor once, and write the round-tagged reading `{"round":n,"value":v,"ts":ms}` to its
+//! node. A failed sample costs that round's reading only.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use crate::{
+    coord::{CoordError, barrier, membership::Membership},
+    wire::{DeviceReading, now_ms},
+};
+
+/// Pause before re-reading the round after a ZooKeeper error.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Samples once per round until `stop`.
+pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: CancellationToken) {
+    let id = &ctx.id;
+    let mut last = None;
+    loop {
+        let round = tokio::select! {
+            () = stop.cancelled() => return,
+            r = barrier::wait_for_round(&ctx.session, last) => match r {
+                Ok(round) => round,
+                Err(CoordError::Closed) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the round; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(RETRY) => continue,
+                    }
+                }
+            },
+        };
+        last = Some(round);
+        ctx.telemetry.round_opened(round);
+        let sampled = ctx.plugins.sample(&ctx.telemetry).await;
+        ctx.telemetry.sample(sampled.is_ok());
+        let value = match sampled {
+            Ok(value) => value,
+            Err(err) => {
+                tracing::warn!(device = %id, round, error = %err, "no reading this round");
+                continue;
+            }
+        };
+        let reading = DeviceReading {
+            round,
+            value,
+            ts: now_ms(),
+        };
+        let data = serde_json::to_vec(&reading).expect("a reading serializes");
+        match membership.publish(data).await {
+            Ok(()) => tracing::info!(device = %id, round, value, "reading sent to ZooKeeper"),
+            Err(CoordError::Closed) => return,
+            Err(err) => {
+                tracing::warn!(device = %id, round, error = %err, "cannot write the reading")
+            }
+        }
+    }
+}
