@@ -141,43 +141,20 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// Text from clients (device ids, leader, aggregator) goes through here before the page.
+/// Text from clients (device ids, leader, aggregator) goes through here before the page:
+/// `& < > " '` become entities, safe in element text and in quoted attributes.
 pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_quoted_attribute(text).into_owned()
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) from milliseconds since the Unix epoch.
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from milliseconds since the Unix epoch; a time past what
+/// `jiff` can hold (late in year 9999) shows as the latest one it can.
 pub fn format_ts(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let ts = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    ts.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 #[cfg(test)]
@@ -189,13 +166,14 @@ mod tests {
         assert_eq!(format_ts(0), "1970-01-01 00:00:00");
         assert_eq!(format_ts(1_766_334_379_000), "2025-12-21 16:26:19");
         assert_eq!(format_ts(951_782_400_000), "2000-02-29 00:00:00");
+        assert!(format_ts(u64::MAX).starts_with("9999-12-"), "the latest time, no panic");
     }
 
     #[test]
     fn escapes_client_text() {
         assert_eq!(
             escape("<b>\"x\" & 'y'</b>"),
-            "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
+            "&lt;b&gt;&quot;x&quot; &amp; &#x27;y&#x27;&lt;/b&gt;"
         );
     }
 

@@ -45,13 +45,10 @@ impl Default for EngineOptions {
     }
 }
 
-/// `$XDG_CACHE_HOME/fleetmeter/plugins`, else `~/.cache/fleetmeter/plugins`.
+/// `$XDG_CACHE_HOME/fleetmeter/plugins`, else `~/.cache/fleetmeter/plugins` (the `dirs`
+/// crate's rules: a relative `XDG_CACHE_HOME` is ignored, as the XDG spec says).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("fleetmeter").join("plugins"))
+    dirs::cache_dir().map(|base| base.join("fleetmeter").join("plugins"))
 }
 
 /// Shared by every plugin of an agent; cheap to clone.
