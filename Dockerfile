@@ -19,7 +19,7 @@ WORKDIR /src
 #    long part of the build) is rebuilt only when a manifest or a lockfile changes.
 COPY Cargo.toml Cargo.lock ./
 COPY agent/Cargo.toml agent/
-COPY agent/testkit/Cargo.toml agent/testkit/
+COPY testkit/Cargo.toml testkit/
 COPY api/Cargo.toml api/
 COPY sensor-sdk/Cargo.toml sensor-sdk/build.rs sensor-sdk/
 COPY wit wit

@@ -11,14 +11,16 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use fleetmeter::coord::{Session, ZkSettings, barrier, counter, election, paths};
-use fleetmeter_testkit::zk::ZkServer;
+use fleetmeter_testkit::{
+    fleet::{Agents, agent_toml},
+    zk::ZkServer,
+};
 
 /// Measures how long a fleet of three agents goes without a committed round when its
 /// leader is stopped by SIGKILL or SIGTERM.
@@ -41,59 +43,6 @@ struct Args {
     /// The bundled plugins.
     #[arg(long, default_value = "plugins/dist")]
     plugin_dir: PathBuf,
-}
-
-struct Fleet {
-    binary: PathBuf,
-    config: PathBuf,
-    logs: PathBuf,
-    zk_hosts: String,
-    agents: BTreeMap<String, Child>,
-}
-
-impl Fleet {
-    fn spawn(&mut self, id: &str) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.logs.join(format!("agent-{id}.log")))?;
-        let child = Command::new(&self.binary)
-            .args(["run", id, "--config"])
-            .arg(&self.config)
-            .env("ZK_HOST", &self.zk_hosts)
-            .env("FLEETMETER_METRICS_LISTEN", "off")
-            .env("RUST_LOG", "info")
-            .env_remove("SAMPLING_PERIOD")
-            .env_remove("API_URL")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        self.agents.insert(id.to_owned(), child);
-        Ok(())
-    }
-
-    fn stop(&mut self, id: &str, signal: &str) -> Result<Child> {
-        let child = self
-            .agents
-            .remove(id)
-            .with_context(|| format!("device {id} is not one of ours"))?;
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()?
-            .success();
-        ensure!(ok, "kill -{signal} {} failed", child.id());
-        Ok(child)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in self.agents.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Waits, on a ZooKeeper watch, for a round committed after round `after` opened.
@@ -152,23 +101,18 @@ async fn main() -> Result<()> {
     // No API: results stay in the outbox, where the final check counts them.
     std::fs::write(
         &config,
-        format!(
-            "[zookeeper]\nsession_timeout = {}\n[round]\nsampling_period = {}\n\
-             [publish]\napi_url = \"http://127.0.0.1:9/\"\nretry_initial = 1.0\nretry_max = 10.0\n\
-             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n",
+        agent_toml(
             args.session_timeout,
             args.period,
-            std::path::absolute(&args.plugin_dir)?.display(),
-            work.path().join("cache").display(),
+            "[publish]\napi_url = \"http://127.0.0.1:9/\"\nretry_initial = 1.0\nretry_max = 10.0\n",
+            &std::path::absolute(&args.plugin_dir)?,
+            &work.path().join("cache"),
+            "",
         ),
     )?;
-    let mut fleet = Fleet {
-        binary,
-        config,
-        logs: work.path().to_owned(),
-        zk_hosts: zk.hosts(),
-        agents: BTreeMap::new(),
-    };
+    let mut fleet = Agents::new(binary, work.path())
+        .env("ZK_HOST", zk.hosts())
+        .env("FLEETMETER_METRICS_LISTEN", "off");
     let observer = Session::connect(ZkSettings {
         hosts: zk.hosts(),
         root: "/fleetmeter".into(),
@@ -186,7 +130,7 @@ async fn main() -> Result<()> {
         work.path().display()
     );
     for id in ["1", "2", "3"] {
-        fleet.spawn(id)?;
+        fleet.spawn(id, &config, &[])?;
     }
     let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for trial in 0..2 * args.trials {
@@ -201,8 +145,7 @@ async fn main() -> Result<()> {
         }
         let start = barrier::current(&client).await?.round;
         next_round(&observer, start + 1, 10 * period + session_timeout).await?;
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
-        tokio::time::sleep(period.mul_f64(f64::from(nanos.subsec_nanos() % 1000) / 1000.0)).await;
+        tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
 
         let signal = if trial % 2 == 0 { "KILL" } else { "TERM" };
         let leader = election::contenders(&client)
@@ -210,7 +153,7 @@ async fn main() -> Result<()> {
             .first()
             .cloned()
             .context("no leader")?;
-        let mut child = fleet.stop(&leader, signal)?;
+        let mut child = fleet.signal(&leader, signal)?;
         let signalled = Instant::now();
         child.wait()?;
         // A dead process commits nothing more: the next round is the new leader's.
@@ -225,12 +168,12 @@ async fn main() -> Result<()> {
             now_leading.first().map_or("nobody", String::as_str),
         );
         times.entry(signal).or_default().push(took);
-        fleet.spawn(&leader)?;
+        fleet.spawn(&leader, &config, &[])?;
     }
 
     // Exactly once across every failover: counter == the readings of every committed round.
     for id in ["1", "2", "3"] {
-        let mut child = fleet.stop(id, "TERM")?;
+        let mut child = fleet.signal(id, "TERM")?;
         child.wait()?;
     }
     let mut committed = 0i64;

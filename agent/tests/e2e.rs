@@ -12,6 +12,7 @@ use std::{
 };
 
 use fleetmeter::coord::{Session, ZkSettings, barrier, counter, dynconfig::Key, election, paths};
+use fleetmeter_testkit::fleet::{Agents, agent_toml};
 use serde_json::Value;
 use support::{
     fixture, free_port, plugin, redis::RedisServer, repo_root, wait_until, zk::ZkServer,
@@ -30,7 +31,7 @@ struct Fleet {
     api_port: u16,
     api: Option<Child>,
     redis_url: String,
-    agents: BTreeMap<String, Child>,
+    agents: Agents,
     /// Each agent's /metrics and /healthz port.
     metrics_ports: BTreeMap<String, u16>,
     http: reqwest::Client,
@@ -54,25 +55,28 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let zk = ZkServer::start();
         let redis = RedisServer::start();
+        let api_port = free_port();
+        let agents = Agents::new(env!("CARGO_BIN_EXE_fleetmeter"), dir.path())
+            .env("ZK_HOST", zk.hosts())
+            .env("API_URL", format!("http://127.0.0.1:{api_port}/"));
         let mut fleet = Self {
-            api_port: free_port(),
+            api_port,
             redis_url: redis.url(),
             dir,
             zk,
             _redis: redis,
             api: None,
-            agents: BTreeMap::new(),
+            agents,
             metrics_ports: BTreeMap::new(),
             http: reqwest::Client::new(),
         };
-        let toml = format!(
-            "[zookeeper]\nsession_timeout = {}\n[round]\nsampling_period = {}\n\
-             [publish]\nretry_initial = 0.2\nretry_max = 1.0\n\
-             [plugins]\ndir = \"{}\"\ncache_dir = \"{}\"\n{extra_toml}",
+        let toml = agent_toml(
             SESSION_TIMEOUT.as_secs_f64(),
             PERIOD.as_secs_f64(),
-            repo_root().join("plugins/dist").display(),
-            support::cache_dir().display(),
+            "[publish]\nretry_initial = 0.2\nretry_max = 1.0\n",
+            &repo_root().join("plugins/dist"),
+            &support::cache_dir(),
+            extra_toml,
         );
         std::fs::write(fleet.dir.path().join("agent.toml"), toml).unwrap();
         fleet.start_api();
@@ -109,36 +113,23 @@ impl Fleet {
     }
 
     fn spawn_with_config(&mut self, id: &str, config: &Path) {
-        let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
         let port = *self
             .metrics_ports
             .entry(id.to_owned())
             .or_insert_with(free_port);
-        let child = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
-            .args(["run", id, "--config"])
-            .arg(config)
-            .env("FLEETMETER_METRICS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ZK_HOST", self.zk.hosts())
-            .env("API_URL", self.api_url())
-            .env("RUST_LOG", "info")
-            .env_remove("SAMPLING_PERIOD")
-            .env_remove("DEVICE_ID")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+        self.agents
+            .spawn(
+                id,
+                config,
+                &[("FLEETMETER_METRICS_LISTEN", format!("127.0.0.1:{port}"))],
+            )
             .unwrap();
-        self.agents.insert(id.to_owned(), child);
     }
 
     fn signal(&mut self, id: &str, signal: &str) -> Child {
-        let child = self.agents.remove(id).expect("a running agent");
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} {id}");
-        child
+        self.agents
+            .signal(id, signal)
+            .unwrap_or_else(|e| panic!("kill -{signal} {id}: {e}"))
     }
 
     fn log(&self, name: &str) -> String {
@@ -234,10 +225,7 @@ impl Fleet {
     }
 
     async fn stop_all(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.agents) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.agents.kill_all();
         self.stop_api();
     }
 }
@@ -248,10 +236,7 @@ impl Drop for Fleet {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
             eprintln!("e2e logs kept in {}", dir.display());
         }
-        for child in self.agents.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.agents.kill_all();
         self.stop_api();
     }
 }
@@ -274,14 +259,14 @@ async fn final_check(fleet: &mut Fleet) -> Vec<Value> {
             .unwrap_or(true)
     })
     .await;
-    for (_, child) in fleet.agents.iter_mut() {
+    for (_, child) in fleet.agents.children.iter_mut() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         let status = child.wait().unwrap();
         assert!(status.success(), "SIGTERM exits 0: {status}");
     }
-    fleet.agents.clear();
+    fleet.agents.children.clear();
     let rounds = fleet.rounds().await;
     let stored: Vec<u64> = rounds
         .iter()
@@ -480,7 +465,7 @@ async fn the_fleet_recovers_from_zookeeper_restarts_without_process_restarts() {
         fleet
             .wait_for_rounds(before + 3, Duration::from_secs(60))
             .await;
-        for (id, child) in fleet.agents.iter_mut() {
+        for (id, child) in fleet.agents.children.iter_mut() {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "agent {id} still running after the {what} outage"
@@ -598,6 +583,7 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     assert!(
         fleet
             .agents
+            .children
             .get_mut("3")
             .unwrap()
             .try_wait()

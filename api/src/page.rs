@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(format_ts(0), "1970-01-01 00:00:00");
         assert_eq!(format_ts(1_766_334_379_000), "2025-12-21 16:26:19");
         assert_eq!(format_ts(951_782_400_000), "2000-02-29 00:00:00");
-        assert!(format_ts(u64::MAX).starts_with("9999-12-"), "the latest time, no panic");
+        assert!(
+            format_ts(u64::MAX).starts_with("9999-12-"),
+            "the latest time, no panic"
+        );
     }
 
     #[test]

@@ -397,7 +397,8 @@ mod tests {
                 .iter()
                 .find(|k| {
                     (long.is_some() && k.flag == long)
-                        || (long.is_none() && k.positional == arg.get_value_names().map(|v| v[0].as_str()))
+                        || (long.is_none()
+                            && k.positional == arg.get_value_names().map(|v| v[0].as_str()))
                 })
                 .unwrap_or_else(|| {
                     panic!("`run` has --{long:?} / {env:?}, which the key table does not list")
@@ -459,14 +460,19 @@ mod tests {
                     format!("{prefix}.{name}")
                 };
                 match value {
-                    toml::Value::Table(inner) if files.contains(&format!("[{section}]").as_str()) => {
+                    toml::Value::Table(inner)
+                        if files.contains(&format!("[{section}]").as_str()) =>
+                    {
                         *count += 1;
                         let _ = inner;
                     }
                     toml::Value::Table(inner) => walk(&section, inner, files, count),
                     _ => {
                         let key = format!("[{prefix}] {name}");
-                        assert!(files.contains(&key.as_str()), "agent.toml has {key}, the key table does not");
+                        assert!(
+                            files.contains(&key.as_str()),
+                            "agent.toml has {key}, the key table does not"
+                        );
                         *count += 1;
                     }
                 }
@@ -477,7 +483,9 @@ mod tests {
         for file in files {
             let (section, name) = split(file);
             let found = match name {
-                Some(name) => text.contains(&format!("[{section}]")) && text.contains(&format!("{name} =")),
+                Some(name) => {
+                    text.contains(&format!("[{section}]")) && text.contains(&format!("{name} ="))
+                }
                 None => text.contains(&format!("[{section}]")),
             };
             assert!(found, "agent.toml does not document {file}");

@@ -6,7 +6,12 @@
 //! - [`proxy`]: a TCP proxy that injects connection faults in front of ZooKeeper.
 //! - [`prometheus`]: Debian's Prometheus server, to scrape a fleet and run the dashboard's
 //!   queries.
+//! - [`fleet`]: real `fleetmeter run` processes, started and stopped by signal.
+//!
+//! The crate lives at the repository's top level so that every crate's tests (the agent's,
+//! the API's) and the benchmarks share one set of fixtures.
 
+pub mod fleet;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;

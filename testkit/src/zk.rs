@@ -25,22 +25,9 @@ pub struct ZkServer {
 impl ZkServer {
     /// tickTime 500 ms: sessions may last 1 to 10 s.
     pub fn start() -> Self {
-        assert!(
-            Path::new(JAR).exists(),
-            "{JAR} not found: scripts/test installs Debian's zookeeper package"
-        );
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        std::fs::create_dir(dir.path().join("data")).unwrap();
-        std::fs::write(
-            dir.path().join("zoo.cfg"),
-            format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-                 admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,wchp\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        write_config(dir.path(), port, "");
         let mut server = Self {
             port,
             dir,
@@ -55,17 +42,10 @@ impl ZkServer {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new("java")
-            .arg(format!("-Dzookeeper.log.dir={}", self.dir.path().display()))
-            .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
-            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
-            .arg(self.dir.path().join("zoo.cfg"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("java (a JRE comes with Debian's zookeeper package)");
-        self.child = Some(child);
+        self.child = Some(spawn_java(
+            self.dir.path(),
+            "org.apache.zookeeper.server.ZooKeeperServerMain",
+        ));
         let started = Instant::now();
         while four_letter(self.port, "ruok").as_deref() != Some("imok") {
             assert!(
@@ -109,6 +89,40 @@ impl Drop for ZkServer {
     }
 }
 
+/// Writes `dir/zoo.cfg` for a server on `port` with its data in `dir/data`: tickTime 500 ms
+/// (sessions may last 1 to 10 s), loopback only, no admin server, the four-letter commands
+/// the fixtures use, then `extra` (ensemble settings).
+fn write_config(dir: &Path, port: u16, extra: &str) {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(
+        dir.join("zoo.cfg"),
+        format!(
+            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,wchp\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+}
+
+/// Starts `main_class` on `dir/zoo.cfg`, logging to `dir/server.log`.
+fn spawn_java(dir: &Path, main_class: &str) -> Child {
+    assert!(
+        Path::new(JAR).exists(),
+        "{JAR} not found: scripts/test installs Debian's zookeeper package"
+    );
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    Command::new("java")
+        .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+        .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
+        .arg(main_class)
+        .arg(dir.join("zoo.cfg"))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("java (a JRE comes with Debian's zookeeper package)")
+}
+
 /// Sends a four-letter command; `None` when the server does not answer.
 pub fn four_letter(port: u16, command: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -143,18 +157,12 @@ impl ZkEnsemble {
             .collect();
         for (i, port) in client_ports.iter().enumerate() {
             let node = dir.path().join(format!("zk{}", i + 1));
-            std::fs::create_dir_all(node.join("data")).unwrap();
+            write_config(
+                &node,
+                *port,
+                &format!("initLimit=20\nsyncLimit=10\n{servers}"),
+            );
             std::fs::write(node.join("data/myid"), format!("{}\n", i + 1)).unwrap();
-            std::fs::write(
-                node.join("zoo.cfg"),
-                format!(
-                    "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={port}\n\
-                     clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
-                     4lw.commands.whitelist=ruok,srvr,wchp\n{servers}",
-                    node.join("data").display()
-                ),
-            )
-            .unwrap();
         }
         let mut ensemble = Self {
             dir,
@@ -178,17 +186,10 @@ impl ZkEnsemble {
 
     fn spawn(&mut self, i: usize) {
         let node = self.dir.path().join(format!("zk{}", i + 1));
-        let log = std::fs::File::create(node.join("server.log")).unwrap();
-        let child = Command::new("java")
-            .arg(format!("-Dzookeeper.log.dir={}", node.display()))
-            .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(node.join("zoo.cfg"))
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("java");
-        self.children[i] = Some(child);
+        self.children[i] = Some(spawn_java(
+            &node,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+        ));
     }
 
     /// Every running member serves clients (leader or follower).
