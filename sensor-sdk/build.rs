@@ -20,6 +20,21 @@ fn main() {
             wit_path.display()
         )
     });
+    // The contract version comes from the WIT file itself, so the SDK cannot claim another.
+    let version = wit
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("package fleetmeter:plugin@")?
+                .strip_suffix(';')
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no `package fleetmeter:plugin@VERSION;` line",
+                wit_path.display()
+            )
+        });
+    println!("cargo:rustc-env=FLEETMETER_CONTRACT_VERSION={version}");
     let generated = format!(
         r#"/// Expands the wit-bindgen bindings of one world of the plugin contract.
 #[doc(hidden)]

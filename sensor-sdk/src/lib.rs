@@ -51,8 +51,10 @@ pub mod log;
 pub use config::Config;
 pub use error::{Error, Result};
 
-/// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this SDK builds plugins for: the version of the WIT package
+/// (`wit/fleetmeter.wit`) the export macros expand, read from that file at build time. An
+/// agent loads a plugin only when its own contract version is the same.
+pub const CONTRACT_VERSION: &str = env!("FLEETMETER_CONTRACT_VERSION");
 
 /// A sensor: produces one value per round on each device.
 pub trait Sensor: Sized + 'static {
@@ -302,5 +304,18 @@ pub mod __private {
             )),
             result => Ok(result),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_contract_version_is_the_wit_package_version() {
+        let wit = include_str!("../../wit/fleetmeter.wit");
+        let expected = format!("package fleetmeter:plugin@{};", super::CONTRACT_VERSION);
+        assert!(
+            wit.lines().any(|l| l.trim() == expected),
+            "wit/fleetmeter.wit does not declare `{expected}`"
+        );
     }
 }

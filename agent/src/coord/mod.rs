@@ -22,7 +22,7 @@ pub mod session;
 pub use session::{Session, SessionStatus, ZkSettings};
 pub use zookeeper_client as zk;
 
-/// The ZooKeeper layout under the fleet's root (DESIGN.md, "ZooKeeper layout").
+/// The ZooKeeper layout under the fleet's root (README, "Coordination (ZooKeeper)").
 pub mod paths {
     pub const DEVICES: &str = "/devices";
     pub const ELECTION: &str = "/election";

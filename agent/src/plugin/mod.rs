@@ -127,6 +127,11 @@ mod tests {
     }
 
     #[test]
+    fn the_sdk_builds_plugins_for_the_contract_this_agent_loads() {
+        assert_eq!(CONTRACT_VERSION, fleetmeter_sdk::CONTRACT_VERSION);
+    }
+
+    #[test]
     fn resolve_names_and_paths() {
         let dir = Path::new("/opt/plugins");
         assert_eq!(
