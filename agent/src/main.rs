@@ -1,3 +1,6 @@
+//! The `fleetmeter` binary: parses the command line, sets up logging and hands over to
+//! [`fleetmeter::cli::run`]; the error, if any, is printed on one line.
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -1,3 +1,6 @@
+//! The `fleetmeter-api` binary: flags and environment, logging, Redis, then
+//! [`fleetmeter_api::run`] until SIGTERM or ctrl-c.
+
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};

@@ -36,32 +36,42 @@ pub struct Round {
     pub unit: Option<String>,
 }
 
+/// Why a round is refused (422); the message names the field.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InvalidRound {
+    #[error("`value` must be a finite number, got {0}")]
+    Value(f64),
+    #[error("`count` must be at least 1 (a round without readings publishes nothing)")]
+    NoReadings,
+    #[error("`devices` lists {0} devices; at most {MAX_DEVICES}")]
+    TooManyDevices(usize),
+    #[error("`count` is {count} but `devices` lists {devices} devices")]
+    CountMismatch { count: u32, devices: usize },
+    #[error("`{field}` must be 1 to {MAX_ID_LEN} printable characters, got {value:?}")]
+    Id { field: &'static str, value: String },
+    #[error("`unit` must be at most 16 printable characters")]
+    Unit,
+    #[error("`ts` must be the commit time in milliseconds since the Unix epoch")]
+    Timestamp,
+}
+
 impl Round {
-    /// Every problem with the round, in one message naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first problem with the round, naming the field.
+    pub fn validate(&self) -> Result<(), InvalidRound> {
         if !self.value.is_finite() {
-            return Err(format!(
-                "`value` must be a finite number, got {}",
-                self.value
-            ));
+            return Err(InvalidRound::Value(self.value));
         }
         if self.count == 0 {
-            return Err(
-                "`count` must be at least 1 (a round without readings publishes nothing)".into(),
-            );
+            return Err(InvalidRound::NoReadings);
         }
         if self.devices.len() > MAX_DEVICES {
-            return Err(format!(
-                "`devices` lists {} devices; at most {MAX_DEVICES}",
-                self.devices.len()
-            ));
+            return Err(InvalidRound::TooManyDevices(self.devices.len()));
         }
         if self.devices.len() != self.count as usize {
-            return Err(format!(
-                "`count` is {} but `devices` lists {} devices",
-                self.count,
-                self.devices.len()
-            ));
+            return Err(InvalidRound::CountMismatch {
+                count: self.count,
+                devices: self.devices.len(),
+            });
         }
         for device in &self.devices {
             check_id("devices[]", device)?;
@@ -71,20 +81,21 @@ impl Round {
         if let Some(unit) = &self.unit
             && (unit.chars().count() > 16 || unit.chars().any(char::is_control))
         {
-            return Err("`unit` must be at most 16 printable characters".into());
+            return Err(InvalidRound::Unit);
         }
         if self.ts == 0 {
-            return Err("`ts` must be the commit time in milliseconds since the Unix epoch".into());
+            return Err(InvalidRound::Timestamp);
         }
         Ok(())
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), String> {
+fn check_id(field: &'static str, value: &str) -> Result<(), InvalidRound> {
     if value.is_empty() || value.len() > MAX_ID_LEN || value.chars().any(char::is_control) {
-        return Err(format!(
-            "`{field}` must be 1 to {MAX_ID_LEN} printable characters, got {value:?}"
-        ));
+        return Err(InvalidRound::Id {
+            field,
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
@@ -184,7 +195,7 @@ mod tests {
             ),
         ];
         for (bad, field) in cases {
-            let err = bad.validate().unwrap_err();
+            let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
         }
     }

@@ -41,17 +41,18 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration file {path}: {}", one_line(source))]
+    // `error` and `problem`, not `source`: the message already quotes them, on one line.
+    #[error("invalid configuration file {path}: {}", one_line(error))]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     /// `key` is the key's label in the key table; `origin` says where the value came from.
-    #[error("{key} ({origin}): {source}")]
+    #[error("{key} ({origin}): {problem}")]
     Invalid {
         key: &'static str,
         origin: String,
-        source: InvalidSetting,
+        problem: InvalidSetting,
     },
     #[error(
         "a device id is required: `fleetmeter run ID` (or --id ID, the DEVICE_ID environment \
@@ -178,9 +179,9 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<AgentConfig, Co
                 path: path.clone(),
                 source,
             })?;
-            parse(&text).map_err(|source| ConfigError::Parse {
+            parse(&text).map_err(|error| ConfigError::Parse {
                 path: path.clone(),
-                source,
+                error,
             })?
         }
         None => FileConfig::default(),

@@ -49,7 +49,7 @@ impl Origin<'_> {
         ConfigError::Invalid {
             key: key.label,
             origin: self.of(key, overridden),
-            source: error,
+            problem: error,
         }
     }
 }

@@ -251,23 +251,21 @@ mod tests {
         }
     }
 
-    /// Runs the retry loop with a drain that fails `failures` times, then succeeds; returns
-    /// when each attempt happened, relative to the start.
-    async fn attempts(failures: usize, backoff: Backoff, until: Duration) -> Vec<Duration> {
+    /// Runs the retry loop for `until` with a drain whose `n`th attempt (from 1) fails when
+    /// `fails(n)`; returns when each attempt happened, relative to the start.
+    async fn attempts(
+        fails: impl Fn(usize) -> bool,
+        backoff: Backoff,
+        until: Duration,
+    ) -> Vec<Duration> {
         let start = Instant::now();
         let calls = Mutex::new(Vec::new());
         let (nudge, stop) = (Notify::new(), CancellationToken::new());
         let drain = || {
             let mut calls = calls.lock().unwrap();
             calls.push(start.elapsed());
-            let n = calls.len();
-            async move {
-                if n <= failures {
-                    Err(api_down())
-                } else {
-                    Ok(0)
-                }
-            }
+            let failed = fails(calls.len());
+            async move { if failed { Err(api_down()) } else { Ok(0) } }
         };
         tokio::select! {
             () = retry_loop(backoff, &nudge, &stop, drain) => panic!("the loop ends only on stop"),
@@ -280,7 +278,7 @@ mod tests {
     async fn an_api_that_is_down_is_retried_with_doubling_capped_delays() {
         let backoff =
             Backoff::new(Duration::from_millis(500), Duration::from_secs(4)).without_jitter();
-        let at = attempts(6, backoff, Duration::from_secs(26)).await;
+        let at = attempts(|n| n <= 6, backoff, Duration::from_secs(26)).await;
         let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
         // Six failures wait 0.5, 1, 2, 4, 4, 4 s; the seventh attempt (at 15.5 s) succeeds;
         // then the loop idles 5 s between drains.
@@ -289,30 +287,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_back_off() {
-        let stop = CancellationToken::new();
-        let nudge = Notify::new();
-        let start = Instant::now();
-        let calls = Mutex::new(Vec::<Duration>::new());
         // Fails twice, succeeds, then fails again: the second run of failures starts over
         // at the initial delay.
-        let drain = || {
-            let mut calls = calls.lock().unwrap();
-            calls.push(start.elapsed());
-            let n = calls.len();
-            async move { if n == 3 { Ok(0) } else { Err(api_down()) } }
-        };
         let backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).without_jitter();
-        tokio::select! {
-            () = retry_loop(backoff, &nudge, &stop, drain) => unreachable!(),
-            () = tokio::time::sleep(Duration::from_millis(5350)) => {}
-        }
-        let at: Vec<u128> = calls
-            .into_inner()
-            .unwrap()
-            .iter()
-            .map(Duration::as_millis)
-            .collect();
+        let at = attempts(|n| n != 3, backoff, Duration::from_millis(5350)).await;
+        let at: Vec<u128> = at.iter().map(Duration::as_millis).collect();
         // 0: fail, +100: fail, +200 = 300: ok, +5000 idle = 5300: fail (initial delay again).
         assert_eq!(at, [0, 100, 300, 5300]);
     }
@@ -320,7 +300,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn jittered_retries_stay_within_half_to_one_and_a_half_of_the_schedule() {
         let backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(2));
-        let at = attempts(5, backoff, Duration::from_secs(12)).await;
+        let at = attempts(|n| n <= 5, backoff, Duration::from_secs(12)).await;
         let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
         for (gap, nominal) in gaps.iter().zip([0.4, 0.8, 1.6, 2.0, 2.0]) {
             assert!(

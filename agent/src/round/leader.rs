@@ -62,7 +62,9 @@ pub(super) async fn run(
     mut leadership: watch::Receiver<Leadership>,
     stop: CancellationToken,
 ) {
-    loop {
+    // The leadership may still say "leader" after `stop` (the session outlives the loops):
+    // checking `stop` first ends the loop instead of starting a new term.
+    while !stop.is_cancelled() {
         let node = loop {
             if let Leadership::Leader { node } = &*leadership.borrow_and_update() {
                 break node.clone();
