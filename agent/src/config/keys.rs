@@ -47,6 +47,20 @@ impl Key {
         }
     }
 
+    /// A key only the command line or the environment sets.
+    const fn cli(label: &'static str) -> Self {
+        Self {
+            file: None,
+            ..Self::file(label, "", "")
+        }
+    }
+
+    /// A flag that takes no value.
+    const fn switch(mut self, flag: &'static str) -> Self {
+        self.flag = Some(flag);
+        self
+    }
+
     const fn flag(mut self, flag: &'static str, value_name: &'static str) -> Self {
         self.flag = Some(flag);
         self.value_name = Some(value_name);
@@ -127,13 +141,10 @@ pub const DEVICE_ID: Key = Key {
         .env("DEVICE_ID")
         .note("required (exit 1 with a message if missing); 1–128 printable characters, no `/`, not `.` or `..`")
 };
-pub const CONFIG: Key = Key {
-    file: None,
-    ..Key::file("configuration file", "", "")
-        .flag("config", "PATH")
-        .env("FLEETMETER_CONFIG")
-        .note("`./agent.toml` if it exists, else built-in defaults")
-};
+pub const CONFIG: Key = Key::cli("configuration file")
+    .flag("config", "PATH")
+    .env("FLEETMETER_CONFIG")
+    .note("`./agent.toml` if it exists, else built-in defaults");
 pub const ZK_HOSTS: Key = Key::file(
     "[zookeeper] hosts",
     "[zookeeper] hosts",
@@ -261,20 +272,15 @@ pub const UNHEALTHY_AFTER: Key = Key::file(
 )
 .range(1.0, 1000.0, "periods");
 pub const LOG_FORMAT: Key = Key {
-    file: None,
     default: "\"text\"",
-    ..Key::file("log format", "", "")
+    ..Key::cli("log format")
         .flag("log-format", "FORMAT")
         .env("FLEETMETER_LOG_FORMAT")
         .note("`text` or `json`; `RUST_LOG` sets the level")
 };
-pub const CHECK: Key = Key {
-    file: None,
-    value_name: None,
-    ..Key::file("check", "", "")
-        .flag("check", "")
-        .note("validate and print the configuration, connect to nothing, exit 0 (valid) or 1")
-};
+pub const CHECK: Key = Key::cli("check")
+    .switch("check")
+    .note("validate and print the configuration, connect to nothing, exit 0 (valid) or 1");
 
 /// Every key of `fleetmeter run`, in the README's order.
 pub const ALL: &[Key] = &[
@@ -333,9 +339,7 @@ pub fn readme_table() -> String {
     for key in ALL {
         let flag = match (key.positional, key.flag, key.value_name) {
             (Some(arg), Some(flag), _) => format!("`{arg}` or `--{flag} {arg}`"),
-            (None, Some(flag), Some(value)) if !value.is_empty() => {
-                format!("`--{flag} {value}`")
-            }
+            (None, Some(flag), Some(value)) => format!("`--{flag} {value}`"),
             (None, Some(flag), _) => format!("`--{flag}`"),
             _ => String::new(),
         };

@@ -17,22 +17,22 @@ use super::Telemetry;
 /// The telemetry address cannot be bound.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot serve metrics on {addr}: {source}. Another agent on this host? Give each agent its \
+    "cannot serve metrics on {addr}: {error}. Another agent on this host? Give each agent its \
      own address with {setting}, or \"off\""
 )]
 pub struct BindError {
     pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+    /// Quoted in the message (not a `source`: the one-line error would repeat it).
+    pub error: std::io::Error,
     /// Where the address is set, from the configuration key table.
     setting: String,
 }
 
 /// Binds `addr`; the error names the setting to change.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
+    TcpListener::bind(addr).await.map_err(|error| BindError {
         addr,
-        source,
+        error,
         setting: crate::config::keys::METRICS_LISTEN.where_set(),
     })
 }
