@@ -142,9 +142,22 @@ async fn run_device(config: AgentConfig, shutdown: CancellationToken) -> Result<
         () = shutdown.cancelled() => return Ok(()),
         session = Session::connect(device.config.zookeeper.clone()) => session?,
     };
-    let ran = round::run(device, &session, shutdown).await;
-    tracing::info!(device = %id, "shutting down: closing the ZooKeeper session");
-    session.close().await;
+    // On SIGTERM the session is closed first, so that the successor takes over at once
+    // (the device's nodes go with it); the loops then end because the session closed,
+    // whatever they were doing (a plugin call, say).
+    let rounds = round::run(device, &session, CancellationToken::new());
+    tokio::pin!(rounds);
+    let (ran, closed) = tokio::select! {
+        ran = &mut rounds => (ran, false),
+        () = shutdown.cancelled() => {
+            tracing::info!(device = %id, "shutting down: closing the ZooKeeper session");
+            session.close().await;
+            (rounds.await, true)
+        }
+    };
+    if !closed {
+        session.close().await;
+    }
     ran?;
     tracing::info!(device = %id, "stopped");
     Ok(())

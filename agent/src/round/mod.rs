@@ -94,8 +94,10 @@ pub(crate) struct Ctx {
 }
 
 /// Runs `device` on `session` until `shutdown` is cancelled or the session is closed. The
-/// caller owns the session: close it after `run` returns, so that a successor takes over at
-/// once.
+/// caller owns the session. For the fastest failover, close the session instead of
+/// cancelling `shutdown` (`fleetmeter run` does): the device's nodes vanish at once and `run`
+/// returns as soon as its loops notice. After a `shutdown`, close the session when `run`
+/// returns.
 pub async fn run(
     device: Device,
     session: &Session,
