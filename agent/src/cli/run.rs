@@ -143,22 +143,28 @@ async fn run_device(config: AgentConfig, shutdown: CancellationToken) -> Result<
         session = Session::connect(device.config.zookeeper.clone()) => session?,
     };
     // On SIGTERM the session is closed first, so that the successor takes over at once
-    // (the device's nodes go with it); the loops then end because the session closed,
-    // whatever they were doing (a plugin call, say).
+    // (the device's nodes go with it); the round loop, still polled meanwhile, then ends
+    // because the session closed, whatever it was doing (starting up, a plugin call).
     let rounds = round::run(device, &session, CancellationToken::new());
-    tokio::pin!(rounds);
-    let (ran, closed) = tokio::select! {
-        ran = &mut rounds => (ran, false),
-        () = shutdown.cancelled() => {
-            tracing::info!(device = %id, "shutting down: closing the ZooKeeper session");
-            session.close().await;
-            (rounds.await, true)
-        }
-    };
-    if !closed {
+    let closer = async {
+        shutdown.cancelled().await;
+        tracing::info!(device = %id, "shutting down: closing the ZooKeeper session");
         session.close().await;
+        std::future::pending::<()>().await;
+    };
+    let ran = tokio::select! {
+        ran = rounds => ran,
+        () = closer => unreachable!("the closer never completes"),
+    };
+    // Finishes a close the select interrupted, or closes after the loop failed by itself.
+    session.close().await;
+    match ran {
+        // Closing the session under a starting loop fails its next ZooKeeper call: expected.
+        Err(err) if shutdown.is_cancelled() => {
+            tracing::debug!(device = %id, error = %err, "the round loop ended with the session");
+        }
+        ran => ran?,
     }
-    ran?;
     tracing::info!(device = %id, "stopped");
     Ok(())
 }

@@ -218,8 +218,12 @@ impl Session {
     }
 
     /// Ends the session now: recipes stop, and the ephemeral nodes (device, election) vanish
-    /// at once instead of a session timeout later.
+    /// at once instead of a session timeout later. Calling it again once it has finished does
+    /// nothing; a call interrupted (its future dropped) is finished by the next one.
     pub async fn close(&self) {
+        if *self.shared.status.borrow() == SessionStatus::Closed {
+            return;
+        }
         self.shared.cancel.cancel();
         let supervisor = self
             .supervisor
