@@ -163,3 +163,48 @@ async fn an_unreachable_api_is_a_transient_failure() {
     assert!(matches!(err, SendError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("cannot reach the API"), "{err}");
 }
+
+/// A server that answers every request with `status` and `body`, once.
+async fn answering(status: &str, body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let status = status.to_owned();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0; 64 * 1024];
+        let _ = socket.read(&mut request).await;
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = socket.write_all(head.as_bytes()).await;
+        let _ = socket.write_all(&body).await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn the_api_answer_is_bounded_and_kept_on_one_line() {
+    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    // 4 MiB of answer: the agent keeps a bounded part of it.
+    let url = answering("503 Service Unavailable", vec![b'x'; 4 << 20]).await;
+    match publisher.send(&url, &result(1, 80.0)).await.unwrap_err() {
+        SendError::Status { status, body } => {
+            assert_eq!(status, 503);
+            assert!(body.len() <= 16 * 1024, "kept {} bytes", body.len());
+        }
+        other => panic!("a 503 is a transient failure, got {other:?}"),
+    }
+    // A refusal whose answer tries to forge a log line stays one line.
+    let forged = b"no\n2026-01-01T00:00:00Z ERROR forged".to_vec();
+    let url = answering("422 Unprocessable Entity", forged).await;
+    match publisher.send(&url, &result(1, 80.0)).await.unwrap() {
+        Delivery::Refused(refusal) => {
+            assert_eq!(refusal.status, 422);
+            assert!(!refusal.to_string().contains('\n'), "{refusal}");
+            assert!(refusal.body.contains("forged"), "{refusal}");
+        }
+        other => panic!("a 422 is a refusal, got {other:?}"),
+    }
+}

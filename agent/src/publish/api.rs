@@ -95,7 +95,7 @@ impl ApiClient {
             .await
             .map_err(|source| SendError::Unreachable { base, source })?;
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
+        let body = read_bounded(response).await;
         if status.is_success() {
             let duplicate = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -107,7 +107,8 @@ impl ApiClient {
                 Delivery::Stored
             });
         }
-        let body = body.trim().to_owned();
+        // The answer goes into logs: one line, control characters escaped.
+        let body = body.trim().escape_debug().to_string();
         if status.is_server_error()
             || status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
@@ -118,4 +119,23 @@ impl ApiClient {
         }
         Ok(Delivery::Refused(Refusal { status, body }))
     }
+}
+
+/// The longest answer kept from the API: enough for `{"duplicate":true}` or an error message.
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// The answer's first [`MAX_ANSWER`] bytes, as text; the rest is not read. A server that
+/// answers with an endless body cannot fill the agent's memory.
+async fn read_bounded(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ANSWER {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ANSWER - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
