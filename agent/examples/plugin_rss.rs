@@ -23,6 +23,14 @@ fn status(field: &str) -> String {
 }
 
 fn main() -> Result<()> {
+    // Plugin calls are futures; an agent runs them on its tokio runtime.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "plugins/dist".into()));
     let cache = args
@@ -40,9 +48,11 @@ fn main() -> Result<()> {
         &dir.join("random-temperature.wasm"),
         PluginSettings::default(),
     )
+    .await
     .context("loading random-temperature")?;
     let mut mean =
         AggregatorPlugin::load(&engine, &dir.join("mean.wasm"), PluginSettings::default())
+            .await
             .context("loading mean")?;
     println!(
         "plugins loaded:   VmRSS {} (from cache: sensor {}, aggregator {})",
@@ -51,13 +61,14 @@ fn main() -> Result<()> {
         mean.loaded_from_cache()
     );
     for round in 0..10_000 {
-        let readings: Vec<Reading> = (0..3)
-            .map(|d| Reading {
+        let mut readings = Vec::with_capacity(3);
+        for d in 0..3 {
+            readings.push(Reading {
                 device: d.to_string(),
-                value: sensor.sample().expect("sample"),
-            })
-            .collect();
-        let value = mean.aggregate(&readings).expect("aggregate");
+                value: sensor.sample().await.expect("sample"),
+            });
+        }
+        let value = mean.aggregate(&readings).await.expect("aggregate");
         assert!(value.is_some(), "round {round}");
     }
     println!(

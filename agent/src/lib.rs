@@ -12,6 +12,7 @@
 //! - [`wire`]: what goes into ZooKeeper nodes and to the API.
 //! - [`backoff`]: the retry schedule every retry loop uses.
 //! - [`telemetry`]: `/metrics` and `/healthz`.
+//! - [`text`]: text from outside the process, escaped onto one line before it is logged.
 //! - [`status`]: `fleetmeter status` and `config get|set`, as a library.
 //! - [`cli`]: the `fleetmeter` command line; `main.rs` only parses and calls it.
 
@@ -24,4 +25,5 @@ pub mod publish;
 pub mod round;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod wire;

@@ -19,83 +19,102 @@ fn readings(values: &[f64]) -> Vec<Reading> {
         .collect()
 }
 
-#[test]
-fn random_temperature_walks_inside_its_range() {
-    let mut sensor =
-        SensorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[])).unwrap();
+#[tokio::test]
+async fn random_temperature_walks_inside_its_range() {
+    let mut sensor = SensorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[]))
+        .await
+        .unwrap();
     let meta = sensor.metadata();
     assert_eq!(meta.name, "random-temperature");
     assert_eq!(meta.unit, "°C");
     for _ in 0..200 {
-        let v = sensor.sample().unwrap();
+        let v = sensor.sample().await.unwrap();
         assert!((75.0..=85.0).contains(&v), "{v} outside 75–85 °C");
     }
     assert_eq!(sensor.stats().failures, 0);
 }
 
-#[test]
-fn random_temperature_takes_its_range_and_seed_from_config() {
+#[tokio::test]
+async fn random_temperature_takes_its_range_and_seed_from_config() {
     let config = [("min", "-10"), ("max", "-5"), ("seed", "3")];
-    let take = || {
+    let take = async || {
         let mut s = SensorPlugin::load(&engine(), &plugin("random-temperature"), settings(&config))
+            .await
             .unwrap();
-        (0..20).map(|_| s.sample().unwrap()).collect::<Vec<_>>()
+        let mut walk = Vec::new();
+        for _ in 0..20 {
+            walk.push(s.sample().await.unwrap());
+        }
+        walk
     };
-    let first = take();
+    let first = take().await;
     assert!(
         first.iter().all(|v| (-10.0..=-5.0).contains(v)),
         "{first:?}"
     );
-    assert_eq!(first, take(), "a fixed seed gives the same walk");
+    assert_eq!(first, take().await, "a fixed seed gives the same walk");
 }
 
-#[test]
-fn aggregators_compute_mean_median_trimmed_mean() {
+#[tokio::test]
+async fn aggregators_compute_mean_median_trimmed_mean() {
     let engine = engine();
     let values = readings(&[1.0, 2.0, 3.0, 10.0]);
-    let run = |name: &str, config: &[(&str, &str)]| {
+    let run = async |name: &str, config: &[(&str, &str)]| {
         AggregatorPlugin::load(&engine, &plugin(name), settings(config))
+            .await
             .unwrap()
             .aggregate(&values)
+            .await
             .unwrap()
     };
-    assert_eq!(run("mean", &[]), Some(4.0));
-    assert_eq!(run("median", &[]), Some(2.5));
-    assert_eq!(run("trimmed-mean", &[("fraction", "0.25")]), Some(2.5));
-    assert_eq!(run("trimmed-mean", &[]), Some(4.0));
+    assert_eq!(run("mean", &[]).await, Some(4.0));
+    assert_eq!(run("median", &[]).await, Some(2.5));
+    assert_eq!(
+        run("trimmed-mean", &[("fraction", "0.25")]).await,
+        Some(2.5)
+    );
+    assert_eq!(run("trimmed-mean", &[]).await, Some(4.0));
 }
 
-#[test]
-fn an_empty_round_aggregates_to_none() {
-    let mut mean = AggregatorPlugin::load(&engine(), &plugin("mean"), settings(&[])).unwrap();
-    assert_eq!(mean.aggregate(&[]).unwrap(), None);
+#[tokio::test]
+async fn an_empty_round_aggregates_to_none() {
+    let mut mean = AggregatorPlugin::load(&engine(), &plugin("mean"), settings(&[]))
+        .await
+        .unwrap();
+    assert_eq!(mean.aggregate(&[]).await.unwrap(), None);
 }
 
-#[test]
-fn aggregators_get_no_clock_and_no_randomness() {
+#[tokio::test]
+async fn aggregators_get_no_clock_and_no_randomness() {
     // The fixture returns `now_secs * 1000 + random % 1000`.
     let engine = engine();
-    let run = || {
+    let run = async || {
         AggregatorPlugin::load(
             &engine,
             &fixture("nondeterministic-aggregator"),
             settings(&[]),
         )
+        .await
         .unwrap()
         .aggregate(&readings(&[1.0]))
+        .await
         .unwrap()
         .unwrap()
     };
-    let first = run();
+    let first = run().await;
     assert!(
         first < 1000.0,
         "the clock must read 0 for aggregators, got {first}"
     );
-    assert_eq!(first, run(), "two instances must compute the same result");
+    assert_eq!(
+        first,
+        run().await,
+        "two instances must compute the same result"
+    );
 }
 
-#[test]
-fn bad_plugin_config_is_refused_at_load_with_the_key() {
+#[tokio::test]
+async fn bad_plugin_config_is_refused_at_load_with_the_key() {
     let engine = engine();
     for (config, expected) in [
         (("min", "abc"), "config `min`: invalid value `abc`"),
@@ -103,6 +122,7 @@ fn bad_plugin_config_is_refused_at_load_with_the_key() {
         (("step", "-1"), "config `step`"),
     ] {
         let err = SensorPlugin::load(&engine, &plugin("random-temperature"), settings(&[config]))
+            .await
             .unwrap_err();
         assert!(matches!(err, LoadError::Config { .. }), "{err}");
         let message = err.to_string();
@@ -114,13 +134,16 @@ fn bad_plugin_config_is_refused_at_load_with_the_key() {
         &plugin("trimmed-mean"),
         settings(&[("fraction", "0.7")]),
     )
+    .await
     .unwrap_err();
     assert!(err.to_string().contains("config `fraction`"), "{err}");
 }
 
-#[test]
-fn thermal_zone_needs_a_granted_directory() {
-    let err = SensorPlugin::load(&engine(), &plugin("thermal-zone"), settings(&[])).unwrap_err();
+#[tokio::test]
+async fn thermal_zone_needs_a_granted_directory() {
+    let err = SensorPlugin::load(&engine(), &plugin("thermal-zone"), settings(&[]))
+        .await
+        .unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("grant the host directory read-only"),
@@ -128,8 +151,8 @@ fn thermal_zone_needs_a_granted_directory() {
     );
 }
 
-#[test]
-fn thermal_zone_reads_a_granted_zone() {
+#[tokio::test]
+async fn thermal_zone_reads_a_granted_zone() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("thermal_zone0")).unwrap();
     std::fs::write(dir.path().join("thermal_zone0/temp"), "47250\n").unwrap();
@@ -145,22 +168,23 @@ fn thermal_zone_reads_a_granted_zone() {
             ..PluginSettings::default()
         },
     )
+    .await
     .unwrap();
-    assert_eq!(sensor.sample().unwrap(), 47.25);
+    assert_eq!(sensor.sample().await.unwrap(), 47.25);
     std::fs::write(dir.path().join("thermal_zone0/temp"), "48000\n").unwrap();
     assert_eq!(
-        sensor.sample().unwrap(),
+        sensor.sample().await.unwrap(),
         48.0,
         "reads the file on every sample"
     );
 }
 
-#[test]
-fn thermal_zone_on_this_machine_lists_what_exists() {
+#[tokio::test]
+async fn thermal_zone_on_this_machine_lists_what_exists() {
     // The real sysfs directory, granted read-only. Virtual machines often have no zones:
     // then the message must say so instead of failing obscurely.
     let real = std::path::Path::new("/sys/class/thermal");
-    let granted = || {
+    let granted = async || {
         SensorPlugin::load(
             &engine(),
             &plugin("thermal-zone"),
@@ -172,11 +196,12 @@ fn thermal_zone_on_this_machine_lists_what_exists() {
                 ..PluginSettings::default()
             },
         )
+        .await
     };
     if !real.is_dir() {
         // No sysfs here (a container without /sys, say): granting a directory that does not
         // exist is refused at load, naming it. Never a silent pass.
-        let message = granted().unwrap_err().to_string();
+        let message = granted().await.unwrap_err().to_string();
         assert!(
             message.contains("cannot grant directory /sys/class/thermal"),
             "{message}"
@@ -189,9 +214,9 @@ fn thermal_zone_on_this_machine_lists_what_exists() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("thermal_zone"))
         .collect();
-    let result = granted();
+    let result = granted().await;
     if zones.iter().any(|z| z == "thermal_zone0") {
-        let value = result.unwrap().sample().unwrap();
+        let value = result.unwrap().sample().await.unwrap();
         assert!((-50.0..150.0).contains(&value), "{value} °C");
     } else {
         let message = result.unwrap_err().to_string();
@@ -203,9 +228,11 @@ fn thermal_zone_on_this_machine_lists_what_exists() {
     }
 }
 
-#[test]
-fn a_plugin_of_the_other_world_is_refused() {
-    let err = SensorPlugin::load(&engine(), &plugin("mean"), settings(&[])).unwrap_err();
+#[tokio::test]
+async fn a_plugin_of_the_other_world_is_refused() {
+    let err = SensorPlugin::load(&engine(), &plugin("mean"), settings(&[]))
+        .await
+        .unwrap_err();
     match &err {
         LoadError::WrongWorld {
             expected, found, ..
@@ -220,14 +247,16 @@ fn a_plugin_of_the_other_world_is_refused() {
             .contains("implements the fleetmeter aggregator world, not the sensor world")
     );
     let err = AggregatorPlugin::load(&engine(), &plugin("random-temperature"), settings(&[]))
+        .await
         .unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
 }
 
-#[test]
-fn a_plugin_for_another_contract_version_is_refused() {
-    let err =
-        SensorPlugin::load(&engine(), &fixture("future-contract"), settings(&[])).unwrap_err();
+#[tokio::test]
+async fn a_plugin_for_another_contract_version_is_refused() {
+    let err = SensorPlugin::load(&engine(), &fixture("future-contract"), settings(&[]))
+        .await
+        .unwrap_err();
     match &err {
         LoadError::IncompatibleVersion {
             found, supported, ..
@@ -239,8 +268,8 @@ fn a_plugin_for_another_contract_version_is_refused() {
     }
 }
 
-#[test]
-fn files_that_are_not_components_are_refused_clearly() {
+#[tokio::test]
+async fn files_that_are_not_components_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "hello, I am text").unwrap();
@@ -255,24 +284,31 @@ fn files_that_are_not_components_are_refused_clearly() {
     })
     .unwrap();
 
-    let err = SensorPlugin::load(&engine, &text, settings(&[])).unwrap_err();
+    let err = SensorPlugin::load(&engine, &text, settings(&[]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
     assert!(err.to_string().contains("is not a WebAssembly file"));
 
-    let err = SensorPlugin::load(&engine, &core, settings(&[])).unwrap_err();
+    let err = SensorPlugin::load(&engine, &core, settings(&[]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
     assert!(err.to_string().contains("not a component"));
 
-    let err = AggregatorPlugin::load(&engine, &truncated, settings(&[])).unwrap_err();
+    let err = AggregatorPlugin::load(&engine, &truncated, settings(&[]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
 
-    let err =
-        SensorPlugin::load(&engine, &dir.path().join("absent.wasm"), settings(&[])).unwrap_err();
+    let err = SensorPlugin::load(&engine, &dir.path().join("absent.wasm"), settings(&[]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LoadError::Read { .. }), "{err}");
 }
 
-#[test]
-fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
+#[tokio::test]
+async fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
     let cache = tempfile::tempdir().unwrap();
     let new_engine = || {
         PluginEngine::new(EngineOptions {
@@ -302,9 +338,11 @@ fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
     {
         let second = new_engine().compile(&path).unwrap();
         assert!(second.from_cache);
-        let mut median = AggregatorPlugin::load(&new_engine(), &path, settings(&[])).unwrap();
+        let mut median = AggregatorPlugin::load(&new_engine(), &path, settings(&[]))
+            .await
+            .unwrap();
         assert_eq!(
-            median.aggregate(&readings(&[5.0, 1.0, 9.0])).unwrap(),
+            median.aggregate(&readings(&[5.0, 1.0, 9.0])).await.unwrap(),
             Some(5.0)
         );
     } // Components loaded from the cache map the file: they are gone before it is damaged.
@@ -319,10 +357,10 @@ fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
     assert!(new_engine().compile(&path).unwrap().from_cache);
 }
 
-#[test]
-fn inspect_reports_world_metadata_and_problems() {
+#[tokio::test]
+async fn inspect_reports_world_metadata_and_problems() {
     let engine = engine();
-    let mean = inspect(&engine, &plugin("mean")).unwrap();
+    let mean = inspect(&engine, &plugin("mean")).await.unwrap();
     assert_eq!(mean.kind, Some(PluginKind::Aggregator));
     assert_eq!(mean.contract.as_deref(), Some("0.1.0"));
     assert_eq!(mean.metadata.as_ref().unwrap().name, "mean");
@@ -338,9 +376,9 @@ fn inspect_reports_world_metadata_and_problems() {
     assert!(mean.problem.is_none());
 
     // describe works without init, so a plugin that needs grants still inspects.
-    let thermal = inspect(&engine, &plugin("thermal-zone")).unwrap();
+    let thermal = inspect(&engine, &plugin("thermal-zone")).await.unwrap();
     assert_eq!(thermal.metadata.unwrap().unit, "°C");
 
-    let future = inspect(&engine, &fixture("future-contract")).unwrap();
+    let future = inspect(&engine, &fixture("future-contract")).await.unwrap();
     assert!(future.problem.unwrap().contains("@0.2.0"));
 }

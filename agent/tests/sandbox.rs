@@ -8,8 +8,10 @@ use std::time::Duration;
 use fleetmeter::plugin::{CallError, Failure, Limits, PluginSettings, SensorPlugin};
 use support::{engine, fixture, fuel_engine, settings};
 
-fn misbehaving(config: &[(&str, &str)]) -> SensorPlugin {
-    SensorPlugin::load(&engine(), &fixture("misbehaving-sensor"), settings(config)).unwrap()
+async fn misbehaving(config: &[(&str, &str)]) -> SensorPlugin {
+    SensorPlugin::load(&engine(), &fixture("misbehaving-sensor"), settings(config))
+        .await
+        .unwrap()
 }
 
 fn failure(result: Result<f64, CallError>) -> Failure {
@@ -22,17 +24,17 @@ fn failure(result: Result<f64, CallError>) -> Failure {
     }
 }
 
-#[test]
-fn a_trap_costs_one_call_and_the_instance_is_rebuilt() {
-    let mut sensor = misbehaving(&[("mode", "trap"), ("every", "2")]);
-    assert_eq!(sensor.sample().unwrap(), 1.0);
-    let trap = failure(sensor.sample());
+#[tokio::test]
+async fn a_trap_costs_one_call_and_the_instance_is_rebuilt() {
+    let mut sensor = misbehaving(&[("mode", "trap"), ("every", "2")]).await;
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    let trap = failure(sensor.sample().await);
     assert!(
         matches!(&trap, Failure::Trap(m) if m.contains("unreachable")),
         "{trap}"
     );
     // A fresh instance: its own call counter starts again.
-    assert_eq!(sensor.sample().unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
     let stats = sensor.stats();
     assert_eq!(stats.failures, 1);
     assert_eq!(stats.calls, 3);
@@ -42,10 +44,10 @@ fn a_trap_costs_one_call_and_the_instance_is_rebuilt() {
     );
 }
 
-#[test]
-fn a_panic_is_reported_with_its_message() {
-    let mut sensor = misbehaving(&[("mode", "panic")]);
-    match failure(sensor.sample()) {
+#[tokio::test]
+async fn a_panic_is_reported_with_its_message() {
+    let mut sensor = misbehaving(&[("mode", "panic")]).await;
+    match failure(sensor.sample().await) {
         Failure::Panic(message) => {
             assert!(message.contains("asked to panic on sample 1"), "{message}");
             assert!(!message.contains('\n'), "one line: {message:?}");
@@ -54,8 +56,8 @@ fn a_panic_is_reported_with_its_message() {
     }
 }
 
-#[test]
-fn an_infinite_loop_is_stopped_by_the_deadline() {
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_by_the_deadline() {
     let mut sensor = SensorPlugin::load(
         &engine(),
         &fixture("misbehaving-sensor"),
@@ -67,22 +69,23 @@ fn an_infinite_loop_is_stopped_by_the_deadline() {
             ..settings(&[("mode", "spin"), ("every", "2")])
         },
     )
+    .await
     .unwrap();
-    assert_eq!(sensor.sample().unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
     assert_eq!(
-        failure(sensor.sample()),
+        failure(sensor.sample().await),
         Failure::Timeout(Duration::from_millis(100))
     );
     // The deadline is re-armed before each call: the next call is not cut short.
-    assert_eq!(sensor.sample().unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
     assert_eq!(
-        sensor.sample().unwrap_err().to_string(),
+        sensor.sample().await.unwrap_err().to_string(),
         "plugin misbehaving-sensor exceeded its time limit of 100ms per call"
     );
 }
 
-#[test]
-fn an_infinite_loop_is_stopped_by_fuel() {
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_by_fuel() {
     let mut sensor = SensorPlugin::load(
         &fuel_engine(),
         &fixture("misbehaving-sensor"),
@@ -94,15 +97,19 @@ fn an_infinite_loop_is_stopped_by_fuel() {
             ..settings(&[("mode", "spin"), ("every", "2")])
         },
     )
+    .await
     .unwrap();
     // Fuel is refilled before each call: a normal call after a heavy one succeeds.
-    assert_eq!(sensor.sample().unwrap(), 1.0);
-    assert_eq!(failure(sensor.sample()), Failure::OutOfFuel(2_000_000));
-    assert_eq!(sensor.sample().unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(
+        failure(sensor.sample().await),
+        Failure::OutOfFuel(2_000_000)
+    );
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
 }
 
-#[test]
-fn a_fuel_limit_needs_a_fuel_engine() {
+#[tokio::test]
+async fn a_fuel_limit_needs_a_fuel_engine() {
     let err = SensorPlugin::load(
         &engine(),
         &fixture("misbehaving-sensor"),
@@ -114,12 +121,13 @@ fn a_fuel_limit_needs_a_fuel_engine() {
             ..PluginSettings::default()
         },
     )
+    .await
     .unwrap_err();
     assert!(err.to_string().contains("without fuel metering"), "{err}");
 }
 
-#[test]
-fn a_memory_bomb_hits_the_cap() {
+#[tokio::test]
+async fn a_memory_bomb_hits_the_cap() {
     let mut sensor = SensorPlugin::load(
         &engine(),
         &fixture("misbehaving-sensor"),
@@ -131,24 +139,25 @@ fn a_memory_bomb_hits_the_cap() {
             ..settings(&[("mode", "hog"), ("every", "2")])
         },
     )
+    .await
     .unwrap();
-    assert_eq!(sensor.sample().unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
     assert_eq!(
-        failure(sensor.sample()),
+        failure(sensor.sample().await),
         Failure::MemoryLimit(16 * 1024 * 1024)
     );
     assert_eq!(
-        sensor.sample().unwrap(),
+        sensor.sample().await.unwrap(),
         1.0,
         "the rebuilt instance starts small"
     );
 }
 
-#[test]
-fn an_error_returned_by_the_plugin_keeps_the_instance() {
-    let mut sensor = misbehaving(&[("mode", "error"), ("every", "2")]);
-    assert_eq!(sensor.sample().unwrap(), 1.0);
-    match sensor.sample() {
+#[tokio::test]
+async fn an_error_returned_by_the_plugin_keeps_the_instance() {
+    let mut sensor = misbehaving(&[("mode", "error"), ("every", "2")]).await;
+    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    match sensor.sample().await {
         Err(CallError::Guest { plugin, message }) => {
             assert_eq!(plugin, "misbehaving-sensor");
             assert_eq!(message, "simulated sensor failure on sample 2");
@@ -156,13 +165,13 @@ fn an_error_returned_by_the_plugin_keeps_the_instance() {
         other => panic!("expected a guest error, got {other:?}"),
     }
     // Same instance: its counter goes on.
-    assert_eq!(sensor.sample().unwrap(), 3.0);
+    assert_eq!(sensor.sample().await.unwrap(), 3.0);
     assert_eq!(sensor.stats().guest_errors, 1);
     assert_eq!(sensor.stats().failures, 0);
 }
 
-#[test]
-fn repeated_failures_back_off() {
+#[tokio::test]
+async fn repeated_failures_back_off() {
     let mut sensor = SensorPlugin::load(
         &engine(),
         &fixture("misbehaving-sensor"),
@@ -175,10 +184,11 @@ fn repeated_failures_back_off() {
             ..settings(&[("mode", "trap")])
         },
     )
+    .await
     .unwrap();
-    failure(sensor.sample());
-    failure(sensor.sample());
-    match sensor.sample() {
+    failure(sensor.sample().await);
+    failure(sensor.sample().await);
+    match sensor.sample().await {
         Err(CallError::BackingOff {
             failures,
             remaining,
@@ -197,13 +207,14 @@ fn repeated_failures_back_off() {
     assert_eq!(stats.instantiations, 3);
 }
 
-#[test]
-fn a_rejected_config_is_a_load_error_not_a_crash() {
+#[tokio::test]
+async fn a_rejected_config_is_a_load_error_not_a_crash() {
     let err = SensorPlugin::load(
         &engine(),
         &fixture("misbehaving-sensor"),
         settings(&[("mode", "reject")]),
     )
+    .await
     .unwrap_err();
     assert!(
         err.to_string().contains("rejected its configuration"),

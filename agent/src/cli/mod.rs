@@ -159,11 +159,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// A small runtime for the one-shot ZooKeeper commands.
+/// A small runtime for the one-shot commands. It does not wait for blocking threads at the
+/// end: a plugin's host call abandoned at its deadline (a read of a FIFO nobody writes, say)
+/// may still hold one, and the command's answer must not wait for it.
 fn block_on(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(future)
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(future);
+    runtime.shutdown_background();
+    outcome
 }

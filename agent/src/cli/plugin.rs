@@ -155,11 +155,16 @@ fn locate(file: &str, args: &EngineArgs) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Plugin calls are futures under a deadline: they run on a small runtime of their own.
 pub(super) fn run(command: PluginCommand) -> Result<ExitCode> {
+    super::block_on(run_async(command))
+}
+
+async fn run_async(command: PluginCommand) -> Result<ExitCode> {
     match command {
         PluginCommand::Inspect { file, engine: args } => {
             let path = locate(&file, &args)?;
-            let inspection = plugin::inspect(&engine(&args, false)?, &path)?;
+            let inspection = plugin::inspect(&engine(&args, false)?, &path).await?;
             print_inspection(&inspection)?;
             Ok(match inspection.problem {
                 Some(_) => ExitCode::FAILURE,
@@ -184,8 +189,8 @@ pub(super) fn run(command: PluginCommand) -> Result<ExitCode> {
                 grants: Grants { dirs, env, network },
             };
             let engine = engine(&args, settings.limits.fuel.is_some())?;
-            let mut sensor = SensorPlugin::load(&engine, &path, settings)?;
-            run_samples(&mut sensor, samples, Duration::from_millis(interval_ms))
+            let mut sensor = SensorPlugin::load(&engine, &path, settings).await?;
+            run_samples(&mut sensor, samples, Duration::from_millis(interval_ms)).await
         }
         PluginCommand::Aggregate {
             file,
@@ -202,8 +207,8 @@ pub(super) fn run(command: PluginCommand) -> Result<ExitCode> {
                 grants: Grants::default(),
             };
             let engine = engine(&args, settings.limits.fuel.is_some())?;
-            let mut aggregator = AggregatorPlugin::load(&engine, &path, settings)?;
-            match aggregator.aggregate(&readings)? {
+            let mut aggregator = AggregatorPlugin::load(&engine, &path, settings).await?;
+            match aggregator.aggregate(&readings).await? {
                 Some(value) => println!("{value}"),
                 None => println!("none"),
             }
@@ -233,7 +238,11 @@ fn parse_readings(values: &[String]) -> Result<Vec<Reading>> {
         .collect()
 }
 
-fn run_samples(sensor: &mut SensorPlugin, samples: u32, interval: Duration) -> Result<ExitCode> {
+async fn run_samples(
+    sensor: &mut SensorPlugin,
+    samples: u32,
+    interval: Duration,
+) -> Result<ExitCode> {
     let meta = sensor.metadata().clone();
     eprintln!(
         "{} {} — {} sample(s){}",
@@ -251,10 +260,10 @@ fn run_samples(sensor: &mut SensorPlugin, samples: u32, interval: Duration) -> R
     let mut failed = 0_u32;
     for n in 1..=samples {
         if n > 1 && !interval.is_zero() {
-            std::thread::sleep(interval);
+            tokio::time::sleep(interval).await;
         }
         let started = Instant::now();
-        match sensor.sample() {
+        match sensor.sample().await {
             Ok(value) => {
                 writeln!(stdout, "{value}")?;
                 values.push(value);
@@ -264,7 +273,7 @@ fn run_samples(sensor: &mut SensorPlugin, samples: u32, interval: Duration) -> R
                 eprintln!("sample {n}: {err}");
                 if let CallError::BackingOff { remaining, .. } = err {
                     // Wait the back-off out, as the agent would at its next round.
-                    std::thread::sleep(remaining.saturating_sub(started.elapsed()));
+                    tokio::time::sleep(remaining.saturating_sub(started.elapsed())).await;
                 }
             }
         }

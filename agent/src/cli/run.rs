@@ -101,7 +101,7 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("fleetmeter")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -111,7 +111,11 @@ pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
             }
         });
         run_device(config, shutdown).await
-    })?;
+    });
+    // Do not wait for blocking threads: one may still hold a plugin's host call abandoned
+    // at its deadline (a read that never returns), and exit must not wait for it.
+    runtime.shutdown_background();
+    outcome?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -250,6 +250,32 @@ pub const LIMIT_BACKOFF_MAX: Key = Key::file(
     "60000",
 )
 .note("ms");
+pub const LIMIT_LOG_LINES_PER_CALL: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] log_lines_per_call",
+    "100",
+)
+.range(0.0, 100_000.0, "lines")
+.note("more are dropped and summarised in one `suppressed` line");
+pub const LIMIT_LOG_BYTES_PER_CALL: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] log_bytes_per_call",
+    "65536",
+)
+.range(0.0, 16_777_216.0, "bytes");
+pub const LIMIT_LOG_LINES_PER_SECOND: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] log_lines_per_second",
+    "10",
+)
+.range(0.0, 100_000.0, "lines")
+.note("sustained rate across calls; bursts up to the per-call budget");
+pub const LIMIT_LOG_BYTES_PER_SECOND: Key = Key::file(
+    "[plugins.limits]",
+    "[plugins.limits] log_bytes_per_second",
+    "4096",
+)
+.range(0.0, 16_777_216.0, "bytes");
 pub const GRANT_DIRS: Key = Key::file("[plugins.grants] dirs", "[plugins.grants] dirs", "[]")
     .note("read-only directories for the sensor, `HOST` or `HOST:GUEST`; aggregators get nothing");
 pub const GRANT_NETWORK: Key = Key::file(
@@ -310,6 +336,10 @@ pub const ALL: &[Key] = &[
     LIMIT_FAILURES,
     LIMIT_BACKOFF_INITIAL,
     LIMIT_BACKOFF_MAX,
+    LIMIT_LOG_LINES_PER_CALL,
+    LIMIT_LOG_BYTES_PER_CALL,
+    LIMIT_LOG_LINES_PER_SECOND,
+    LIMIT_LOG_BYTES_PER_SECOND,
     GRANT_DIRS,
     GRANT_NETWORK,
     GRANT_ENV,
@@ -515,6 +545,13 @@ mod tests {
         }
         assert_eq!(LIMIT_TIMEOUT.range, Some((1.0, 60_000.0)));
         assert_eq!(LIMIT_MEMORY.range, Some((1.0, 4096.0)));
+        use crate::plugin::{MAX_LOG_BYTES, MAX_LOG_LINES};
+        for key in [LIMIT_LOG_LINES_PER_CALL, LIMIT_LOG_LINES_PER_SECOND] {
+            assert_eq!(key.range, Some((0.0, f64::from(MAX_LOG_LINES))));
+        }
+        for key in [LIMIT_LOG_BYTES_PER_CALL, LIMIT_LOG_BYTES_PER_SECOND] {
+            assert_eq!(key.range, Some((0.0, MAX_LOG_BYTES as f64)));
+        }
     }
 
     /// The README's reference is rendered from the table. After changing the table, run

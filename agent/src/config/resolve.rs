@@ -208,6 +208,8 @@ fn plugins(
             LimitsError::NoFuel => &keys::LIMIT_FUEL,
             LimitsError::Memory(_) => &keys::LIMIT_MEMORY,
             LimitsError::Backoff { .. } => &keys::LIMIT_BACKOFF_INITIAL,
+            LimitsError::LogLines(_) => &keys::LIMIT_LOG_LINES_PER_CALL,
+            LimitsError::LogBytes(_) => &keys::LIMIT_LOG_BYTES_PER_CALL,
         };
         origin.invalid(key, false, e.into())
     })?;

@@ -1,6 +1,6 @@
 //! A loaded aggregator plugin.
 
-use std::path::Path;
+use std::{future::Future, path::Path};
 
 use wasmtime::{Store, component::InstancePre};
 
@@ -11,7 +11,7 @@ use super::{
         types,
     },
     host::HostState,
-    instance::{Runner, World},
+    instance::{Call, Runner, World},
 };
 
 pub(crate) struct AggregatorWorld;
@@ -25,18 +25,25 @@ impl World for AggregatorWorld {
         AggregatorPre::new(pre)
     }
 
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Aggregator> {
-        pre.instantiate(store)
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Aggregator>> + Send {
+        pre.instantiate_async(store)
     }
 
-    fn describe(instance: &Aggregator, store: &mut Store<HostState>) -> wasmtime::Result<Metadata> {
+    async fn describe(
+        instance: &Aggregator,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Metadata> {
         Ok(instance
             .fleetmeter_plugin_aggregator_api()
-            .call_describe(store)?
+            .call_describe(store)
+            .await?
             .into())
     }
 
-    fn init(
+    async fn init(
         instance: &Aggregator,
         store: &mut Store<HostState>,
         config: &Vec<(String, String)>,
@@ -44,11 +51,29 @@ impl World for AggregatorWorld {
         instance
             .fleetmeter_plugin_aggregator_api()
             .call_init(store, config)
+            .await
+    }
+}
+
+/// `aggregate(readings)`.
+struct Aggregate(Vec<types::Reading>);
+
+impl Call<AggregatorWorld> for Aggregate {
+    type Output = Option<f64>;
+    async fn call(
+        self,
+        aggregator: &Aggregator,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Result<Option<f64>, String>> {
+        aggregator
+            .fleetmeter_plugin_aggregator_api()
+            .call_aggregate(store, &self.0)
+            .await
     }
 }
 
 /// An aggregator, sandboxed, with no clock and no randomness: the same readings give the
-/// same result on any leader. Calls block (see [`super::SensorPlugin`]).
+/// same result on any leader. Calls end within the time limit (see [`super::SensorPlugin`]).
 pub struct AggregatorPlugin {
     runner: Runner<AggregatorWorld>,
 }
@@ -64,19 +89,19 @@ impl std::fmt::Debug for AggregatorPlugin {
 
 impl AggregatorPlugin {
     /// Loads and initialises the aggregator at `path`.
-    pub fn load(
+    pub async fn load(
         engine: &PluginEngine,
         path: &Path,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            runner: Runner::load(engine, path, settings)?,
+            runner: Runner::load(engine, path, settings).await?,
         })
     }
 
     /// The round's value from its readings (passed to the plugin in device-id order, as the
     /// contract says), or `None` for "publish nothing".
-    pub fn aggregate(&mut self, readings: &[Reading]) -> Result<Option<f64>, CallError> {
+    pub async fn aggregate(&mut self, readings: &[Reading]) -> Result<Option<f64>, CallError> {
         let mut sorted: Vec<types::Reading> = readings
             .iter()
             .map(|r| types::Reading {
@@ -85,11 +110,7 @@ impl AggregatorPlugin {
             })
             .collect();
         sorted.sort_by(|a, b| a.device.cmp(&b.device));
-        let value = self.runner.call(|aggregator, store| {
-            aggregator
-                .fleetmeter_plugin_aggregator_api()
-                .call_aggregate(store, &sorted)
-        })?;
+        let value = self.runner.call(Aggregate(sorted)).await?;
         match value {
             Some(v) if !v.is_finite() => Err(CallError::Guest {
                 plugin: self.metadata().name.clone(),
@@ -113,7 +134,7 @@ impl AggregatorPlugin {
     }
 
     /// Discards the instance and builds a fresh one, as after a trap.
-    pub fn rebuild(&mut self) -> Result<(), CallError> {
-        self.runner.rebuild()
+    pub async fn rebuild(&mut self) -> Result<(), CallError> {
+        self.runner.rebuild().await
     }
 }

@@ -5,6 +5,8 @@ pub(crate) mod sensor {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "sensor",
+        // Exports are called async (see `instance`); the `host` imports stay plain.
+        exports: { default: async },
     });
 }
 
@@ -12,6 +14,7 @@ pub(crate) mod aggregator {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "aggregator",
+        exports: { default: async },
         with: {
             "fleetmeter:plugin/host": super::sensor::fleetmeter::plugin::host,
             "fleetmeter:plugin/types": super::sensor::fleetmeter::plugin::types,

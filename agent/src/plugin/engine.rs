@@ -1,11 +1,11 @@
 //! The one WebAssembly engine of an agent: compiles plugins (once: compiled code is cached on
-//! disk, keyed by the component's sha256 and the engine's settings), checks that a file is
-//! the plugin it claims to be, and drives the epoch clock that enforces call deadlines.
+//! disk, see [`super::cache`]), checks that a file is the plugin it claims to be, links the
+//! two worlds, caps what one component may hold, and drives the epoch clock that makes a
+//! running plugin yield to the runtime.
 
 use std::{
     fs,
     hash::{DefaultHasher, Hash, Hasher},
-    io::Write,
     path::{Path, PathBuf},
     sync::Arc,
     thread,
@@ -18,7 +18,13 @@ use wasmtime::{
     component::{Component, Linker},
 };
 
-use super::{CONTRACT_PACKAGE, CONTRACT_VERSION, LoadError, PluginKind, host::HostState};
+use super::{
+    CONTRACT_PACKAGE, CONTRACT_VERSION, LoadError, PluginKind,
+    cache::{CacheDir, Lookup},
+    host::{self, HostState},
+    limits::STORE_CAPS,
+};
+use crate::text;
 
 /// How the engine is built. Fuel metering is an engine-wide switch.
 #[derive(Clone, Debug)]
@@ -27,7 +33,8 @@ pub struct EngineOptions {
     pub cache_dir: Option<PathBuf>,
     /// Count fuel, so that plugins with a `fuel` limit can be stopped by it.
     pub fuel: bool,
-    /// Period of the epoch clock; call deadlines are a whole number of ticks.
+    /// Period of the epoch clock: a running plugin yields to the async runtime at least
+    /// this often, so that its call's deadline can fire.
     pub epoch_tick: Duration,
     /// Live plugin instances the engine can hold at once (an agent needs 2, plus one
     /// briefly while loading).
@@ -59,7 +66,10 @@ pub struct PluginEngine {
 
 struct Inner {
     engine: Engine,
-    linker: Linker<HostState>,
+    /// WASI 0.2 as granted (sensors).
+    sensor_linker: Linker<HostState>,
+    /// WASI 0.2 with clocks that stand still, sleeps included (aggregators).
+    aggregator_linker: Linker<HostState>,
     options: EngineOptions,
     /// Part of every cache file name: a cached artifact from another wasmtime version or
     /// other settings is never even opened.
@@ -96,7 +106,8 @@ impl PluginEngine {
             .concurrency_support(false);
         // The pooling allocator reuses pre-reserved slots, so re-instantiating after a trap
         // costs no fresh mmap; it only reserves address space, not memory. Where even that
-        // is refused (a tight `ulimit -v`), fall back to allocating on demand.
+        // is refused (a tight `ulimit -v`), fall back to allocating on demand (the same caps
+        // per component are then enforced by each store's limiter).
         let mut pooled = config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(
             options.max_instances,
@@ -112,14 +123,20 @@ impl PluginEngine {
             }
         };
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        super::bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let link = |frozen_clocks: bool| -> wasmtime::Result<Linker<HostState>> {
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+            super::bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
+                &mut linker,
+                |state| state,
+            )?;
+            if frozen_clocks {
+                host::link_frozen_clocks(&mut linker)?;
+            }
+            Ok(linker)
+        };
+        let sensor_linker = link(false).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let aggregator_linker = link(true).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -129,7 +146,8 @@ impl PluginEngine {
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
-                linker,
+                sensor_linker,
+                aggregator_linker,
                 options,
                 compat,
             }),
@@ -140,20 +158,31 @@ impl PluginEngine {
         &self.inner.engine
     }
 
-    pub(crate) fn linker(&self) -> &Linker<HostState> {
-        &self.inner.linker
+    pub(crate) fn linker(&self, kind: PluginKind) -> &Linker<HostState> {
+        match kind {
+            PluginKind::Sensor => &self.inner.sensor_linker,
+            PluginKind::Aggregator => &self.inner.aggregator_linker,
+        }
+    }
+
+    /// The cache directory, checked; `None` when there is none or it cannot be trusted (said
+    /// in a warning: plugins are then compiled in memory).
+    fn open_cache(&self) -> Option<CacheDir> {
+        let dir = self.inner.options.cache_dir.as_ref()?;
+        match CacheDir::open(dir) {
+            Ok(cache) => Some(cache),
+            Err(refused) => {
+                tracing::warn!(
+                    problem = %text::one_line(&refused.to_string()),
+                    "not using the plugin compile cache; compiling plugins in memory"
+                );
+                None
+            }
+        }
     }
 
     pub fn options(&self) -> &EngineOptions {
         &self.inner.options
-    }
-
-    /// Ticks of the epoch clock that make up `timeout` (at least one).
-    pub(crate) fn deadline_ticks(&self, timeout: Duration) -> u64 {
-        let tick = self.inner.options.epoch_tick.as_nanos().max(1);
-        u64::try_from(timeout.as_nanos().div_ceil(tick))
-            .unwrap_or(u64::MAX)
-            .max(1)
     }
 
     /// Reads, checks and compiles (or loads from the cache) a component, without checking
@@ -167,24 +196,11 @@ impl PluginEngine {
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         let size = bytes.len() as u64;
 
-        let cache_file = self
-            .inner
-            .options
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.inner.compat)));
-        if let Some(file) = cache_file.as_ref().filter(|f| f.exists()) {
-            // SAFETY: the file was written by `store_in_cache` below for this sha256 and this
-            // engine configuration (both in its name), atomically (temp file + rename), in a
-            // directory that belongs to the agent. wasmtime still checks its header and
-            // compatibility and refuses a mismatch, which we handle by recompiling.
-            // The file is mapped, not read: entries are only ever replaced by rename (a new
-            // inode), never rewritten in place, so a running agent's mapping stays valid.
-            // Truncating an entry by hand under a running agent would crash it (SIGBUS),
-            // like truncating its binary would.
-            match unsafe { Component::deserialize_file(&self.inner.engine, file) } {
-                Ok(component) => {
-                    tracing::debug!(path = %path.display(), cache = %file.display(), "plugin loaded from the compile cache");
+        let cache = self.open_cache();
+        if let Some(cache) = &cache {
+            match cache.lookup(&self.inner.engine, &sha256, &self.inner.compat) {
+                Lookup::Hit(component) => {
+                    tracing::debug!(path = %path.display(), cache = %cache.path().display(), "plugin loaded from the compile cache");
                     return Ok(Compiled {
                         component,
                         path: path.to_owned(),
@@ -193,31 +209,44 @@ impl PluginEngine {
                         from_cache: true,
                     });
                 }
-                Err(err) => tracing::warn!(
-                    cache = %file.display(),
-                    error = %format!("{err:#}"),
-                    "ignoring an unusable compile cache entry; recompiling"
+                Lookup::Miss => {}
+                Lookup::Refused(why) => tracing::warn!(
+                    path = %path.display(),
+                    entry = %cache.path().join(CacheDir::entry_name(&sha256, &self.inner.compat)).display(),
+                    problem = %text::one_line(&why.to_string()),
+                    "refusing a compile cache entry; recompiling the plugin and replacing it"
                 ),
             }
         }
 
         let started = std::time::Instant::now();
-        let component =
-            Component::from_binary(&self.inner.engine, &bytes).map_err(|e| LoadError::Invalid {
-                path: path.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::from_binary(&self.inner.engine, &bytes).map_err(|e| {
+            let reason = format!("{e:#}");
+            // The pool's per-component caps (`STORE_CAPS`) are checked here, before any
+            // instance exists; wasmtime reports them as a compile error.
+            if reason.contains("exceeds the configured maximum") {
+                LoadError::OverCaps {
+                    path: path.to_owned(),
+                    reason,
+                }
+            } else {
+                LoadError::Invalid {
+                    path: path.to_owned(),
+                    reason,
+                }
+            }
+        })?;
         tracing::info!(
             path = %path.display(),
             bytes = size,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compiled plugin"
         );
-        if let Some(file) = &cache_file
-            && let Err(err) = store_in_cache(&component, file)
+        if let Some(cache) = &cache
+            && let Err(err) = cache.store(&component, &sha256, &self.inner.compat)
         {
             tracing::warn!(
-                cache = %file.display(),
+                cache = %cache.path().display(),
                 error = %err,
                 "cannot write the compile cache; the plugin will be recompiled at next start"
             );
@@ -258,14 +287,19 @@ impl PluginEngine {
     }
 }
 
-/// Slots for `instances` plugin instances. A Rust component has one linear memory and a
-/// handful of core instances and tables (its own module plus wit-component's shims).
+/// Slots for `instances` plugin instances, each within [`STORE_CAPS`] (a component that
+/// needs more is refused at instantiation), and a fiber stack for each (plugin calls are
+/// async).
 fn pool_config(instances: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
-        .total_memories(instances * 2)
-        .total_tables(instances * 8)
+        .total_core_instances(instances * STORE_CAPS.core_instances)
+        .total_memories(instances * STORE_CAPS.memories)
+        .total_tables(instances * STORE_CAPS.tables)
+        .total_stacks(instances)
+        .max_core_instances_per_component(STORE_CAPS.core_instances)
+        .max_memories_per_component(STORE_CAPS.memories)
+        .max_tables_per_component(STORE_CAPS.tables)
         // The largest cap `Limits` accepts; each plugin's own cap is enforced by MemoryCap.
         .max_memory_size(4096 << 20)
         // Keep a small warm prefix of each slot resident: re-instantiation then skips the
@@ -349,19 +383,6 @@ fn check_world(path: &Path, kind: PluginKind, exports: &[String]) -> Result<(), 
             exports.join(", ")
         },
     })
-}
-
-fn store_in_cache(component: &Component, file: &Path) -> std::io::Result<()> {
-    let dir = file
-        .parent()
-        .expect("cache files live in the cache directory");
-    fs::create_dir_all(dir)?;
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(&bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Advances the engine's epoch every `tick`, until the engine is dropped.

@@ -26,6 +26,11 @@ pub enum LoadError {
     #[error("{path} is not a valid component: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(
+        "{path} needs more than the sandbox allows one plugin: {reason} (plugins built with \
+         fleetmeter-sdk fit well within it)"
+    )]
+    OverCaps { path: PathBuf, reason: String },
+    #[error(
         "{path} implements the fleetmeter {found} world, not the {expected} world; use it as \
          the {found}"
     )]
@@ -75,6 +80,11 @@ pub enum LoadError {
         plugin: String,
         path: PathBuf,
         failure: Failure,
+    },
+    #[error("{path} cannot be loaded: {problem}; fix what the plugin's `describe` returns")]
+    Metadata {
+        path: PathBuf,
+        problem: super::metadata::BadMetadata,
     },
     #[error("cannot grant directory {host} to the plugin: {reason}")]
     Grant { host: PathBuf, reason: String },

@@ -1,20 +1,29 @@
 //! What the host gives one plugin instance: the store's data ([`HostState`]), the `host`
 //! import (logging, panic messages) and the WASI context, which holds nothing but what the
-//! plugin's grants name (and, for aggregators, a frozen clock and a constant random source).
+//! plugin's grants name (and, for aggregators, clocks that stand still and a constant random
+//! source).
 //!
 //! The engine links against [`HostState`]; the runner in `instance` builds one per instance.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::{
     FsPerms, HostMonotonicClock, HostWallClock, ResourceTable, WasiCtx, WasiCtxBuilder,
     WasiCtxView, WasiView,
+    p2::{DynPollable, Pollable, bindings::clocks::monotonic_clock},
 };
 
-use super::{Grants, LoadError, PluginKind, bindings::host, limits::MemoryCap};
+use super::{
+    Grants, LoadError, PluginKind, STORE_CAPS, bindings::host, limits::MemoryCap, logs::LogGate,
+};
+use crate::text;
 
-/// Longest log line or panic message kept from a plugin.
-const MAX_MESSAGE: usize = 4096;
+/// Longest log line or panic message kept from a plugin, in bytes (before escaping).
+pub(super) const MAX_MESSAGE: usize = 4096;
 
 /// The data of one instance's store.
 pub struct HostState {
@@ -22,8 +31,33 @@ pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) memory: MemoryCap,
+    /// The plugin's log budget, shared by its successive instances.
+    pub(super) logs: Arc<Mutex<LogGate>>,
     /// The message of the guest's last panic, reported with its trap.
     pub(super) panic: Option<String>,
+}
+
+impl HostState {
+    pub(super) fn new(
+        plugin: Arc<str>,
+        wasi: WasiCtx,
+        max_memory_bytes: usize,
+        logs: Arc<Mutex<LogGate>>,
+    ) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(STORE_CAPS.host_resources);
+        Self {
+            plugin,
+            wasi,
+            table,
+            memory: MemoryCap {
+                max_bytes: max_memory_bytes,
+                hit: false,
+            },
+            logs,
+            panic: None,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -37,7 +71,15 @@ impl WasiView for HostState {
 
 impl host::Host for HostState {
     fn log(&mut self, level: host::Level, message: String) {
-        let message = truncate(message);
+        let admitted = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(message.len().min(MAX_MESSAGE));
+        if !admitted {
+            return;
+        }
+        let message = text::one_line_bounded(&message, MAX_MESSAGE);
         let plugin = &*self.plugin;
         match level {
             host::Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
@@ -49,21 +91,12 @@ impl host::Host for HostState {
     }
 
     fn panicked(&mut self, message: String) {
-        // std's format is "panicked at FILE:LINE:COL:\nMESSAGE": keep it on one line.
-        self.panic = Some(truncate(message.replace('\n', " ")));
+        // std's format is "panicked at FILE:LINE:COL:\nMESSAGE": one line, escaped.
+        self.panic = Some(text::one_line_bounded(
+            &message.replacen('\n', " ", 1),
+            MAX_MESSAGE,
+        ));
     }
-}
-
-pub(super) fn truncate(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str(" [truncated]");
-    }
-    message
 }
 
 /// Aggregators see time stand still at the epoch: results must not depend on when, or on
@@ -88,10 +121,79 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
+/// `wasi:clocks/monotonic-clock` for aggregators: always 0, and every sleep is over at once
+/// (time does not pass, so no real time is spent waiting for it). Linked over WASI's own.
+pub(super) fn link_frozen_clocks(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    monotonic_clock::add_to_linker::<HostState, FrozenClocks>(linker, |state| FrozenClocksView {
+        table: &mut state.table,
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+struct FrozenClocks;
+
+impl HasData for FrozenClocks {
+    type Data<'a> = FrozenClocksView<'a>;
+}
+
+struct FrozenClocksView<'a> {
+    table: &'a mut ResourceTable,
+}
+
+impl FrozenClocksView<'_> {
+    fn ready_now(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let ready = self.table.push(ReadyNow { yielded: false })?;
+        wasmtime_wasi::p2::subscribe(self.table, ready)
+    }
+}
+
+impl monotonic_clock::Host for FrozenClocksView<'_> {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        Ok(0)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        Ok(1)
+    }
+
+    fn subscribe_instant(
+        &mut self,
+        _when: monotonic_clock::Instant,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.ready_now()
+    }
+
+    fn subscribe_duration(
+        &mut self,
+        _duration: monotonic_clock::Duration,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.ready_now()
+    }
+}
+
+/// A pollable that is ready at once; it yields to the runtime the first time, as WASI's own
+/// zero-length sleeps do, so that a plugin polling in a loop cannot starve it.
+struct ReadyNow {
+    yielded: bool,
+}
+
+#[async_trait::async_trait]
+impl Pollable for ReadyNow {
+    async fn ready(&mut self) {
+        if !self.yielded {
+            self.yielded = true;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// The WASI context: nothing but what `grants` names for sensors; for aggregators no
-/// grants at all, a frozen clock and a constant "random" source.
+/// grants at all, frozen clocks and a constant "random" source.
 pub(super) fn wasi_ctx(kind: PluginKind, grants: &Grants) -> Result<WasiCtx, LoadError> {
     let mut builder = WasiCtxBuilder::new();
+    builder.max_random_size(STORE_CAPS.random_bytes);
     match kind {
         PluginKind::Sensor => {
             for dir in &grants.dirs {

@@ -28,8 +28,13 @@ pub struct Inspection {
 
 /// Compiles `path` (through the cache) and describes it. A file that is not a component at
 /// all is an error; a component that is not a usable plugin is reported in `problem`.
-pub fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, LoadError> {
-    let compiled = engine.compile(path)?;
+pub async fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, LoadError> {
+    let compiled = {
+        let (engine, path) = (engine.clone(), path.to_owned());
+        tokio::task::spawn_blocking(move || engine.compile(&path))
+            .await
+            .map_err(|e| LoadError::Engine(format!("the compile task failed: {e}")))??
+    };
     let exports = engine.export_names(&compiled.component);
     let imports = engine.import_names(&compiled.component);
     let worlds = exported_worlds(&exports);
@@ -59,8 +64,8 @@ pub fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, LoadErr
         }
         [(kind, _), ..] => {
             let described = match kind {
-                PluginKind::Sensor => describe::<SensorWorld>(engine, compiled),
-                PluginKind::Aggregator => describe::<AggregatorWorld>(engine, compiled),
+                PluginKind::Sensor => describe::<SensorWorld>(engine, compiled).await,
+                PluginKind::Aggregator => describe::<AggregatorWorld>(engine, compiled).await,
             };
             match described {
                 Ok(metadata) => inspection.metadata = Some(metadata),
@@ -71,9 +76,11 @@ pub fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, LoadErr
     Ok(inspection)
 }
 
-fn describe<W: World>(
+async fn describe<W: World>(
     engine: &PluginEngine,
     compiled: super::engine::Compiled,
 ) -> Result<Metadata, LoadError> {
-    Runner::<W>::prepare(engine, compiled, PluginSettings::default()).map(|r| r.metadata().clone())
+    Runner::<W>::prepare(engine, compiled, PluginSettings::default())
+        .await
+        .map(|r| r.metadata().clone())
 }

@@ -1,46 +1,84 @@
 //! One plugin's life: a store per instance, built from the `InstancePre` made once at load;
-//! every call armed with a fresh deadline (and fuel); a trap or a limit hit discards the
-//! instance, is logged and counted, and the next call rebuilds it; repeated failures back
-//! off. Shared by sensors and aggregators, which differ only in their [`World`].
+//! every entry into the guest is an async call under a deadline; a trap, a limit hit or a
+//! deadline discards the instance, is logged and counted, and the next call rebuilds it;
+//! repeated failures back off. Shared by sensors and aggregators, which differ only in their
+//! [`World`].
+//!
+//! # Why async calls
+//! An epoch deadline alone stops a guest that computes, but not one blocked inside a WASI
+//! host call (a sleep, `poll`, a read): with synchronous calls the host blocks on the
+//! guest's behalf and never looks at the deadline. With async calls every host call that
+//! waits is a future, and the guest itself yields to the runtime at every epoch tick
+//! (`epoch_deadline_async_yield_and_update`), so one `tokio::time::timeout` around the call
+//! bounds it whatever the guest does: dropping the future unwinds the guest's fiber and the
+//! instance is discarded. (The other way, host-call implementations that honour a deadline,
+//! would mean re-implementing every blocking WASI call; wasmtime's docs recommend this one.)
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use wasmtime::{Store, Trap, component::InstancePre};
-use wasmtime_wasi::ResourceTable;
 
 use super::{
     CallError, Failure, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
     engine::Compiled,
-    host::{HostState, truncate, wasi_ctx},
-    limits::MemoryCap,
+    host::{HostState, MAX_MESSAGE, wasi_ctx},
+    logs::LogGate,
+    metadata,
 };
+use crate::text;
 
 /// What distinguishes a sensor from an aggregator, for the runner.
-pub(crate) trait World {
+pub(crate) trait World: Send + 'static {
     const KIND: PluginKind;
-    type Pre;
-    type Instance;
+    type Pre: Send + Sync;
+    type Instance: Send + Sync;
 
     fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<HostState>,
-    ) -> wasmtime::Result<Self::Instance>;
+    ) -> impl Future<Output = wasmtime::Result<Self::Instance>> + Send;
     fn describe(
         instance: &Self::Instance,
         store: &mut Store<HostState>,
-    ) -> wasmtime::Result<Metadata>;
+    ) -> impl Future<Output = wasmtime::Result<Metadata>> + Send;
     // `&Vec` because that is what the generated binding takes.
     #[allow(clippy::ptr_arg)]
     fn init(
         instance: &Self::Instance,
         store: &mut Store<HostState>,
         config: &Vec<(String, String)>,
-    ) -> wasmtime::Result<Result<(), String>>;
+    ) -> impl Future<Output = wasmtime::Result<Result<(), String>>> + Send;
+}
+
+/// One call into a live instance of world `W` (`sample`, `aggregate`, …).
+pub(crate) trait Call<W: World> {
+    type Output;
+    fn call(
+        self,
+        instance: &W::Instance,
+        store: &mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Result<Self::Output, String>>> + Send;
+}
+
+/// No call at all: the instance is only made ready (for `rebuild`).
+pub(crate) struct Ready;
+
+impl<W: World> Call<W> for Ready {
+    type Output = ();
+    #[allow(clippy::manual_async_fn)]
+    fn call(
+        self,
+        _: &W::Instance,
+        _: &mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Result<(), String>>> + Send {
+        async { Ok(Ok(())) }
+    }
 }
 
 /// Counters of one plugin, for logs and metrics.
@@ -58,6 +96,12 @@ pub struct PluginStats {
     pub instantiations: u64,
     /// Time spent inside the plugin, instantiation included.
     pub busy: Duration,
+    /// Failures since the last call that worked.
+    pub consecutive_failures: u32,
+    /// How the last failed call failed, on one line.
+    pub last_failure: Option<String>,
+    /// Log lines dropped over the plugin's log budget.
+    pub logs_suppressed: u64,
 }
 
 struct Live<I> {
@@ -77,7 +121,7 @@ pub(crate) struct Runner<W: World> {
     name: Arc<str>,
     metadata: Metadata,
     settings: PluginSettings,
-    ticks: u64,
+    logs: Arc<Mutex<LogGate>>,
     live: Option<Live<W::Instance>>,
     failures: u32,
     backoff_until: Option<Instant>,
@@ -86,17 +130,23 @@ pub(crate) struct Runner<W: World> {
 }
 
 impl<W: World> Runner<W> {
-    /// Compiles (or loads from the cache), checks, links, and starts one instance with the
-    /// configuration: a configuration the plugin rejects fails here, not at the first call.
-    pub fn load(
+    /// Compiles (or loads from the cache, on a blocking thread), checks, links, and starts
+    /// one instance with the configuration: a configuration the plugin rejects fails here,
+    /// not at the first call.
+    pub async fn load(
         engine: &PluginEngine,
         path: &Path,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
-        let compiled = engine.compile_plugin(path, W::KIND)?;
-        let mut runner = Self::prepare(engine, compiled, settings)?;
+        let compiled = {
+            let (engine, path) = (engine.clone(), path.to_owned());
+            tokio::task::spawn_blocking(move || engine.compile_plugin(&path, W::KIND))
+                .await
+                .map_err(|e| LoadError::Engine(format!("the compile task failed: {e}")))??
+        };
+        let mut runner = Self::prepare(engine, compiled, settings).await?;
         let started = Instant::now();
-        match runner.instantiate_ready() {
+        match runner.instantiate_ready().await {
             Ok(live) => runner.live = Some(live),
             Err(StartError::Rejected(message)) => {
                 return Err(LoadError::Config {
@@ -114,6 +164,7 @@ impl<W: World> Runner<W> {
             }
         }
         runner.stats.busy += started.elapsed();
+        runner.report_suppressed();
         tracing::info!(
             plugin = %runner.name,
             version = %runner.metadata.version,
@@ -126,8 +177,8 @@ impl<W: World> Runner<W> {
     }
 
     /// Links a compiled component and reads its metadata (from a throw-away instance:
-    /// `describe` must not depend on `init`), without initialising it.
-    pub fn prepare(
+    /// `describe` must not depend on `init`) and checks it, without initialising it.
+    pub async fn prepare(
         engine: &PluginEngine,
         compiled: Compiled,
         settings: PluginSettings,
@@ -136,7 +187,7 @@ impl<W: World> Runner<W> {
         let from_cache = compiled.from_cache;
         let stem: Arc<str> = path
             .file_stem()
-            .map(|s| s.to_string_lossy().into())
+            .map(|s| text::one_line(&s.to_string_lossy()).into())
             .unwrap_or_else(|| "plugin".into());
         settings
             .limits
@@ -152,7 +203,7 @@ impl<W: World> Runner<W> {
             ));
         }
         let instance_pre = engine
-            .linker()
+            .linker(W::KIND)
             .instantiate_pre(&compiled.component)
             .map_err(|e| LoadError::UnsatisfiedImport {
                 path: path.clone(),
@@ -164,7 +215,6 @@ impl<W: World> Runner<W> {
             reason: format!("{e:#}"),
         })?;
         let mut runner = Self {
-            ticks: engine.deadline_ticks(settings.limits.timeout()),
             engine: engine.clone(),
             pre,
             path,
@@ -173,6 +223,7 @@ impl<W: World> Runner<W> {
                 name: stem.to_string(),
                 ..Metadata::default()
             },
+            logs: Arc::new(Mutex::new(LogGate::new(&settings.limits))),
             settings,
             live: None,
             failures: 0,
@@ -180,22 +231,40 @@ impl<W: World> Runner<W> {
             stats: PluginStats::default(),
             from_cache,
         };
-        let failed_path = runner.path.clone();
-        let start_failed = |failure| LoadError::Start {
-            plugin: stem.to_string(),
-            path: failed_path.clone(),
-            failure,
-        };
-        let mut live = runner.instantiate().map_err(start_failed)?;
-        runner.arm(&mut live.store);
-        let metadata = W::describe(&live.instance, &mut live.store)
-            .map_err(|err| runner.classify(&mut live.store, &err))
-            .map_err(start_failed)?;
-        if !metadata.name.is_empty() {
-            runner.name = metadata.name.as_str().into();
-        }
+        let metadata = runner
+            .describe()
+            .await
+            .map_err(|failure| LoadError::Start {
+                plugin: stem.to_string(),
+                path: runner.path.clone(),
+                failure,
+            })?;
+        metadata::validate(&metadata).map_err(|problem| LoadError::Metadata {
+            path: runner.path.clone(),
+            problem,
+        })?;
+        runner.name = metadata.name.as_str().into();
         runner.metadata = metadata;
         Ok(runner)
+    }
+
+    /// `describe` on a fresh instance, within the time limit.
+    async fn describe(&mut self) -> Result<Metadata, Failure> {
+        self.logs().begin_call();
+        let mut store = self.new_store()?;
+        let limit = self.settings.limits.timeout();
+        let pre = &self.pre;
+        let outcome = tokio::time::timeout(limit, async {
+            let instance = W::instantiate(pre, &mut store).await?;
+            W::describe(&instance, &mut store).await
+        })
+        .await;
+        self.report_suppressed();
+        match outcome {
+            Ok(Ok(metadata)) => Ok(metadata),
+            Ok(Err(err)) => Err(self.classify(&mut store, &err)),
+            Err(_elapsed) => Err(Failure::Timeout(limit)),
+        }
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -215,16 +284,15 @@ impl<W: World> Runner<W> {
     }
 
     /// Drops the live instance and builds a new one, as after a trap.
-    pub fn rebuild(&mut self) -> Result<(), CallError> {
+    pub async fn rebuild(&mut self) -> Result<(), CallError> {
         self.live = None;
-        self.call(|_, _| Ok(Ok(())))
+        self.call(Ready).await
     }
 
-    /// Runs `f` against a ready instance, within the limits.
-    pub fn call<R>(
-        &mut self,
-        f: impl FnOnce(&W::Instance, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<R, CallError> {
+    /// Runs `call` against a ready instance, within the limits. If this future is dropped
+    /// before it finishes, the instance is dropped with it and the next call builds a new
+    /// one.
+    pub async fn call<C: Call<W>>(&mut self, call: C) -> Result<C::Output, CallError> {
         self.stats.calls += 1;
         if let Some(until) = self.backoff_until {
             let now = Instant::now();
@@ -239,14 +307,16 @@ impl<W: World> Runner<W> {
             self.backoff_until = None;
         }
         let started = Instant::now();
+        self.logs().begin_call();
         let live = match self.live.take() {
             Some(live) => Ok(live),
-            None => self.instantiate_ready(),
+            None => self.instantiate_ready().await,
         };
         let mut live = match live {
             Ok(live) => live,
             Err(err) => {
                 self.stats.busy += started.elapsed();
+                self.report_suppressed();
                 let failure = match err {
                     StartError::Rejected(message) => Failure::Init(message),
                     StartError::Failed(failure) => failure,
@@ -255,32 +325,40 @@ impl<W: World> Runner<W> {
             }
         };
         self.arm(&mut live.store);
-        let outcome = f(&live.instance, &mut live.store);
+        let limit = self.settings.limits.timeout();
+        let outcome = tokio::time::timeout(limit, call.call(&live.instance, &mut live.store)).await;
         self.stats.busy += started.elapsed();
+        self.report_suppressed();
         match outcome {
-            Ok(result) => {
+            Ok(Ok(result)) => {
                 self.live = Some(live);
                 self.failures = 0;
+                self.stats.consecutive_failures = 0;
                 result.map_err(|message| {
                     self.stats.guest_errors += 1;
                     CallError::Guest {
                         plugin: self.name.to_string(),
-                        message: truncate(message),
+                        message: text::one_line_bounded(&message, MAX_MESSAGE),
                     }
                 })
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 // The instance is dead after a trap (wasmtime refuses to re-enter it); the
                 // next call builds a new one.
                 let failure = self.classify(&mut live.store, &err);
                 Err(self.fail(failure))
             }
+            // The guest's fiber was unwound when the call's future was dropped; the
+            // instance goes with it.
+            Err(_elapsed) => Err(self.fail(Failure::Timeout(limit))),
         }
     }
 
     fn fail(&mut self, failure: Failure) -> CallError {
         self.failures = self.failures.saturating_add(1);
         self.stats.failures += 1;
+        self.stats.consecutive_failures = self.failures;
+        self.stats.last_failure = Some(failure.to_string());
         let backoff = self.settings.limits.backoff(self.failures);
         self.backoff_until = backoff.map(|d| Instant::now() + d);
         tracing::warn!(
@@ -296,43 +374,77 @@ impl<W: World> Runner<W> {
         }
     }
 
-    /// A new instance, initialised with the plugin's configuration.
-    fn instantiate_ready(&mut self) -> Result<Live<W::Instance>, StartError> {
-        let mut live = self.instantiate().map_err(StartError::Failed)?;
-        self.arm(&mut live.store);
-        match W::init(&live.instance, &mut live.store, &self.settings.config) {
-            Ok(Ok(())) => Ok(live),
-            Ok(Err(message)) => Err(StartError::Rejected(truncate(message))),
-            Err(err) => Err(StartError::Failed(self.classify(&mut live.store, &err))),
+    fn logs(&self) -> std::sync::MutexGuard<'_, LogGate> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One line for the log lines dropped during the call that just ended.
+    fn report_suppressed(&mut self) {
+        let Some(suppressed) = self.logs().take_suppressed() else {
+            return;
+        };
+        self.stats.logs_suppressed += suppressed.lines;
+        let limits = &self.settings.limits;
+        tracing::warn!(
+            target: "plugin",
+            plugin = %self.name,
+            lines = suppressed.lines,
+            bytes = suppressed.bytes,
+            "suppressed {} log line(s) over the plugin's budget ({} lines / {} bytes per call, {} lines / {} bytes per second)",
+            suppressed.lines,
+            limits.log_lines_per_call,
+            limits.log_bytes_per_call,
+            limits.log_lines_per_second,
+            limits.log_bytes_per_second,
+        );
+    }
+
+    /// A new instance, initialised with the plugin's configuration; instantiation and `init`
+    /// share one time limit.
+    async fn instantiate_ready(&mut self) -> Result<Live<W::Instance>, StartError> {
+        let mut store = self.new_store().map_err(StartError::Failed)?;
+        let limit = self.settings.limits.timeout();
+        let (pre, config) = (&self.pre, &self.settings.config);
+        let outcome = tokio::time::timeout(limit, async {
+            let instance = W::instantiate(pre, &mut store).await?;
+            let init = W::init(&instance, &mut store, config).await?;
+            Ok::<_, wasmtime::Error>((instance, init))
+        })
+        .await;
+        match outcome {
+            Ok(Ok((instance, Ok(())))) => Ok(Live { store, instance }),
+            Ok(Ok((_, Err(message)))) => Err(StartError::Rejected(text::one_line_bounded(
+                &message,
+                MAX_MESSAGE,
+            ))),
+            Ok(Err(err)) => Err(StartError::Failed(self.classify(&mut store, &err))),
+            Err(_elapsed) => Err(StartError::Failed(Failure::Timeout(limit))),
         }
     }
 
-    fn instantiate(&mut self) -> Result<Live<W::Instance>, Failure> {
+    /// A store for a new instance, armed for its first entry.
+    fn new_store(&mut self) -> Result<Store<HostState>, Failure> {
         self.stats.instantiations += 1;
         let wasi =
             wasi_ctx(W::KIND, &self.settings.grants).map_err(|e| Failure::Init(e.to_string()))?;
-        let state = HostState {
-            plugin: self.name.clone(),
+        let state = HostState::new(
+            self.name.clone(),
             wasi,
-            table: ResourceTable::new(),
-            memory: MemoryCap {
-                max_bytes: self.settings.limits.max_memory_bytes(),
-                hit: false,
-            },
-            panic: None,
-        };
+            self.settings.limits.max_memory_bytes(),
+            self.logs.clone(),
+        );
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.memory);
+        // Past the deadline (one tick ahead, re-armed before every call), a running guest
+        // yields to the runtime and gets one more tick: the call's timeout can then fire.
+        store.epoch_deadline_async_yield_and_update(1);
         self.arm(&mut store);
-        let instance =
-            W::instantiate(&self.pre, &mut store).map_err(|err| self.classify(&mut store, &err))?;
-        Ok(Live { store, instance })
+        Ok(store)
     }
 
-    /// Resets the per-call budget. Must precede every entry into the guest: the deadline is
-    /// absolute, so a stale one would fire spuriously in a later call.
+    /// Resets the per-call budget. Must precede every entry into the guest.
     fn arm(&self, store: &mut Store<HostState>) {
-        store.set_epoch_deadline(self.ticks);
+        store.set_epoch_deadline(1);
         if let Some(fuel) = self.settings.limits.fuel {
             // Cannot fail: `prepare` checked the engine meters fuel.
             let _ = store.set_fuel(fuel);
@@ -355,7 +467,10 @@ impl<W: World> Runner<W> {
             Some(Trap::Interrupt) => Failure::Timeout(self.settings.limits.timeout()),
             Some(Trap::OutOfFuel) => Failure::OutOfFuel(self.settings.limits.fuel.unwrap_or(0)),
             Some(trap) => Failure::Trap(trap.to_string()),
-            None => Failure::Trap(err.root_cause().to_string()),
+            None => Failure::Trap(text::one_line_bounded(
+                &err.root_cause().to_string(),
+                MAX_MESSAGE,
+            )),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What a plugin may use: time, fuel and memory per call, and the host resources granted to
+//! What a plugin may use: time, fuel and memory per call, log lines, what one component may
+//! hold (instances, memories, tables, host resources), and the host resources granted to
 //! it (directories, environment, network). Nothing is granted by default.
 
 use std::{path::PathBuf, time::Duration};
@@ -9,9 +10,9 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Wall-clock budget of one call (`describe`, `init`, `sample`, `aggregate`), in
-    /// milliseconds, enforced by an epoch deadline reset before every call.
-    /// TOML: `timeout_ms = 1000`.
+    /// Wall-clock budget of one call (`describe`, `init` with its instantiation, `sample`,
+    /// `aggregate`), in milliseconds, whatever the plugin does: computing, or blocked in a
+    /// host call (sleep, poll, a read). TOML: `timeout_ms = 1000`.
     pub timeout_ms: u64,
     /// Optional fuel budget per call (roughly, WebAssembly instructions). Deterministic where
     /// the timeout is not, at a small cost on every call. TOML: `fuel = 50_000_000`.
@@ -25,6 +26,16 @@ pub struct Limits {
     pub backoff_initial_ms: u64,
     /// Longest back-off. TOML: `backoff_max_ms = 60000`.
     pub backoff_max_ms: u64,
+    /// Log lines one call may write; the rest are counted and summarised in one line.
+    /// TOML: `log_lines_per_call = 100`.
+    pub log_lines_per_call: u32,
+    /// Log bytes one call may write. TOML: `log_bytes_per_call = 65536`.
+    pub log_bytes_per_call: u64,
+    /// Sustained log lines per second, across calls (a burst up to `log_lines_per_call` is
+    /// allowed, refilled at this rate). TOML: `log_lines_per_second = 10`.
+    pub log_lines_per_second: u32,
+    /// Sustained log bytes per second. TOML: `log_bytes_per_second = 4096`.
+    pub log_bytes_per_second: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +47,10 @@ impl Default for Limits {
             failures_before_backoff: 3,
             backoff_initial_ms: 1000,
             backoff_max_ms: 60_000,
+            log_lines_per_call: 100,
+            log_bytes_per_call: 64 * 1024,
+            log_lines_per_second: 10,
+            log_bytes_per_second: 4096,
         }
     }
 }
@@ -70,6 +85,16 @@ impl Limits {
         if self.max_memory_mib == 0 || self.max_memory_mib > 4096 {
             return Err(LimitsError::Memory(self.max_memory_mib));
         }
+        if self.log_lines_per_call > MAX_LOG_LINES || self.log_lines_per_second > MAX_LOG_LINES {
+            return Err(LimitsError::LogLines(
+                self.log_lines_per_call.max(self.log_lines_per_second),
+            ));
+        }
+        if self.log_bytes_per_call > MAX_LOG_BYTES || self.log_bytes_per_second > MAX_LOG_BYTES {
+            return Err(LimitsError::LogBytes(
+                self.log_bytes_per_call.max(self.log_bytes_per_second),
+            ));
+        }
         if self.backoff_initial_ms > self.backoff_max_ms {
             return Err(LimitsError::Backoff {
                 initial: self.backoff_initial_ms,
@@ -91,7 +116,44 @@ pub enum LimitsError {
     Memory(u64),
     #[error("backoff_initial_ms ({initial}) must not exceed backoff_max_ms ({max})")]
     Backoff { initial: u64, max: u64 },
+    #[error("log_lines_per_call and log_lines_per_second must be at most {MAX_LOG_LINES}, got {0}")]
+    LogLines(u32),
+    #[error("log_bytes_per_call and log_bytes_per_second must be at most {MAX_LOG_BYTES}, got {0}")]
+    LogBytes(u64),
 }
+
+/// Upper bounds of the log limits (0 silences a plugin).
+pub const MAX_LOG_LINES: u32 = 100_000;
+pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
+/// What one plugin instance (one component, in one store) may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreCaps {
+    /// Core module instances: a Rust plugin has its own module plus wit-component's shims.
+    pub core_instances: u32,
+    /// Linear memories: a Rust plugin has one.
+    pub memories: u32,
+    /// Tables: a Rust plugin has a few (its own and the shims').
+    pub tables: u32,
+    /// Elements in one table.
+    pub table_elements: usize,
+    /// Host-side resources (streams, pollables, directory handles) alive at once.
+    pub host_resources: usize,
+    /// Bytes one `get-random-bytes` call may ask the host for.
+    pub random_bytes: u64,
+}
+
+/// The caps of every plugin instance; every bundled plugin fits well within them (the
+/// tests load each). A component over a count is refused when it is loaded, naming the
+/// count (`plugins/fixtures/many-memories.wat` is one).
+pub const STORE_CAPS: StoreCaps = StoreCaps {
+    core_instances: 16,
+    memories: 2,
+    tables: 8,
+    table_elements: 100_000,
+    host_resources: 1_000,
+    random_bytes: 1 << 20,
+};
 
 /// A directory grant that is not `HOST` or `HOST:GUEST`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -144,8 +206,10 @@ pub struct PluginSettings {
     pub grants: Grants,
 }
 
-/// Enforces the memory cap, and remembers that it did, so that the trap that follows (the
-/// guest's allocator aborts) is reported as "memory limit" rather than "unreachable".
+/// Enforces the memory cap and [`STORE_CAPS`], and remembers that the memory cap was hit, so
+/// that the trap that follows (the guest's allocator aborts) is reported as "memory limit"
+/// rather than "unreachable". (With the pooling allocator the counts are also enforced by
+/// the pool; this covers the on-demand fallback.)
 #[derive(Debug)]
 pub(crate) struct MemoryCap {
     pub max_bytes: usize,
@@ -153,6 +217,18 @@ pub(crate) struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
+    fn instances(&self) -> usize {
+        STORE_CAPS.core_instances as usize
+    }
+
+    fn memories(&self) -> usize {
+        STORE_CAPS.memories as usize
+    }
+
+    fn tables(&self) -> usize {
+        STORE_CAPS.tables as usize
+    }
+
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -172,7 +248,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= STORE_CAPS.table_elements)
     }
 }
 

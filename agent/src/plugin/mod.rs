@@ -1,10 +1,16 @@
 //! WebAssembly plugins: sensors and aggregators, run sandboxed by wasmtime.
 //!
 //! # Layout
-//! - [`engine`]: the one engine of an agent, the compile cache and load-time checks.
-//! - [`limits`]: the sandbox's budget per call and what a plugin is granted.
-//! - `host`: what one instance gets from the host: its store data, logging, WASI context.
-//! - `instance`: one plugin's instances: deadlines, trap handling, rebuilds, back-off.
+//! - [`engine`]: the one engine of an agent, its two linkers and load-time checks.
+//! - `cache`: the compile cache, which uses only entries it can prove it wrote.
+//! - [`limits`]: the sandbox's budget per call, the caps per instance, and what a plugin is
+//!   granted.
+//! - `host`: what one instance gets from the host: its store data, logging, WASI context,
+//!   the aggregators' frozen clocks.
+//! - `logs`: the per-plugin log budget.
+//! - `metadata`: what a plugin may say about itself (lengths, characters).
+//! - `instance`: one plugin's instances: async calls under a deadline, trap handling,
+//!   rebuilds, back-off.
 //! - [`sensor`] / [`aggregator`]: the two kinds of plugin, as the agent uses them.
 //! - [`inspect`]: what a plugin file is, for `fleetmeter plugin inspect`.
 //!
@@ -12,12 +18,15 @@
 
 mod aggregator;
 mod bindings;
+mod cache;
 mod engine;
 mod error;
 mod host;
 mod inspect;
 mod instance;
 mod limits;
+mod logs;
+mod metadata;
 mod sensor;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +36,11 @@ pub use engine::{Compiled, EngineOptions, PluginEngine, default_cache_dir};
 pub use error::{CallError, Failure, LoadError};
 pub use inspect::{Inspection, inspect};
 pub use instance::PluginStats;
-pub use limits::{DirGrant, DirGrantError, Grants, Limits, LimitsError, PluginSettings};
+pub use limits::{
+    DirGrant, DirGrantError, Grants, Limits, LimitsError, MAX_LOG_BYTES, MAX_LOG_LINES,
+    PluginSettings, STORE_CAPS, StoreCaps,
+};
+pub use metadata::{MAX_DESCRIPTION_CHARS, MAX_NAME_LEN, MAX_UNIT_CHARS, MAX_VERSION_LEN};
 pub use sensor::SensorPlugin;
 
 /// The WIT package both worlds belong to.

@@ -1,6 +1,6 @@
 //! A loaded sensor plugin.
 
-use std::path::Path;
+use std::{future::Future, path::Path};
 
 use wasmtime::{Store, component::InstancePre};
 
@@ -8,7 +8,7 @@ use super::{
     CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats,
     bindings::sensor::{Sensor, SensorPre},
     host::HostState,
-    instance::{Runner, World},
+    instance::{Call, Runner, World},
 };
 
 pub(crate) struct SensorWorld;
@@ -22,18 +22,25 @@ impl World for SensorWorld {
         SensorPre::new(pre)
     }
 
-    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Sensor> {
-        pre.instantiate(store)
+    fn instantiate(
+        pre: &Self::Pre,
+        store: &mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Sensor>> + Send {
+        pre.instantiate_async(store)
     }
 
-    fn describe(instance: &Sensor, store: &mut Store<HostState>) -> wasmtime::Result<Metadata> {
+    async fn describe(
+        instance: &Sensor,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Metadata> {
         Ok(instance
             .fleetmeter_plugin_sensor_api()
-            .call_describe(store)?
+            .call_describe(store)
+            .await?
             .into())
     }
 
-    fn init(
+    async fn init(
         instance: &Sensor,
         store: &mut Store<HostState>,
         config: &Vec<(String, String)>,
@@ -41,11 +48,29 @@ impl World for SensorWorld {
         instance
             .fleetmeter_plugin_sensor_api()
             .call_init(store, config)
+            .await
     }
 }
 
-/// A sensor, sandboxed. Calls block: from async code, call it from `spawn_blocking` or a
-/// dedicated thread (WASI host calls block internally).
+/// `sample()`.
+struct Sample;
+
+impl Call<SensorWorld> for Sample {
+    type Output = f64;
+    async fn call(
+        self,
+        sensor: &Sensor,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Result<f64, String>> {
+        sensor
+            .fleetmeter_plugin_sensor_api()
+            .call_sample(store)
+            .await
+    }
+}
+
+/// A sensor, sandboxed. Every call is a future that ends within the time limit, whatever
+/// the plugin does.
 pub struct SensorPlugin {
     runner: Runner<SensorWorld>,
 }
@@ -61,21 +86,19 @@ impl std::fmt::Debug for SensorPlugin {
 
 impl SensorPlugin {
     /// Loads and initialises the sensor at `path`.
-    pub fn load(
+    pub async fn load(
         engine: &PluginEngine,
         path: &Path,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
         Ok(Self {
-            runner: Runner::load(engine, path, settings)?,
+            runner: Runner::load(engine, path, settings).await?,
         })
     }
 
     /// One reading. A failure costs this reading only: the instance is rebuilt if needed.
-    pub fn sample(&mut self) -> Result<f64, CallError> {
-        let value = self
-            .runner
-            .call(|sensor, store| sensor.fleetmeter_plugin_sensor_api().call_sample(store))?;
+    pub async fn sample(&mut self) -> Result<f64, CallError> {
+        let value = self.runner.call(Sample).await?;
         if value.is_finite() {
             Ok(value)
         } else {
@@ -101,7 +124,7 @@ impl SensorPlugin {
 
     /// Discards the instance and builds a fresh one (store, instance, `init`), as after a
     /// trap. Exposed for benchmarks and tests.
-    pub fn rebuild(&mut self) -> Result<(), CallError> {
-        self.runner.rebuild()
+    pub async fn rebuild(&mut self) -> Result<(), CallError> {
+        self.runner.rebuild().await
     }
 }

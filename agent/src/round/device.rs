@@ -36,7 +36,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
         };
         last = Some(round);
         ctx.telemetry.round_opened(round);
-        let sampled = ctx.plugins.sample(&ctx.telemetry).await;
+        // Bounded by the sensor's time limit; dropped at once on shutdown.
+        let sampled = tokio::select! {
+            () = stop.cancelled() => return,
+            sampled = ctx.plugins.sample(&ctx.telemetry) => sampled,
+        };
         ctx.telemetry.sample(sampled.is_ok());
         let value = match sampled {
             Ok(value) => value,

@@ -26,7 +26,7 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use plugins::{Aggregated, PluginCallError, Plugins, PluginsError};
+pub use plugins::{Aggregated, Plugins, PluginsError};
 
 use crate::{
     config::AgentConfig,

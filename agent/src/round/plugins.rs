@@ -1,11 +1,11 @@
-//! A device's loaded plugins as the round loop uses them: the sensor, sampled on a blocking
-//! thread (plugin calls are synchronous), and the aggregator, swapped when
-//! `{root}/config/aggregator` names another one. Each call is recorded in telemetry.
+//! A device's loaded plugins as the round loop uses them: the sensor, and the aggregator,
+//! swapped when `{root}/config/aggregator` names another one. Each call ends within the
+//! plugin's time limit (dropping a call's future drops the instance, so a caller may also
+//! give up sooner, at shutdown) and is recorded in telemetry.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::{path::PathBuf, sync::Arc};
+
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
     config::AgentConfig,
@@ -15,16 +15,6 @@ use crate::{
     },
     telemetry::Telemetry,
 };
-
-/// Why a plugin call produced nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginCallError {
-    #[error(transparent)]
-    Call(#[from] CallError),
-    /// The blocking task running the call panicked or was cancelled (a host bug).
-    #[error("the plugin task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
 
 /// The aggregator and the name it was loaded under.
 struct LoadedAggregator {
@@ -44,10 +34,10 @@ pub struct Plugins {
     engine: PluginEngine,
     plugin_dir: PathBuf,
     aggregator_settings: PluginSettings,
-    sensor: Arc<Mutex<SensorPlugin>>,
+    sensor: Mutex<SensorPlugin>,
     /// The sensor's unit; `None` when it declares none.
     unit: Option<String>,
-    aggregator: Arc<Mutex<LoadedAggregator>>,
+    aggregator: Mutex<LoadedAggregator>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -66,8 +56,6 @@ pub enum PluginsError {
     Sensor(#[source] LoadError),
     #[error("loading the aggregator plugin")]
     Aggregator(#[source] LoadError),
-    #[error("a plugin loading task failed")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 impl Plugins {
@@ -78,16 +66,13 @@ impl Plugins {
         config: &AgentConfig,
         telemetry: &Telemetry,
     ) -> Result<Self, PluginsError> {
-        let sensor = {
-            let (engine, path, settings) = (
-                engine.clone(),
-                plugin::resolve(&config.sensor, &config.plugin_dir),
-                config.sensor_settings.clone(),
-            );
-            tokio::task::spawn_blocking(move || SensorPlugin::load(&engine, &path, settings))
-                .await?
-                .map_err(PluginsError::Sensor)?
-        };
+        let sensor = SensorPlugin::load(
+            engine,
+            &plugin::resolve(&config.sensor, &config.plugin_dir),
+            config.sensor_settings.clone(),
+        )
+        .await
+        .map_err(PluginsError::Sensor)?;
         let unit = Some(sensor.metadata().unit.clone()).filter(|u| !u.is_empty());
         let aggregator = Self::load_aggregator_with(
             engine,
@@ -100,17 +85,20 @@ impl Plugins {
             engine: engine.clone(),
             plugin_dir: config.plugin_dir.clone(),
             aggregator_settings: config.aggregator_settings.clone(),
-            aggregator: Arc::new(Mutex::new(LoadedAggregator {
+            aggregator: Mutex::new(LoadedAggregator {
                 name: config.aggregator.clone(),
                 plugin: aggregator,
-            })),
-            sensor: Arc::new(Mutex::new(sensor)),
+            }),
+            sensor: Mutex::new(sensor),
             unit,
         };
-        telemetry.plugin_loaded(PluginKind::Sensor, &plugins.lock_sensor().metadata().name);
+        telemetry.plugin_loaded(
+            PluginKind::Sensor,
+            &plugins.sensor.lock().await.metadata().name,
+        );
         telemetry.plugin_loaded(
             PluginKind::Aggregator,
-            &plugins.lock_aggregator().plugin.metadata().name,
+            &plugins.lock_aggregator().await.plugin.metadata().name,
         );
         Ok(plugins)
     }
@@ -121,22 +109,13 @@ impl Plugins {
         settings: &PluginSettings,
         name: &str,
     ) -> Result<AggregatorPlugin, PluginsError> {
-        let (engine, path, settings) = (
-            engine.clone(),
-            plugin::resolve(name, plugin_dir),
-            settings.clone(),
-        );
-        tokio::task::spawn_blocking(move || AggregatorPlugin::load(&engine, &path, settings))
-            .await?
+        AggregatorPlugin::load(engine, &plugin::resolve(name, plugin_dir), settings.clone())
+            .await
             .map_err(PluginsError::Aggregator)
     }
 
-    fn lock_sensor(&self) -> std::sync::MutexGuard<'_, SensorPlugin> {
-        self.sensor.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_aggregator(&self) -> std::sync::MutexGuard<'_, LoadedAggregator> {
-        self.aggregator.lock().unwrap_or_else(|e| e.into_inner())
+    async fn lock_aggregator(&self) -> MutexGuard<'_, LoadedAggregator> {
+        self.aggregator.lock().await
     }
 
     /// The sensor's unit, sent with every result.
@@ -145,24 +124,19 @@ impl Plugins {
     }
 
     /// One sample of the sensor.
-    pub async fn sample(&self, telemetry: &Arc<Telemetry>) -> Result<f64, PluginCallError> {
-        let (sensor, telemetry) = (self.sensor.clone(), telemetry.clone());
-        let sampled = tokio::task::spawn_blocking(move || {
-            let mut sensor = sensor.lock().unwrap_or_else(|e| e.into_inner());
-            let before = sensor.stats().clone();
-            let sampled = sensor.sample();
-            let name = &sensor.metadata().name;
-            telemetry.plugin_call(PluginKind::Sensor, name, &before, sensor.stats());
-            sampled
-        })
-        .await;
-        Ok(sampled??)
+    pub async fn sample(&self, telemetry: &Arc<Telemetry>) -> Result<f64, CallError> {
+        let mut sensor = self.sensor.lock().await;
+        let before = sensor.stats().clone();
+        let sampled = sensor.sample().await;
+        let name = &sensor.metadata().name;
+        telemetry.plugin_call(PluginKind::Sensor, name, &before, sensor.stats());
+        sampled
     }
 
     /// Loads the aggregator named `wanted` if it is not the one loaded; on failure the
     /// current one stays (logged).
     pub async fn swap_aggregator_if_changed(&self, wanted: &str, telemetry: &Telemetry) {
-        let current = self.lock_aggregator().name.clone();
+        let current = self.lock_aggregator().await.name.clone();
         if wanted == current {
             return;
         }
@@ -177,7 +151,7 @@ impl Plugins {
             Ok(plugin) => {
                 tracing::info!(from = %current, to = %wanted, "aggregator swapped");
                 telemetry.plugin_loaded(PluginKind::Aggregator, &plugin.metadata().name);
-                *self.lock_aggregator() = LoadedAggregator {
+                *self.lock_aggregator().await = LoadedAggregator {
                     name: wanted.to_owned(),
                     plugin,
                 };
@@ -192,43 +166,30 @@ impl Plugins {
     /// Aggregates a round's readings. No readings, or a failed call, is no value: the round
     /// publishes nothing (logged, counted).
     pub async fn aggregate(&self, readings: &[Reading], telemetry: &Arc<Telemetry>) -> Aggregated {
-        let (aggregator, readings, telemetry) = (
-            self.aggregator.clone(),
-            readings.to_vec(),
-            telemetry.clone(),
+        let mut loaded = self.lock_aggregator().await;
+        let meta = loaded.plugin.metadata();
+        let (name, aggregator) = (meta.name.clone(), format!("{}@{}", meta.name, meta.version));
+        if readings.is_empty() {
+            return Aggregated {
+                value: None,
+                aggregator,
+            };
+        }
+        let before = loaded.plugin.stats().clone();
+        let value = loaded.plugin.aggregate(readings).await;
+        telemetry.plugin_call(
+            PluginKind::Aggregator,
+            &name,
+            &before,
+            loaded.plugin.stats(),
         );
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut loaded = aggregator.lock().unwrap_or_else(|e| e.into_inner());
-            let meta = loaded.plugin.metadata();
-            let (name, label) = (meta.name.clone(), format!("{}@{}", meta.name, meta.version));
-            if readings.is_empty() {
-                return (Ok(None), label);
-            }
-            let before = loaded.plugin.stats().clone();
-            let value = loaded.plugin.aggregate(&readings);
-            telemetry.plugin_call(
-                PluginKind::Aggregator,
-                &name,
-                &before,
-                loaded.plugin.stats(),
-            );
-            (value, label)
-        })
-        .await;
-        match outcome {
-            Ok((Ok(value), aggregator)) => Aggregated { value, aggregator },
-            Ok((Err(err), aggregator)) => {
+        match value {
+            Ok(value) => Aggregated { value, aggregator },
+            Err(err) => {
                 tracing::warn!(error = %err, "aggregation failed: this round publishes nothing");
                 Aggregated {
                     value: None,
                     aggregator,
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "aggregation task failed");
-                Aggregated {
-                    value: None,
-                    aggregator: String::new(),
                 }
             }
         }

@@ -1,13 +1,30 @@
 //! The health verdict behind `GET /healthz`: unhealthy before the first connection, while
 //! the session is lost (expired, closed, or disconnected for longer than the session
-//! timeout), and when no round has closed for `unhealthy_after_periods` sampling periods.
+//! timeout), when no round has closed for `unhealthy_after_periods` sampling periods, and
+//! while a plugin has failed [`PLUGIN_FAILURES_UNHEALTHY`] calls in a row (a stuck or broken
+//! sensor: the device is up, but measures nothing).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::metrics::state_name;
-use crate::coord::SessionStatus;
+use crate::{
+    coord::SessionStatus,
+    plugin::{PluginKind, PluginStats},
+};
+
+/// Failed plugin calls in a row that make the agent unhealthy. One slow sample is not a
+/// broken sensor; three in a row (the default back-off threshold) are.
+pub const PLUGIN_FAILURES_UNHEALTHY: u32 = 3;
+
+/// The last word on one plugin.
+#[derive(Clone, Debug)]
+struct PluginHealth {
+    name: String,
+    consecutive_failures: u32,
+    last_failure: Option<String>,
+}
 
 /// The `/healthz` answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -34,6 +51,9 @@ pub(super) struct HealthTracker {
     session: Option<(SessionStatus, Instant)>,
     /// The last round this agent saw open (its predecessor closed then).
     last_round: Option<(u64, Instant)>,
+    /// After each call of the sensor and of the aggregator.
+    sensor: Option<PluginHealth>,
+    aggregator: Option<PluginHealth>,
 }
 
 impl HealthTracker {
@@ -44,6 +64,20 @@ impl HealthTracker {
             started: Instant::now(),
             session: None,
             last_round: None,
+            sensor: None,
+            aggregator: None,
+        }
+    }
+
+    pub(super) fn plugin(&mut self, kind: PluginKind, name: &str, stats: &PluginStats) {
+        let health = Some(PluginHealth {
+            name: name.to_owned(),
+            consecutive_failures: stats.consecutive_failures,
+            last_failure: stats.last_failure.clone(),
+        });
+        match kind {
+            PluginKind::Sensor => self.sensor = health,
+            PluginKind::Aggregator => self.aggregator = health,
         }
     }
 
@@ -104,6 +138,21 @@ impl HealthTracker {
                 ));
             }
         }
+        for (kind, plugin) in [
+            (PluginKind::Sensor, &self.sensor),
+            (PluginKind::Aggregator, &self.aggregator),
+        ] {
+            if let Some(p) = plugin
+                && p.consecutive_failures >= PLUGIN_FAILURES_UNHEALTHY
+            {
+                problems.push(format!(
+                    "the {kind} plugin {} has failed its last {} calls (last: {})",
+                    p.name,
+                    p.consecutive_failures,
+                    p.last_failure.as_deref().unwrap_or("unknown")
+                ));
+            }
+        }
         Health {
             healthy: problems.is_empty(),
             device: device.to_owned(),
@@ -113,5 +162,45 @@ impl HealthTracker {
             sampling_period_seconds: period.map_or(0.0, |p| p.as_secs_f64()),
             problems,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(consecutive_failures: u32) -> PluginStats {
+        PluginStats {
+            consecutive_failures,
+            last_failure: Some("exceeded its time limit of 500ms per call".into()),
+            ..PluginStats::default()
+        }
+    }
+
+    #[test]
+    fn a_sensor_failing_call_after_call_is_the_named_cause() {
+        let mut tracker = HealthTracker::new(Duration::from_secs(4), 5);
+        tracker.session(SessionStatus::Connected { generation: 1 });
+        tracker.plugin(PluginKind::Sensor, "stuck", &stats(2));
+        assert!(
+            tracker.verdict("1", None).healthy,
+            "two slow samples are not a broken sensor"
+        );
+        tracker.plugin(PluginKind::Sensor, "stuck", &stats(3));
+        let verdict = tracker.verdict("1", None);
+        assert!(!verdict.healthy);
+        assert_eq!(
+            verdict.problems,
+            vec![
+                "the sensor plugin stuck has failed its last 3 calls (last: exceeded its time \
+                 limit of 500ms per call)"
+                    .to_owned()
+            ]
+        );
+        tracker.plugin(PluginKind::Sensor, "stuck", &stats(0));
+        assert!(
+            tracker.verdict("1", None).healthy,
+            "one good call clears it"
+        );
     }
 }

@@ -107,6 +107,7 @@ pub(super) struct Metrics {
     plugin_failures: Family<PluginLabels, Counter>,
     plugin_guest_errors: Family<PluginLabels, Counter>,
     plugin_backed_off: Family<PluginLabels, Counter>,
+    plugin_logs_suppressed: Family<PluginLabels, Counter>,
     plugin_call_seconds: HistogramFamily<KindLabels>,
     publish_backlog: Gauge,
     published: Family<OutcomeLabels, Counter>,
@@ -245,6 +246,11 @@ impl Metrics {
                 "Plugin calls refused while backing off after repeated failures",
                 Family::default()
             ),
+            plugin_logs_suppressed: metric!(
+                "plugin_log_lines_suppressed",
+                "Plugin log lines dropped over the plugin's log budget",
+                Family::default()
+            ),
             plugin_call_seconds: metric!(
                 "plugin_call_duration_seconds",
                 "Time inside a plugin per call, instantiation included, by kind",
@@ -306,6 +312,7 @@ impl Metrics {
             &self.plugin_failures,
             &self.plugin_guest_errors,
             &self.plugin_backed_off,
+            &self.plugin_logs_suppressed,
         ] {
             let _ = family.get_or_create(&labels);
         }
@@ -389,6 +396,12 @@ impl Metrics {
             self.plugin_backed_off
                 .get_or_create(&labels)
                 .inc_by(backed_off);
+        }
+        let suppressed = delta(|s| s.logs_suppressed);
+        if suppressed > 0 {
+            self.plugin_logs_suppressed
+                .get_or_create(&labels)
+                .inc_by(suppressed);
         }
         let busy = after.busy.saturating_sub(before.busy);
         if backed_off == 0 {

@@ -148,6 +148,7 @@ impl Telemetry {
         after: &PluginStats,
     ) {
         self.metrics.plugin_call(kind, plugin, before, after);
+        self.health_tracker().plugin(kind, plugin, after);
     }
 }
 
