@@ -595,6 +595,116 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     fleet.stop_all().await;
 }
 
+/// Writes `NAME.toml`: the fleet's agent.toml with `sensor` and `extra` tables added.
+fn config_with_sensor(fleet: &Fleet, name: &str, sensor: &Path, extra: &str) -> PathBuf {
+    let path = fleet.dir.path().join(format!("{name}.toml"));
+    let base = std::fs::read_to_string(fleet.dir.path().join("agent.toml")).unwrap();
+    std::fs::write(
+        &path,
+        base.replace(
+            "[plugins]\n",
+            &format!("[plugins]\nsensor = \"{}\"\n", sensor.display()),
+        ) + extra,
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_that_sleeps_or_floods_the_log_costs_its_reading_only() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    fleet.spawn("1");
+    let sensor = fixture("misbehaving-sensor");
+    // Device 2 sleeps an hour in every sample; device 3 logs 5000 lines per sample.
+    let sleepy = config_with_sensor(
+        &fleet,
+        "sleepy",
+        &sensor,
+        "[plugins.sensor_config]\nmode = \"sleep\"\n[plugins.limits]\ntimeout_ms = 300\n",
+    );
+    let noisy = config_with_sensor(
+        &fleet,
+        "noisy",
+        &sensor,
+        "[plugins.sensor_config]\nmode = \"flood\"\nlines = 5000\n",
+    );
+    fleet.spawn_with_config("2", &sleepy);
+    fleet.spawn_with_config("3", &noisy);
+    let started = Instant::now();
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    for id in ["1", "2", "3"] {
+        wait_until(
+            &format!("device {id} to join"),
+            Duration::from_secs(30),
+            || async {
+                client
+                    .check_stat(&paths::device(id))
+                    .await
+                    .is_ok_and(|s| s.is_some())
+            },
+        )
+        .await;
+    }
+    let open = barrier::current(&client).await.unwrap().round;
+    wait_until(
+        "6 rounds opened after every device joined",
+        Duration::from_secs(60),
+        || async { fleet.rounds_after(open).await.len() >= 6 },
+    )
+    .await;
+    // Rounds go on, on time; the sleeping device's reading is just missing.
+    for r in fleet.rounds_after(open).await {
+        assert_eq!(r["devices"], serde_json::json!(["1", "3"]), "{r}");
+    }
+
+    // The sleeping device keeps its session and says why it is unhealthy.
+    let (status, health) = fleet.health("2").await.expect("device 2 answers /healthz");
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["session"], "connected", "{health}");
+    let problems = health["problems"].to_string();
+    assert!(
+        problems.contains("the sensor plugin misbehaving-sensor has failed its last")
+            && problems.contains("exceeded its time limit of 300ms per call"),
+        "{health}"
+    );
+    assert!(
+        client
+            .check_stat(&paths::device("2"))
+            .await
+            .is_ok_and(|s| s.is_some()),
+        "device 2 is still a member"
+    );
+    drop(client);
+    admin.close().await;
+
+    // The noisy device's log stays within its budget: a burst of 100, then 10 a second.
+    let log = fleet.log("agent-3.log");
+    let flood = log.lines().filter(|l| l.contains("flood line")).count();
+    let allowed = 100 + (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert!(
+        flood <= allowed,
+        "{flood} flood lines logged, at most {allowed} allowed"
+    );
+    assert!(
+        log.contains("over the plugin's budget"),
+        "summaries are logged"
+    );
+
+    // SIGTERM ends the sleeping device at once: its call in progress is dropped.
+    let stopping = Instant::now();
+    let status = fleet.signal("2", "TERM").wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        stopping.elapsed()
+    );
+    final_check(&mut fleet).await;
+    fleet.stop_all().await;
+}
+
 fn fleetmeter(fleet: &Fleet, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
         .args(args)

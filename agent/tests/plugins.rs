@@ -308,56 +308,6 @@ async fn files_that_are_not_components_are_refused_clearly() {
 }
 
 #[tokio::test]
-async fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_replaced() {
-    let cache = tempfile::tempdir().unwrap();
-    let new_engine = || {
-        PluginEngine::new(EngineOptions {
-            cache_dir: Some(cache.path().to_owned()),
-            ..EngineOptions::default()
-        })
-        .unwrap()
-    };
-    let path = plugin("median");
-    let first = new_engine().compile(&path).unwrap();
-    assert!(!first.from_cache);
-    let entries: Vec<_> = std::fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let entry = &entries[0];
-    assert!(
-        entry
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with(&first.sha256)
-    );
-
-    // A restart (new engine) loads the compiled code instead of compiling again.
-    {
-        let second = new_engine().compile(&path).unwrap();
-        assert!(second.from_cache);
-        let mut median = AggregatorPlugin::load(&new_engine(), &path, settings(&[]))
-            .await
-            .unwrap();
-        assert_eq!(
-            median.aggregate(&readings(&[5.0, 1.0, 9.0])).await.unwrap(),
-            Some(5.0)
-        );
-    } // Components loaded from the cache map the file: they are gone before it is damaged.
-
-    // A damaged entry (replaced, as a partial copy by hand would) is ignored, recompiled
-    // and rewritten.
-    let damaged = cache.path().join("damaged.tmp");
-    std::fs::write(&damaged, b"garbage").unwrap();
-    std::fs::rename(&damaged, entry).unwrap();
-    let third = new_engine().compile(&path).unwrap();
-    assert!(!third.from_cache);
-    assert!(new_engine().compile(&path).unwrap().from_cache);
-}
-
-#[tokio::test]
 async fn inspect_reports_world_metadata_and_problems() {
     let engine = engine();
     let mean = inspect(&engine, &plugin("mean")).await.unwrap();
