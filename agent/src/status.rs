@@ -90,9 +90,13 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
     })
 }
 
+/// The status for a terminal. Every string read from ZooKeeper (ids, configuration values)
+/// is escaped onto one line: anyone who can write a node cannot forge lines or recolour the
+/// operator's terminal.
 pub fn render(status: &Status) -> String {
+    use crate::text::one_line;
     let mut out = String::new();
-    let leader = status.leader.as_deref().unwrap_or("none");
+    let leader = one_line(status.leader.as_deref().unwrap_or("none"));
     out.push_str(&format!("fleet:    {}\n", status.root));
     out.push_str(&format!("leader:   {leader}\n"));
     out.push_str(&format!("round:    {}\n", status.round));
@@ -111,16 +115,18 @@ pub fn render(status: &Status) -> String {
         match &m.reading {
             Some(r) => out.push_str(&format!(
                 "  {}{mark}: {} in round {}\n",
-                m.id, r.value, r.round
+                one_line(&m.id),
+                r.value,
+                r.round
             )),
-            None => out.push_str(&format!("  {}{mark}: no reading yet\n", m.id)),
+            None => out.push_str(&format!("  {}{mark}: no reading yet\n", one_line(&m.id))),
         }
     }
     out.push_str("config:\n");
     for (key, value) in &status.config {
         out.push_str(&format!(
             "  {key} = {}\n",
-            value.as_deref().unwrap_or("(not set)")
+            one_line(value.as_deref().unwrap_or("(not set)"))
         ));
     }
     out
@@ -188,4 +194,39 @@ pub async fn set(session: &Session, key: Key, value: &str) -> Result<(), SetErro
         Err(e) => return Err(CoordError::zk("set", &path, e).into()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_escapes_everything_read_from_zookeeper() {
+        let forged = "x\n2026-01-01T00:00:00Z ERROR forged\x1b[31m";
+        let status = Status {
+            root: "/fleetmeter".into(),
+            leader: Some(forged.into()),
+            contenders: vec![forged.into()],
+            members: vec![Member {
+                id: "d\u{202e}1".into(),
+                reading: None,
+            }],
+            round: 1,
+            counter: 0,
+            backlog: 0,
+            config: BTreeMap::from([("api_url".to_owned(), Some(forged.to_owned()))]),
+        };
+        let text = render(&status);
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{202e}'),
+            "{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("2026")),
+            "a forged line: {text}"
+        );
+        assert!(text.contains(r"leader:   x\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m"));
+        assert!(text.contains(r"  d\u{202e}1: no reading yet"));
+        assert!(text.contains(r"  api_url = x\n2026"));
+    }
 }

@@ -24,7 +24,9 @@ pub(super) async fn run(command: ConfigCommand) -> Result<ExitCode> {
             }
             session.close().await;
             for (name, value) in values {
+                // Anyone with write access to the node could have put anything there.
                 let value = value?.unwrap_or_else(|| "(not set)".into());
+                let value = crate::text::one_line(&value);
                 if keys.len() == 1 {
                     println!("{value}");
                 } else {

@@ -19,6 +19,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::Error;
 
 use super::{CoordError, Session, paths::CONFIG, persistent, wait_for_change};
+use crate::text;
 
 /// Shortest and longest sampling period accepted.
 pub const MIN_PERIOD: Duration = Duration::from_millis(100);
@@ -175,7 +176,7 @@ pub async fn start(
             .await
         {
             Ok(_) => {
-                tracing::info!(key = key.name(), value = %seed, "seeded dynamic configuration")
+                tracing::info!(key = key.name(), value = %text::one_line(&seed), "seeded dynamic configuration")
             }
             Err(Error::NodeExists) => {}
             Err(e) => return Err(CoordError::zk("create", &key.path(), e)),
@@ -252,9 +253,12 @@ async fn follow(
         let watcher = match client.get_and_watch_data(&path).await {
             Ok((data, _, watcher)) => {
                 let raw = String::from_utf8_lossy(&data).trim().to_owned();
+                // What the node holds goes into logs escaped and cut: anyone who can write
+                // it must not be able to forge log lines or fill the log.
+                let shown = text::one_line_bounded(&raw, 256);
                 match apply(&raw) {
                     Ok(true) => {
-                        tracing::info!(key = key.name(), value = %raw, "configuration changed");
+                        tracing::info!(key = key.name(), value = %shown, "configuration changed");
                         last_rejected = None;
                     }
                     Ok(false) => last_rejected = None,
@@ -262,7 +266,7 @@ async fn follow(
                         // Count and warn once per bad value, not at every reconnect.
                         if last_rejected.as_deref() != Some(raw.as_str()) {
                             rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(key = key.name(), value = %raw, %reason, "rejected configuration value; keeping the last good one");
+                            tracing::warn!(key = key.name(), value = %shown, reason = %text::one_line(&reason.to_string()), "rejected configuration value; keeping the last good one");
                             last_rejected = Some(raw);
                         }
                     }

@@ -78,6 +78,9 @@ pub async fn sorted_nodes(client: &Client) -> Result<Vec<String>, Error> {
     Ok(children)
 }
 
+/// The most of an election node's data kept as its device id.
+const MAX_ID_BYTES: usize = 256;
+
 /// The contenders' device ids in election order (what kazoo's `contenders()` returns).
 pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
     let nodes = match sorted_nodes(client).await {
@@ -89,7 +92,9 @@ pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
     for node in nodes {
         let path = format!("{ELECTION}/{node}");
         match client.get_data(&path).await {
-            Ok((data, _)) => ids.push(String::from_utf8_lossy(&data).into_owned()),
+            // A device id; whoever wrote the node, keep no more than an id's worth.
+            Ok((data, _)) => ids
+                .push(String::from_utf8_lossy(&data[..data.len().min(MAX_ID_BYTES)]).into_owned()),
             Err(Error::NoNode) => {} // left while we looked
             Err(e) => return Err(CoordError::zk("read", &path, e)),
         }

@@ -21,6 +21,7 @@ use super::{
     paths::{self, DEVICES},
     persistent, wait_for_change,
 };
+use crate::text;
 
 /// Checks a device id can name a node: 1–128 characters, no `/`, not `.` or `..`.
 pub fn validate_id(id: &str) -> Result<(), CoordError> {
@@ -203,15 +204,15 @@ async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
                 let now: BTreeSet<String> = children.into_iter().collect();
                 if let Some(before) = &known {
                     for joined in now.difference(before) {
-                        tracing::info!(device = %joined, "device joined");
+                        tracing::info!(device = %text::one_line(joined), "device joined");
                     }
                     for left in before.difference(&now) {
-                        tracing::info!(device = %left, "device left");
+                        tracing::info!(device = %text::one_line(left), "device left");
                     }
                 }
                 if known.as_ref() != Some(&now) {
                     let members: Vec<String> = now.iter().cloned().collect();
-                    tracing::info!(?members, count = members.len(), "devices connected");
+                    tracing::info!(members = %text::one_line(&members.join(", ")), count = members.len(), "devices connected");
                     tx.send_replace(members);
                     known = Some(now);
                 }

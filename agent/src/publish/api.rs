@@ -108,7 +108,7 @@ impl ApiClient {
             });
         }
         // The answer goes into logs: one line, control characters escaped.
-        let body = body.trim().escape_debug().to_string();
+        let body = crate::text::one_line(body.trim()).into_owned();
         if status.is_server_error()
             || status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
