@@ -332,3 +332,31 @@ async fn inspect_reports_world_metadata_and_problems() {
     let future = inspect(&engine, &fixture("future-contract")).await.unwrap();
     assert!(future.problem.unwrap().contains("@0.2.0"));
 }
+
+/// The metadata limits the agent enforces at load are within what the measurements API
+/// accepts: a plugin at every limit at once still makes publishable rounds.
+#[test]
+fn the_largest_metadata_a_plugin_may_declare_makes_a_round_the_api_accepts() {
+    use fleetmeter::plugin::{MAX_NAME_LEN, MAX_UNIT_CHARS, MAX_VERSION_LEN};
+    let round = fleetmeter::wire::RoundResult {
+        round: 1,
+        value: 21.5,
+        count: 1,
+        devices: vec!["1".into()],
+        aggregator: format!(
+            "{}@{}",
+            "n".repeat(MAX_NAME_LEN),
+            "9".repeat(MAX_VERSION_LEN)
+        ),
+        leader: "1".into(),
+        ts: 1_764_201_600_000,
+        unit: Some("°".repeat(MAX_UNIT_CHARS)),
+    };
+    let json = serde_json::to_string(&round).unwrap();
+    let stored: fleetmeter_api::round::Round = serde_json::from_str(&json).unwrap();
+    assert_eq!(stored.validate().map_err(|e| e.to_string()), Ok(()));
+    // One more unit character and the API refuses: the agent's limit is the API's.
+    let over = json.replace(&"°".repeat(MAX_UNIT_CHARS), &"°".repeat(MAX_UNIT_CHARS + 1));
+    let stored: fleetmeter_api::round::Round = serde_json::from_str(&over).unwrap();
+    assert!(stored.validate().is_err());
+}
