@@ -224,6 +224,31 @@ impl Fleet {
         .unwrap()
     }
 
+    /// Waits until every device in `ids` has joined; returns the round open then. That round
+    /// may have opened before a device joined (a late joiner rightly misses it); every later
+    /// round opens with all of them as members.
+    async fn round_once_joined(&self, ids: &[&str]) -> u64 {
+        let admin = self.admin().await;
+        let client = admin.client().unwrap();
+        for id in ids {
+            wait_until(
+                &format!("device {id} to join"),
+                Duration::from_secs(30),
+                || async {
+                    client
+                        .check_stat(&paths::device(id))
+                        .await
+                        .is_ok_and(|s| s.is_some())
+                },
+            )
+            .await;
+        }
+        let open = barrier::current(&client).await.unwrap().round;
+        drop(client);
+        admin.close().await;
+        open
+    }
+
     async fn stop_all(&mut self) {
         self.agents.kill_all();
         self.stop_api();
@@ -532,40 +557,14 @@ async fn a_device_whose_sensor_traps_contributes_nothing_and_the_fleet_goes_on()
     fleet.spawn("1");
     fleet.spawn("2");
     // Device 3 runs the misbehaving fixture, trapping on every sample.
-    let trap_toml = fleet.dir.path().join("trap.toml");
-    let base = std::fs::read_to_string(fleet.dir.path().join("agent.toml")).unwrap();
-    std::fs::write(
-        &trap_toml,
-        base.replace(
-            "[plugins]\n",
-            &format!(
-                "[plugins]\nsensor = \"{}\"\n",
-                fixture("misbehaving-sensor").display()
-            ),
-        ) + "[plugins.sensor_config]\nmode = \"trap\"\n",
-    )
-    .unwrap();
+    let trap_toml = config_with_sensor(
+        &fleet,
+        "trap",
+        &fixture("misbehaving-sensor"),
+        "[plugins.sensor_config]\nmode = \"trap\"\n",
+    );
     fleet.spawn_with_config("3", &trap_toml);
-    let admin = fleet.admin().await;
-    let client = admin.client().unwrap();
-    for id in ["1", "2", "3"] {
-        wait_until(
-            &format!("device {id} to join"),
-            Duration::from_secs(30),
-            || async {
-                client
-                    .check_stat(&paths::device(id))
-                    .await
-                    .is_ok_and(|s| s.is_some())
-            },
-        )
-        .await;
-    }
-    // The round open now may have opened before a device joined (a late joiner rightly
-    // misses it); every later round opened with all three devices as members.
-    let open = barrier::current(&client).await.unwrap().round;
-    drop(client);
-    admin.close().await;
+    let open = fleet.round_once_joined(&["1", "2", "3"]).await;
     wait_until(
         "5 rounds opened after every device joined",
         Duration::from_secs(60),
@@ -632,22 +631,7 @@ async fn a_sensor_that_sleeps_or_floods_the_log_costs_its_reading_only() {
     fleet.spawn_with_config("2", &sleepy);
     fleet.spawn_with_config("3", &noisy);
     let started = Instant::now();
-    let admin = fleet.admin().await;
-    let client = admin.client().unwrap();
-    for id in ["1", "2", "3"] {
-        wait_until(
-            &format!("device {id} to join"),
-            Duration::from_secs(30),
-            || async {
-                client
-                    .check_stat(&paths::device(id))
-                    .await
-                    .is_ok_and(|s| s.is_some())
-            },
-        )
-        .await;
-    }
-    let open = barrier::current(&client).await.unwrap().round;
+    let open = fleet.round_once_joined(&["1", "2", "3"]).await;
     wait_until(
         "6 rounds opened after every device joined",
         Duration::from_secs(60),
@@ -669,6 +653,8 @@ async fn a_sensor_that_sleeps_or_floods_the_log_costs_its_reading_only() {
             && problems.contains("exceeded its time limit of 300ms per call"),
         "{health}"
     );
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
     assert!(
         client
             .check_stat(&paths::device("2"))
