@@ -32,6 +32,9 @@ COPY plugins/thermal-zone/Cargo.toml plugins/thermal-zone/
 COPY plugins/fixtures/misbehaving-sensor/Cargo.toml plugins/fixtures/misbehaving-sensor/
 COPY plugins/fixtures/nondeterministic-aggregator/Cargo.toml plugins/fixtures/nondeterministic-aggregator/
 COPY plugins/fixtures/future-contract/Cargo.toml plugins/fixtures/future-contract/
+COPY plugins/fixtures/raw-sensor/Cargo.toml plugins/fixtures/raw-sensor/
+COPY plugins/fixtures/misbehaving-aggregator/Cargo.toml plugins/fixtures/misbehaving-aggregator/
+COPY plugins/fixtures/stuck-describe/Cargo.toml plugins/fixtures/stuck-describe/
 COPY scripts/stub-sources scripts/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     scripts/stub-sources \
