@@ -193,6 +193,7 @@ mod tests {
                 leader: "<script>".into(),
                 ts: 1_766_334_379_000,
                 unit: Some("°C".into()),
+                counter: None,
             })
             .collect();
         let html = render("host-1", &rounds, &[]);

@@ -29,8 +29,9 @@ use crate::{
     store::{PutOutcome, StoreError},
 };
 
-/// Largest accepted request body.
-pub const MAX_BODY: usize = 256 * 1024;
+/// Largest accepted request body: the largest valid round (10,000 devices with the longest
+/// ids), from the shared wire contract.
+pub const MAX_BODY: usize = fleetmeter_wire::MAX_ROUND_JSON;
 /// Default and largest `limit` of `GET /api/v1/rounds`.
 pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 1000;
