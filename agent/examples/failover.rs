@@ -16,7 +16,9 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use fleetmeter::coord::{Session, ZkSettings, barrier, counter, election, paths};
+use fleetmeter::coord::{
+    Session, ZkSettings, barrier, barrier::RoundState, counter, election, paths,
+};
 use fleetmeter_testkit::{
     fleet::{Agents, agent_toml},
     zk::ZkServer,
@@ -46,11 +48,18 @@ struct Args {
 }
 
 /// Waits, on a ZooKeeper watch, for a round committed after round `after` opened.
-async fn next_round(observer: &Session, after: u64, deadline: Duration) -> Result<()> {
+async fn next_round(observer: &Session, after: RoundState, deadline: Duration) -> Result<()> {
     tokio::time::timeout(deadline, barrier::wait_for_round(observer, Some(after)))
         .await
-        .with_context(|| format!("no round after {after} within {deadline:?}"))??;
+        .with_context(|| format!("no round after {} within {deadline:?}", after.round))??;
     Ok(())
+}
+
+/// The fleet's round now.
+async fn round_now(client: &fleetmeter::coord::zk::Client) -> Result<RoundState> {
+    barrier::current(client)
+        .await?
+        .context("the fleet has no round yet")
 }
 
 fn summary(label: &str, mut times: Vec<Duration>, reference_text: &str, reference: Duration) {
@@ -143,8 +152,9 @@ async fn main() -> Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let start = barrier::current(&client).await?.round;
-        next_round(&observer, start + 1, 10 * period + session_timeout).await?;
+        let start = round_now(&client).await?;
+        let opened = barrier::wait_for_round(&observer, Some(start)).await?;
+        next_round(&observer, opened, 10 * period + session_timeout).await?;
         tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
 
         let signal = if trial % 2 == 0 { "KILL" } else { "TERM" };
@@ -157,7 +167,7 @@ async fn main() -> Result<()> {
         let signalled = Instant::now();
         child.wait()?;
         // A dead process commits nothing more: the next round is the new leader's.
-        let last = barrier::current(&client).await?.round;
+        let last = round_now(&client).await?;
         next_round(&observer, last, 4 * (session_timeout + period)).await?;
         let took = signalled.elapsed();
         let now_leading = election::contenders(&client).await?;

@@ -14,6 +14,7 @@ use crate::{
         paths::{self, DEVICES, RESULTS},
         persistent,
     },
+    publish::outbox::{self, Ledger},
     wire::DeviceReading,
 };
 
@@ -33,11 +34,16 @@ pub struct Status {
     /// Election order (the leader first).
     pub contenders: Vec<String>,
     pub members: Vec<Member>,
-    /// The round devices sample now.
-    pub round: u64,
-    pub counter: i64,
+    /// The round devices sample now; `None` until the leader starts the fleet's state.
+    pub round: Option<u64>,
+    /// `None` until the leader starts the fleet's state.
+    pub counter: Option<i64>,
     /// Committed results not yet accepted by the API.
     pub backlog: usize,
+    /// Results the API refused, kept in `{root}/rejected` (`fleetmeter outbox list`).
+    pub rejected: Vec<u64>,
+    /// The outbox's ledger (waiting plus refused), as the leader keeps it.
+    pub outbox: Option<Ledger>,
     pub config: BTreeMap<String, Option<String>>,
 }
 
@@ -81,8 +87,10 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
     Ok(Status {
         root: session.settings().root.clone(),
         leader: contenders.first().cloned(),
-        round: barrier::current(&client).await?.round,
-        counter: counter::read(&client).await?.value,
+        round: barrier::current(&client).await?.map(|s| s.round),
+        counter: counter::peek(&client).await?,
+        rejected: outbox::rejected_rounds(&client).await?,
+        outbox: outbox::peek_ledger(&client).await?,
         contenders,
         members,
         backlog,
@@ -99,12 +107,47 @@ pub fn render(status: &Status) -> String {
     let leader = one_line(status.leader.as_deref().unwrap_or("none"));
     out.push_str(&format!("fleet:    {}\n", status.root));
     out.push_str(&format!("leader:   {leader}\n"));
-    out.push_str(&format!("round:    {}\n", status.round));
-    out.push_str(&format!("counter:  {}\n", status.counter));
+    match status.round {
+        Some(round) => out.push_str(&format!("round:    {round}\n")),
+        None => out.push_str(
+            "round:    not started (the leader starts it once the API says where rounds continue)\n",
+        ),
+    }
+    match status.counter {
+        Some(counter) => out.push_str(&format!("counter:  {counter}\n")),
+        None => out.push_str("counter:  not started\n"),
+    }
     out.push_str(&format!(
         "backlog:  {} result(s) waiting for the API\n",
         status.backlog
     ));
+    if status.rejected.is_empty() {
+        out.push_str("rejected: none\n");
+    } else {
+        let shown: Vec<String> = status
+            .rejected
+            .iter()
+            .take(10)
+            .map(u64::to_string)
+            .collect();
+        let more = status.rejected.len().saturating_sub(shown.len());
+        out.push_str(&format!(
+            "rejected: {} round(s) the API refused: {}{} (fleetmeter outbox list)\n",
+            status.rejected.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if let Some(ledger) = status.outbox {
+        out.push_str(&format!(
+            "outbox:   {} round(s), {} bytes\n",
+            ledger.rounds, ledger.bytes
+        ));
+    }
     out.push_str(&format!("members:  {}\n", status.members.len()));
     for m in &status.members {
         let mark = if Some(&m.id) == status.leader.as_ref() {
@@ -211,9 +254,11 @@ mod tests {
                 id: "d\u{202e}1".into(),
                 reading: None,
             }],
-            round: 1,
-            counter: 0,
+            round: Some(1),
+            counter: Some(0),
             backlog: 0,
+            rejected: vec![7],
+            outbox: None,
             config: BTreeMap::from([("api_url".to_owned(), Some(forged.to_owned()))]),
         };
         let text = render(&status);

@@ -195,7 +195,7 @@ async fn a_fenced_commit_fails_once_the_leader_is_deposed() {
         let client = client.clone();
         let node = node.clone();
         async move {
-            let round = barrier::current(&client).await.unwrap();
+            let round = barrier::current(&client).await.unwrap().unwrap();
             let count = counter::read(&client).await.unwrap();
             let mut multi = client.new_multi_writer();
             multi.add_check_version(&node, 0).unwrap();
@@ -207,7 +207,7 @@ async fn a_fenced_commit_fails_once_the_leader_is_deposed() {
     commit(3).await.expect("the leader commits");
     commit(2).await.expect("and again");
     assert_eq!(counter::read(&client).await.unwrap().value, 5);
-    assert_eq!(barrier::current(&client).await.unwrap().round, 3);
+    assert_eq!(barrier::current(&client).await.unwrap().unwrap().round, 3);
 
     // Deposed (its node deleted): the same commit must change nothing.
     client.delete(&node, None).await.unwrap();
@@ -216,7 +216,7 @@ async fn a_fenced_commit_fails_once_the_leader_is_deposed() {
         "a deposed leader's write is fenced off"
     );
     assert_eq!(counter::read(&client).await.unwrap().value, 5);
-    assert_eq!(barrier::current(&client).await.unwrap().round, 3);
+    assert_eq!(barrier::current(&client).await.unwrap().unwrap().round, 3);
     drop(client);
     a.close().await;
 }
@@ -227,10 +227,11 @@ async fn devices_wait_on_the_round_barrier() {
     let s = session(&zk, Duration::from_secs(4)).await;
     let client = s.client().unwrap();
     barrier::ensure(&client).await.unwrap();
-    assert_eq!(barrier::wait_for_round(&s, None).await.unwrap(), 1);
+    let first = barrier::wait_for_round(&s, None).await.unwrap();
+    assert_eq!(first.round, 1);
     let waiter = {
         let s = s.clone();
-        tokio::spawn(async move { barrier::wait_for_round(&s, Some(1)).await })
+        tokio::spawn(async move { barrier::wait_for_round(&s, Some(first)).await })
     };
     wait_until(
         "the waiter to watch the round",
@@ -239,16 +240,16 @@ async fn devices_wait_on_the_round_barrier() {
     )
     .await;
     assert!(!waiter.is_finished(), "round 1 is done: wait for the next");
-    let round = barrier::current(&client).await.unwrap();
+    let round = barrier::current(&client).await.unwrap().unwrap();
     let mut multi = client.new_multi_writer();
     barrier::add_release(&mut multi, round).unwrap();
     multi.commit().await.unwrap();
-    assert_eq!(waiter.await.unwrap().unwrap(), 2);
+    assert_eq!(waiter.await.unwrap().unwrap().round, 2);
     // A stale release (old version) is refused: a round is never released twice.
     let mut multi = client.new_multi_writer();
     barrier::add_release(&mut multi, round).unwrap();
     assert!(multi.commit().await.is_err());
-    assert_eq!(barrier::current(&client).await.unwrap().round, 2);
+    assert_eq!(barrier::current(&client).await.unwrap().unwrap().round, 2);
     drop(client);
     s.close().await;
 }

@@ -192,7 +192,7 @@ print(b.wait(30), flush=True)
 zk.stop()",
     );
     assert_eq!(next_line(&mut lines, "WAITING").await, "WAITING");
-    let round = barrier::current(&client).await.unwrap();
+    let round = barrier::current(&client).await.unwrap().unwrap();
     wait_until(
         "kazoo's watch on the barrier",
         Duration::from_secs(20),

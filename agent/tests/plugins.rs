@@ -338,7 +338,7 @@ async fn inspect_reports_world_metadata_and_problems() {
 #[test]
 fn the_largest_metadata_a_plugin_may_declare_makes_a_round_the_api_accepts() {
     use fleetmeter::plugin::{MAX_NAME_LEN, MAX_UNIT_CHARS, MAX_VERSION_LEN};
-    let round = fleetmeter::wire::RoundResult {
+    let round = fleetmeter::wire::Round {
         round: 1,
         value: 21.5,
         count: 1,
@@ -351,6 +351,7 @@ fn the_largest_metadata_a_plugin_may_declare_makes_a_round_the_api_accepts() {
         leader: "1".into(),
         ts: 1_764_201_600_000,
         unit: Some("°".repeat(MAX_UNIT_CHARS)),
+        counter: None,
     };
     let json = serde_json::to_string(&round).unwrap();
     let stored: fleetmeter_api::round::Round = serde_json::from_str(&json).unwrap();

@@ -12,7 +12,7 @@ use std::{
 use fleetmeter::{
     config::{PublishFormat, PublishSettings},
     publish::{Delivery, Publisher, SendError},
-    wire::RoundResult,
+    wire::Round,
 };
 use support::{free_port, redis::RedisServer, wait_until};
 
@@ -67,11 +67,15 @@ fn settings(format: PublishFormat, token: Option<&str>) -> PublishSettings {
         timeout: Duration::from_secs(2),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_secs(1),
+        outbox_max: fleetmeter::publish::outbox::Ledger {
+            rounds: 100,
+            bytes: 1 << 20,
+        },
     }
 }
 
-fn result(round: u64, value: f64) -> RoundResult {
-    RoundResult {
+fn result(round: u64, value: f64) -> Round {
+    Round {
         round,
         value,
         count: 2,
@@ -80,6 +84,7 @@ fn result(round: u64, value: f64) -> RoundResult {
         leader: "1".into(),
         ts: 1_766_334_379_000,
         unit: Some("°C".into()),
+        counter: Some(round as i64),
     }
 }
 

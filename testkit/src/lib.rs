@@ -4,6 +4,7 @@
 //! - [`zk`]: ZooKeeper from Debian's package (standalone and a 3-node ensemble).
 //! - [`redis`]: Debian's `redis-server`.
 //! - [`proxy`]: a TCP proxy that injects connection faults in front of ZooKeeper.
+//! - [`gateway`]: an HTTP gateway in front of the API that passes, redirects or refuses.
 //! - [`prometheus`]: Debian's Prometheus server, to scrape a fleet and run the dashboard's
 //!   queries.
 //! - [`fleet`]: real `fleetmeter run` processes, started and stopped by signal.
@@ -12,6 +13,7 @@
 //! the API's) and the benchmarks share one set of fixtures.
 
 pub mod fleet;
+pub mod gateway;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;

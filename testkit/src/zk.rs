@@ -76,6 +76,17 @@ impl ZkServer {
         self.spawn();
     }
 
+    /// Kills the server, deletes its data (snapshots and transaction logs) and starts it
+    /// again on the same port: a ZooKeeper recreated without its volume, or a disk replaced.
+    /// Sessions are gone with the data.
+    pub fn wipe(&mut self) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        self.spawn();
+    }
+
     /// Whether some client holds a watch on `path` (absolute, root included): lets a test
     /// wait until another client is really waiting, instead of sleeping.
     pub fn is_watched(&self, path: &str) -> bool {

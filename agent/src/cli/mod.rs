@@ -6,12 +6,14 @@
 //! - `status`: `fleetmeter status`.
 //! - `config`: `fleetmeter config get|set`.
 //! - `health`: `fleetmeter health`.
+//! - `outbox`: `fleetmeter outbox list|resend|discard`.
 //! - `plugin`: `fleetmeter plugin inspect|run|aggregate`.
 //!
 //! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
 
 mod config;
 mod health;
+mod outbox;
 mod plugin;
 mod run;
 mod status;
@@ -84,6 +86,10 @@ pub enum Command {
     /// its next round (the API URL at the next publish).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// See and act on the outbox: rounds waiting for the API, and rounds it refused (a 4xx
+    /// such as 409 or 422, kept in {root}/rejected with its answer, never dropped).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Work with plugin files: inspect them, try a sensor, try an aggregator.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -136,12 +142,49 @@ pub enum ConfigCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List the rounds waiting for the API and those it refused, with its status and answer.
+    List {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put refused rounds back in the outbox, once the cause is fixed (the API's limits, a
+    /// conflicting round removed from it): the leader sends them again at its next attempt.
+    /// A round refused again goes back to the refused ones.
+    Resend {
+        /// Round numbers, from `fleetmeter outbox list`.
+        rounds: Vec<u64>,
+        /// Every refused round.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Delete refused rounds for good (they are not published).
+    Discard {
+        /// Round numbers, from `fleetmeter outbox list`.
+        rounds: Vec<u64>,
+        /// Every refused round.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+}
+
 impl Command {
     /// The log filter used when RUST_LOG is not set.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
-            Command::Status { .. } | Command::Config(_) | Command::Health { .. } => "warn",
+            Command::Status { .. }
+            | Command::Config(_)
+            | Command::Outbox(_)
+            | Command::Health { .. } => "warn",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
             Command::Plugin(_) => "warn,plugin=info",
         }
@@ -154,6 +197,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Status { fleet, json } => block_on(status::run(fleet, json)),
         Command::Config(command) => block_on(config::run(command)),
+        Command::Outbox(command) => block_on(outbox::run(command)),
         Command::Health { address, timeout } => block_on(health::run(address, timeout)),
         Command::Plugin(command) => plugin::run(command),
     }

@@ -115,6 +115,10 @@ pub struct PublishSection {
     /// First retry delay, seconds; doubled up to `retry_max`, with jitter.
     pub retry_initial: f64,
     pub retry_max: f64,
+    /// Most results the outbox holds (waiting and refused).
+    pub outbox_max_rounds: f64,
+    /// Most MiB of results the outbox holds.
+    pub outbox_max_mib: f64,
 }
 
 impl Default for PublishSection {
@@ -126,6 +130,8 @@ impl Default for PublishSection {
             timeout: 5.0,
             retry_initial: 0.5,
             retry_max: 30.0,
+            outbox_max_rounds: 20_000.0,
+            outbox_max_mib: 64.0,
         }
     }
 }

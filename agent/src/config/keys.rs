@@ -139,7 +139,7 @@ pub const DEVICE_ID: Key = Key {
     ..Key::file("device id", "[device] id", "")
         .flag("id", "ID")
         .env("DEVICE_ID")
-        .note("required (exit 1 with a message if missing); 1–128 printable characters, no `/`, not `.` or `..`")
+        .note("required (exit 1 with a message if missing); 1–128 bytes of printable characters, no `/`, not `.` or `..`")
 };
 pub const CONFIG: Key = Key::cli("configuration file")
     .flag("config", "PATH")
@@ -202,6 +202,17 @@ pub const RETRY_INITIAL: Key =
         .note("first retry delay; doubled up to `retry_max`, each jittered ×0.5–1.5");
 pub const RETRY_MAX: Key =
     Key::file("[publish] retry_max", "[publish] retry_max", "30.0").range(0.1, 3600.0, "s");
+pub const OUTBOX_MAX_ROUNDS: Key = Key::file(
+    "[publish] outbox_max_rounds",
+    "[publish] outbox_max_rounds",
+    "20000",
+)
+.range(1.0, 1_000_000.0, "rounds")
+.note("results waiting for the API plus refused ones, at most; ≈ 28 h of outage at the default 5 s period. When full, new results are not stored (counted, `/healthz` unhealthy)");
+pub const OUTBOX_MAX_MIB: Key =
+    Key::file("[publish] outbox_max_mib", "[publish] outbox_max_mib", "64")
+        .range(1.0, 1024.0, "MiB")
+        .note("their JSON, at most; it lives in ZooKeeper's memory");
 pub const SENSOR: Key = Key::file("sensor", "[plugins] sensor", "\"random-temperature\"")
     .flag("sensor", "PLUGIN")
     .env("FLEETMETER_SENSOR")
@@ -324,6 +335,8 @@ pub const ALL: &[Key] = &[
     PUBLISH_TIMEOUT,
     RETRY_INITIAL,
     RETRY_MAX,
+    OUTBOX_MAX_ROUNDS,
+    OUTBOX_MAX_MIB,
     SENSOR,
     AGGREGATOR,
     PLUGIN_DIR,

@@ -73,6 +73,8 @@ pub enum InvalidSetting {
     },
     #[error("must not exceed retry_max")]
     RetryOrder,
+    #[error("must be a whole number, got {0}")]
+    NotWhole(f64),
     #[error("`{key}` must be a string, number or boolean, got {found}")]
     PluginConfigType { key: String, found: &'static str },
     #[error(transparent)]
@@ -138,6 +140,8 @@ pub struct PublishSettings {
     pub timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// The outbox's bound (results waiting plus refused).
+    pub outbox_max: crate::publish::outbox::Ledger,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -106,6 +106,15 @@ fn seconds(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<Duration
     Ok(Duration::from_secs_f64(value))
 }
 
+/// A whole number within the key's range.
+fn whole(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<u64, ConfigError> {
+    in_range(origin, key, value)?;
+    if value.fract() != 0.0 {
+        return Err(origin.invalid(key, false, InvalidSetting::NotWhole(value)));
+    }
+    Ok(value as u64)
+}
+
 /// A number within the key's range (a value only the file sets).
 fn in_range(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<(), ConfigError> {
     let (min, max) = key
@@ -190,6 +199,10 @@ fn publish(
         timeout: seconds(origin, &keys::PUBLISH_TIMEOUT, file.timeout)?,
         retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,
         retry_max: seconds(origin, &keys::RETRY_MAX, file.retry_max)?,
+        outbox_max: crate::publish::outbox::Ledger {
+            rounds: whole(origin, &keys::OUTBOX_MAX_ROUNDS, file.outbox_max_rounds)?,
+            bytes: whole(origin, &keys::OUTBOX_MAX_MIB, file.outbox_max_mib)? * 1024 * 1024,
+        },
     };
     if publish.retry_initial > publish.retry_max {
         return Err(origin.invalid(&keys::RETRY_INITIAL, false, InvalidSetting::RetryOrder));

@@ -4,10 +4,17 @@
 //! never samples a round twice and never misses the latest one (it may skip rounds it
 //! slept through, which is what "at most one reading per round" wants).
 //!
+//! Only the leader creates `{root}/round`, in the fenced multi that starts a fleet's state
+//! (`round::leader`, after asking the API where round numbers continue). A device that
+//! finds it absent waits for it. A device compares rounds only within one incarnation of the
+//! node (its creation zxid and time): when ZooKeeper lost its data or the root was deleted,
+//! the leader's new `{root}/round` is followed whatever its number, so no stale high-water
+//! mark can block a device.
+//!
 //! For kazoo users, the same multi removes and re-creates `{root}/barrier`: a kazoo
 //! `Barrier(client, path).wait()` returns at every release.
 
-use zookeeper_client::{Client, Error, MultiWriter};
+use zookeeper_client::{Client, Error, MultiWriter, Stat};
 
 use super::{
     CoordError, Session,
@@ -15,23 +22,108 @@ use super::{
     persistent, wait_for_change,
 };
 
-/// The current round and the version of `{root}/round` it was read at.
+/// The current round, the version of `{root}/round` it was read at, and which incarnation
+/// of the node it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundState {
     pub round: u64,
     pub version: i32,
+    /// The node's creation zxid and time (ms): a new fleet state has a new pair.
+    pub created: (i64, i64),
+}
+
+impl RoundState {
+    fn read(data: &[u8], stat: &Stat) -> Result<Self, CoordError> {
+        Ok(Self {
+            round: decode(data)?,
+            version: stat.version,
+            created: (stat.czxid, stat.ctime),
+        })
+    }
+
+    /// Whether this is a later round than `before` saw: a higher round of the same node, or
+    /// any round of a node created since (the fleet's state was started again).
+    pub fn is_after(&self, before: &RoundState) -> bool {
+        self.created != before.created || self.round > before.round
+    }
 }
 
 fn decode(data: &[u8]) -> Result<u64, CoordError> {
     let text = String::from_utf8_lossy(data);
     text.trim().parse().map_err(|_| CoordError::BadData {
         path: ROUND.into(),
-        found: text.trim().into(),
+        found: crate::text::one_line_bounded(text.trim(), 64),
         expected: "a round number",
     })
 }
 
-/// Creates `{root}/round` (at 1) and `{root}/barrier` if absent.
+/// The current round; `None` while the fleet has no state (a new fleet, or ZooKeeper lost
+/// its data): the leader starts it.
+pub async fn current(client: &Client) -> Result<Option<RoundState>, CoordError> {
+    match client.get_data(ROUND).await {
+        Ok((data, stat)) => RoundState::read(&data, &stat).map(Some),
+        Err(Error::NoNode) => Ok(None),
+        Err(e) => Err(CoordError::zk("read", ROUND, e)),
+    }
+}
+
+/// Waits until the round is after `after` (see [`RoundState::is_after`]; any round when
+/// `None`) and returns it. Waits for `{root}/round` to exist when it does not. Survives
+/// disconnections and session rebuilds; `Err(Closed)` when the session closes.
+pub async fn wait_for_round(
+    session: &Session,
+    after: Option<RoundState>,
+) -> Result<RoundState, CoordError> {
+    let mut status = session.status();
+    let closing = session.closing();
+    loop {
+        session.connected().await?;
+        let client = session.client()?;
+        let watched = match client.get_and_watch_data(ROUND).await {
+            Ok((data, stat, watcher)) => {
+                let state = RoundState::read(&data, &stat)?;
+                if after.is_none_or(|a| state.is_after(&a)) {
+                    return Ok(state);
+                }
+                Some(watcher)
+            }
+            Err(Error::NoNode) => match client.check_and_watch_stat(ROUND).await {
+                Ok((Some(_), _)) => continue,
+                Ok((None, watcher)) => Some(watcher),
+                Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => None,
+                Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
+            },
+            Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => None,
+            Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
+        };
+        drop(client);
+        if !wait_for_change(watched, &mut status, &closing).await {
+            return Err(CoordError::Closed);
+        }
+    }
+}
+
+/// Adds the start of a fleet's state to a multi: `{root}/round` at `round`, and
+/// `{root}/barrier` unless it `barrier_exists` already.
+pub fn add_start(
+    writer: &mut MultiWriter<'_>,
+    round: u64,
+    barrier_exists: bool,
+) -> Result<(), CoordError> {
+    writer
+        .add_create(ROUND, round.to_string().as_bytes(), &persistent())
+        .map_err(|e| CoordError::zk("create (in multi)", ROUND, e))?;
+    if !barrier_exists {
+        writer
+            .add_create(BARRIER, b"", &persistent())
+            .map_err(|e| CoordError::zk("create (in multi)", BARRIER, e))?;
+    }
+    Ok(())
+}
+
+/// Creates `{root}/round` at 1 and `{root}/barrier` when absent, unfenced. For tests and
+/// tools only: a running fleet's leader starts its state itself (`round::resume`), where
+/// round numbers continue.
 pub async fn ensure(client: &Client) -> Result<(), CoordError> {
     for (path, data) in [(ROUND, b"1".as_slice()), (BARRIER, b"".as_slice())] {
         match client.create(path, data, &persistent()).await {
@@ -42,49 +134,13 @@ pub async fn ensure(client: &Client) -> Result<(), CoordError> {
     Ok(())
 }
 
-pub async fn current(client: &Client) -> Result<RoundState, CoordError> {
-    loop {
-        match client.get_data(ROUND).await {
-            Ok((data, stat)) => {
-                return Ok(RoundState {
-                    round: decode(&data)?,
-                    version: stat.version,
-                });
-            }
-            Err(Error::NoNode) => ensure(client).await?,
-            Err(e) => return Err(CoordError::zk("read", ROUND, e)),
-        }
-    }
-}
-
-/// Waits until the round is greater than `after` (any round when `None`) and returns it.
-/// Survives disconnections and session rebuilds; `Err(Closed)` when the session closes.
-pub async fn wait_for_round(session: &Session, after: Option<u64>) -> Result<u64, CoordError> {
-    let mut status = session.status();
-    let closing = session.closing();
-    loop {
-        session.connected().await?;
-        let client = session.client()?;
-        let watched = match client.get_and_watch_data(ROUND).await {
-            Ok((data, _, watcher)) => {
-                let round = decode(&data)?;
-                if after.is_none_or(|a| round > a) {
-                    return Ok(round);
-                }
-                Some(watcher)
-            }
-            Err(Error::NoNode) => {
-                ensure(&client).await?;
-                continue;
-            }
-            Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => None,
-            Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
-        };
-        drop(client);
-        if !wait_for_change(watched, &mut status, &closing).await {
-            return Err(CoordError::Closed);
-        }
-    }
+/// Whether `{root}/barrier` exists.
+pub async fn barrier_exists(client: &Client) -> Result<bool, CoordError> {
+    client
+        .check_stat(BARRIER)
+        .await
+        .map(|stat| stat.is_some())
+        .map_err(|e| CoordError::zk("stat", BARRIER, e))
 }
 
 /// Adds the release of round `current.round + 1` to a multi: advances `{root}/round`

@@ -47,6 +47,22 @@ pub async fn read(client: &Client) -> Result<CounterValue, CoordError> {
     }
 }
 
+/// The counter's value, without creating it: `None` when absent.
+pub async fn peek(client: &Client) -> Result<Option<i64>, CoordError> {
+    match client.get_data(COUNTER).await {
+        Ok((data, _)) => decode(&data).map(Some),
+        Err(Error::NoNode) => Ok(None),
+        Err(e) => Err(CoordError::zk("read", COUNTER, e)),
+    }
+}
+
+/// Adds the counter's creation at `value` to a multi (a fleet's state starting).
+pub fn add_create(writer: &mut MultiWriter<'_>, value: i64) -> Result<(), CoordError> {
+    writer
+        .add_create(COUNTER, &encode(value), &persistent())
+        .map_err(|e| CoordError::zk("create (in multi)", COUNTER, e))
+}
+
 fn from_node(data: &[u8], stat: &Stat) -> Result<CounterValue, CoordError> {
     Ok(CounterValue {
         value: decode(data)?,

@@ -193,6 +193,10 @@ pub async fn start(
             Key::SamplingPeriod,
             rejected.clone(),
             move |raw| parse_period(raw).map(|p| period_tx.send_replace(p) != p),
+            {
+                let rx = period_rx.clone();
+                move || format_period(*rx.borrow())
+            },
         )),
         tokio::spawn(follow(
             session.clone(),
@@ -204,6 +208,10 @@ pub async fn start(
                     url_tx.send_replace(value.clone()) != value
                 })
             },
+            {
+                let rx = url_rx.clone();
+                move || rx.borrow().clone()
+            },
         )),
         tokio::spawn(follow(
             session.clone(),
@@ -211,6 +219,10 @@ pub async fn start(
             rejected.clone(),
             move |raw| {
                 parse_aggregator(raw, &*known).map(|name| agg_tx.send_replace(name.clone()) != name)
+            },
+            {
+                let rx = agg_rx.clone();
+                move || rx.borrow().clone()
             },
         )),
     ];
@@ -235,11 +247,15 @@ pub fn format_period(period: Duration) -> String {
 }
 
 /// Follows one key. `apply` validates and publishes a value, returning whether it changed.
+/// A deleted node (by hand, or with the rest of the fleet's state when ZooKeeper lost its
+/// data) is written again with the value in force, `current()`, so that the node always
+/// shows what the fleet uses.
 async fn follow(
     session: Session,
     key: Key,
     rejected: Arc<AtomicU64>,
     apply: impl Fn(&str) -> Result<bool, InvalidValue> + Send + 'static,
+    current: impl Fn() -> String + Send + 'static,
 ) {
     let path = key.path();
     let mut status = session.status();
@@ -273,16 +289,20 @@ async fn follow(
                 }
                 Some(watcher)
             }
-            Err(Error::NoNode) => match client.check_and_watch_stat(&path).await {
-                Ok((None, watcher)) => {
-                    tracing::warn!(
-                        key = key.name(),
-                        "configuration node deleted; keeping the last good value"
-                    );
-                    Some(watcher)
+            Err(Error::NoNode) => {
+                let value = current();
+                if let Err(err) = session.mkdir(CONFIG).await {
+                    tracing::warn!(key = key.name(), error = %err, "cannot write the configuration node again");
                 }
-                _ => continue,
-            },
+                match client.create(&path, value.as_bytes(), &persistent()).await {
+                    Ok(_) => {
+                        tracing::warn!(key = key.name(), value = %text::one_line(&value), "configuration node was gone; wrote the value in force again");
+                        continue;
+                    }
+                    Err(Error::NodeExists) => continue,
+                    Err(_) => None,
+                }
+            }
             Err(_) => None,
         };
         drop(client);

@@ -16,9 +16,7 @@
 use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::{Client, Error};
 
-use super::{
-    CoordError, Session, SessionStatus, ephemeral_sequential, paths::ELECTION, persistent,
-};
+use super::{CoordError, Session, SessionStatus, ephemeral_sequential, paths::ELECTION};
 
 const LOCK_MARK: &str = "__lock__";
 
@@ -104,7 +102,7 @@ pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
 
 /// Creates our node; returns its name. After a ConnectionLoss the create may or may not
 /// have happened: our node is the one with our unique prefix.
-async fn create_node(client: &Client, id: &str) -> Result<String, Error> {
+async fn create_node(session: &Session, client: &Client, id: &str) -> Result<String, Error> {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("{ELECTION}/{unique}{LOCK_MARK}");
     loop {
@@ -113,7 +111,10 @@ async fn create_node(client: &Client, id: &str) -> Result<String, Error> {
             .await
         {
             Ok((_, seq)) => return Ok(format!("{unique}{LOCK_MARK}{seq}")),
-            Err(Error::NoNode) => client.mkdir(ELECTION, &persistent()).await?,
+            Err(Error::NoNode) => session.mkdir(ELECTION).await.map_err(|e| match e {
+                CoordError::Zk { source, .. } => source,
+                _ => Error::ClientClosed,
+            })?,
             Err(Error::ConnectionLoss) => {
                 let children = loop {
                     match client.list_children(ELECTION).await {
@@ -152,7 +153,7 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
             tx.send_replace(Leadership::Stopped);
             return;
         };
-        let name = match create_node(&client, &id).await {
+        let name = match create_node(&session, &client, &id).await {
             Ok(name) => name,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot join the election yet; retrying");

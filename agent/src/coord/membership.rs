@@ -19,24 +19,13 @@ use zookeeper_client::Error;
 use super::{
     CoordError, Session, SessionStatus, ephemeral,
     paths::{self, DEVICES},
-    persistent, wait_for_change,
+    wait_for_change,
 };
 use crate::text;
 
 /// Checks a device id can name a node: 1–128 characters, no `/`, not `.` or `..`.
 pub fn validate_id(id: &str) -> Result<(), CoordError> {
-    if id.is_empty()
-        || id.len() > 128
-        || id.contains('/')
-        || id == "."
-        || id == ".."
-        || id.chars().any(char::is_control)
-    {
-        return Err(CoordError::Settings(format!(
-            "device id {id:?} must be 1 to 128 printable characters without `/`"
-        )));
-    }
-    Ok(())
+    crate::wire::validate_device_id(id).map_err(|e| CoordError::Settings(format!("device id {e}")))
 }
 
 /// This device's membership. Dropping it stops re-creating the node after expiry; the node
@@ -108,12 +97,7 @@ async fn claim(session: &Session, path: &str, data: &[u8]) -> Result<u64, CoordE
         let client = session.client()?;
         match client.create(path, data, &ephemeral()).await {
             Ok(_) => return Ok(generation),
-            Err(Error::NoNode) => {
-                client
-                    .mkdir(DEVICES, &persistent())
-                    .await
-                    .map_err(|e| CoordError::zk("create", DEVICES, e))?;
-            }
+            Err(Error::NoNode) => session.mkdir(DEVICES).await?,
             Err(Error::NodeExists) => match client.check_and_watch_stat(path).await {
                 Ok((Some(stat), watcher)) => {
                     if stat.ephemeral_owner == client.session_id().0 {
@@ -203,23 +187,30 @@ async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
             Ok((children, watcher)) => {
                 let now: BTreeSet<String> = children.into_iter().collect();
                 if let Some(before) = &known {
-                    for joined in now.difference(before) {
-                        tracing::info!(device = %text::one_line(joined), "device joined");
-                    }
-                    for left in before.difference(&now) {
-                        tracing::info!(device = %text::one_line(left), "device left");
-                    }
+                    log_changes("joined", now.difference(before).collect());
+                    log_changes("left", before.difference(&now).collect());
                 }
                 if known.as_ref() != Some(&now) {
                     let members: Vec<String> = now.iter().cloned().collect();
-                    tracing::info!(members = %text::one_line(&members.join(", ")), count = members.len(), "devices connected");
+                    if members.len() <= LOG_EACH {
+                        tracing::info!(members = %text::one_line(&members.join(", ")), count = members.len(), "devices connected");
+                    } else {
+                        tracing::info!(count = members.len(), "devices connected");
+                    }
                     tx.send_replace(members);
                     known = Some(now);
                 }
                 Some(watcher)
             }
             Err(Error::NoNode) => {
-                let _ = client.mkdir(DEVICES, &persistent()).await;
+                if let Err(err) = session.mkdir(DEVICES).await {
+                    tracing::warn!(error = %err, "cannot create the devices node");
+                    drop(client);
+                    tokio::select! {
+                        () = closing.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    }
+                }
                 continue;
             }
             Err(_) => None,
@@ -228,5 +219,19 @@ async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
         if !wait_for_change(watcher, &mut status, &closing).await {
             return;
         }
+    }
+}
+
+/// Joins and leaves up to this many at a time are logged one by one; more are summarised
+/// (a fleet of thousands starting or reconnecting would otherwise fill the log).
+const LOG_EACH: usize = 20;
+
+fn log_changes(what: &str, devices: Vec<&String>) {
+    if devices.len() <= LOG_EACH {
+        for device in devices {
+            tracing::info!(device = %text::one_line(device), "device {what}");
+        }
+    } else {
+        tracing::info!(count = devices.len(), "{} devices {what}", devices.len());
     }
 }

@@ -30,6 +30,9 @@ pub mod paths {
     pub const BARRIER: &str = "/barrier";
     pub const COUNTER: &str = "/counter";
     pub const RESULTS: &str = "/results";
+    pub const REJECTED: &str = "/rejected";
+    pub const PARTS: &str = "/parts";
+    pub const OUTBOX: &str = "/outbox";
     pub const CONFIG: &str = "/config";
 
     pub fn device(id: &str) -> String {
@@ -62,6 +65,10 @@ pub enum CoordError {
     Settings(String),
     #[error("the coordination session was closed")]
     Closed,
+    #[error(
+        "the fleet already has {members} devices, the most fleetmeter supports ({supported}: one round publishes every device's id); run this device in another fleet (another root)"
+    )]
+    FleetFull { members: usize, supported: usize },
 }
 
 impl CoordError {

@@ -193,6 +193,37 @@ impl Session {
             .map(|c| c.session_id().0)
     }
 
+    /// Creates the fleet's root if it is gone (deleted by hand while the session lived).
+    pub async fn ensure_root(&self) -> Result<(), CoordError> {
+        let root = &self.shared.settings.root;
+        if root == "/" {
+            return Ok(());
+        }
+        let Ok(base) = self.client()?.chroot("/") else {
+            return Err(CoordError::Settings(format!("invalid root path {root:?}")));
+        };
+        base.mkdir(root, &persistent())
+            .await
+            .map_err(|e| CoordError::zk("create", root, e))
+    }
+
+    /// `mkdir -p` of `path` under the root, making the root again first if it was deleted.
+    pub async fn mkdir(&self, path: &str) -> Result<(), CoordError> {
+        let client = self.client()?;
+        match client.mkdir(path, &persistent()).await {
+            Ok(()) => Ok(()),
+            Err(zookeeper_client::Error::NoNode) => {
+                tracing::warn!(root = %self.shared.settings.root, "the fleet's root node is gone (deleted by hand?); creating it again");
+                self.ensure_root().await?;
+                client
+                    .mkdir(path, &persistent())
+                    .await
+                    .map_err(|e| CoordError::zk("create", path, e))
+            }
+            Err(e) => Err(CoordError::zk("create", path, e)),
+        }
+    }
+
     pub fn settings(&self) -> &ZkSettings {
         &self.shared.settings
     }

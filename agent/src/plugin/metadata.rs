@@ -11,7 +11,7 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_VERSION_LEN: usize = 32;
 /// `unit`: at most 16 characters, none of them control or formatting characters, the
 /// API's own limit. Empty means unitless.
-pub const MAX_UNIT_CHARS: usize = 16;
+pub const MAX_UNIT_CHARS: usize = crate::wire::MAX_UNIT_CHARS;
 /// `description`: at most 256 characters on one line.
 pub const MAX_DESCRIPTION_CHARS: usize = 256;
 

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 
 use crate::{
     config::{PublishFormat, PublishSettings},
-    wire::RoundResult,
+    wire::Round,
 };
 
 /// What the API did with one result.
@@ -15,7 +15,7 @@ pub enum Delivery {
     /// Already stored (a resend after a crash or a failover).
     Duplicate,
     /// The API will never accept it (e.g. 409: a different result is stored under this round,
-    /// or 422). Logged loudly and dropped from the outbox: retrying cannot help.
+    /// or 422). Logged loudly and moved to `{root}/rejected`: retrying cannot help.
     Refused(Refusal),
 }
 
@@ -38,9 +38,21 @@ pub enum SendError {
         source: reqwest::Error,
     },
     /// Down (5xx), misconfigured (401, 403, 404: fix the URL or the token and it goes
-    /// through) or busy (429).
+    /// through), slow (408) or busy (429).
     #[error("the API answered {status}: {body}")]
     Status { status: StatusCode, body: String },
+    /// A redirect: never followed for a write (a 301/302 would turn the POST into a GET that
+    /// stores nothing). Fix the API URL.
+    #[error(
+        "the API answered {status} redirecting to {location}; redirects are not followed for writes: set the API URL to where it should go"
+    )]
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
+    /// The answer to a read was not what the API sends.
+    #[error("the API's answer to {what} is not valid: {reason}")]
+    BadAnswer { what: &'static str, reason: String },
 }
 
 /// The HTTP side of the publisher.
@@ -57,6 +69,7 @@ impl ApiClient {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             http,
@@ -69,16 +82,8 @@ impl ApiClient {
         self.format
     }
 
-    pub(super) async fn send(
-        &self,
-        api_url: &str,
-        result: &RoundResult,
-    ) -> Result<Delivery, SendError> {
-        let base = if api_url.ends_with('/') {
-            api_url.to_owned()
-        } else {
-            format!("{api_url}/")
-        };
+    pub(super) async fn send(&self, api_url: &str, result: &Round) -> Result<Delivery, SendError> {
+        let base = base(api_url);
         let request = match self.format {
             PublishFormat::Json => self.http.post(format!("{base}api/v1/rounds")).json(result),
             PublishFormat::Query => self
@@ -95,7 +100,10 @@ impl ApiClient {
             .await
             .map_err(|source| SendError::Unreachable { base, source })?;
         let status = response.status();
-        let body = read_bounded(response).await;
+        if status.is_redirection() {
+            return Err(redirect(status, &response));
+        }
+        let body = read_bounded(response, MAX_ANSWER).await;
         if status.is_success() {
             let duplicate = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -113,25 +121,81 @@ impl ApiClient {
             || status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
             || status == StatusCode::NOT_FOUND
+            || status == StatusCode::REQUEST_TIMEOUT
             || status == StatusCode::TOO_MANY_REQUESTS
         {
             return Err(SendError::Status { status, body });
         }
         Ok(Delivery::Refused(Refusal { status, body }))
     }
+
+    /// `GET {api_url}api/v1/rounds?limit=1`: the highest stored round. `None` with the
+    /// `query` format (no round numbers) or when the API stores none.
+    pub(super) async fn latest(&self, api_url: &str) -> Result<Option<Round>, SendError> {
+        if self.format == PublishFormat::Query {
+            return Ok(None);
+        }
+        let base = base(api_url);
+        let request = self
+            .http
+            .get(format!("{base}api/v1/rounds"))
+            .query(&[("limit", "1")]);
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|source| SendError::Unreachable { base, source })?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(redirect(status, &response));
+        }
+        let body = read_bounded(response, fleetmeter_wire::MAX_ROUND_JSON + 16).await;
+        if !status.is_success() {
+            return Err(SendError::Status {
+                status,
+                body: crate::text::one_line_bounded(body.trim(), 512),
+            });
+        }
+        let mut rounds: Vec<Round> =
+            serde_json::from_str(&body).map_err(|e| SendError::BadAnswer {
+                what: "GET /api/v1/rounds?limit=1",
+                reason: e.to_string(),
+            })?;
+        Ok(rounds.pop())
+    }
+}
+
+fn base(api_url: &str) -> String {
+    if api_url.ends_with('/') {
+        api_url.to_owned()
+    } else {
+        format!("{api_url}/")
+    }
+}
+
+fn redirect(status: StatusCode, response: &reqwest::Response) -> SendError {
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| crate::text::one_line_bounded(&String::from_utf8_lossy(v.as_bytes()), 256))
+        .unwrap_or_else(|| "(no Location)".to_owned());
+    SendError::Redirect { status, location }
 }
 
 /// The longest answer kept from the API: enough for `{"duplicate":true}` or an error message.
 const MAX_ANSWER: usize = 16 * 1024;
 
-/// The answer's first [`MAX_ANSWER`] bytes, as text; the rest is not read. A server that
-/// answers with an endless body cannot fill the agent's memory.
-async fn read_bounded(mut response: reqwest::Response) -> String {
+/// The answer's first `max` bytes, as text; the rest is not read. A server that answers
+/// with an endless body cannot fill the agent's memory.
+async fn read_bounded(mut response: reqwest::Response, max: usize) -> String {
     let mut body = Vec::new();
-    while body.len() < MAX_ANSWER {
+    while body.len() < max {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                let room = MAX_ANSWER - body.len();
+                let room = max - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,

@@ -1,32 +1,36 @@
 //! Publishing committed rounds to the measurements API.
 //!
-//! The leader's commit multi writes each round's result to `{root}/results/{n}` (the outbox)
-//! in the same transaction that advances the round and the counter. The publisher then sends
-//! the outbox in round order and deletes each entry only after the API accepted it; while the
-//! API is down it retries with capped exponential back-off and jitter ([`crate::backoff`]),
-//! and a new leader drains what its predecessor left. With the `json` format the round number
-//! is the API's idempotency key, so a resend after a crash is a harmless duplicate: exactly
-//! once in effect. The `query` format (`GET {url}nuevo?dato=V`, the original call) has no
-//! key: at least once.
+//! The leader's commit multi writes each round's result to `{root}/results/{n}` (the outbox,
+//! [`outbox`]) in the same transaction that advances the round and the counter. The
+//! publisher then sends the outbox in round order and removes each entry only after the API
+//! accepted it; while the API is down (or answers 5xx, 401, 403, 404, 408, 429, or a
+//! redirect, which is never followed) it retries with capped exponential back-off and jitter
+//! ([`crate::backoff`]), and a new leader drains what its predecessor left. A round the API
+//! refuses (any other 4xx: retrying cannot help) is moved to `{root}/rejected/{n}` with the
+//! status and the answer, never dropped; `fleetmeter outbox` lists, resends or discards it.
+//! With the `json` format the round number is the API's idempotency key, so a resend after
+//! a crash is a harmless duplicate: exactly once in effect. The `query` format
+//! (`GET {url}nuevo?dato=V`, the original call) has no key: at least once.
 //!
 //! What happens is reported to a [`PublishEvents`] (the agent's telemetry implements it), so
 //! this module depends on no metrics code.
 
 mod api;
+pub mod outbox;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::Error as ZkError;
 
 pub use api::{Delivery, Refusal, SendError};
+pub use outbox::result_path;
 
 use crate::{
     backoff::Backoff,
     config::PublishSettings,
-    coord::{CoordError, Session, paths::RESULTS},
-    wire::RoundResult,
+    coord::{CoordError, Session, barrier, paths::RESULTS},
+    wire::Round,
 };
 
 /// How long the publisher idles between drains when nothing nudges it.
@@ -40,12 +44,10 @@ pub trait PublishEvents: Send + Sync {
     fn delivered(&self, _delivery: &Delivery) {}
     /// An attempt failed and will be retried.
     fn failed(&self) {}
-}
-
-/// The outbox entry of round `round`. Zero-padded so that a plain sort is round order, like
-/// sequential nodes.
-pub fn result_path(round: u64) -> String {
-    format!("{RESULTS}/{round:020}")
+    /// An outbox entry could not be read and was moved to `{root}/rejected`.
+    fn unreadable(&self) {}
+    /// Rounds in `{root}/rejected` now.
+    fn rejected_waiting(&self, _rejected: usize) {}
 }
 
 pub struct Publisher {
@@ -95,13 +97,25 @@ impl Publisher {
         }
     }
 
+    pub fn settings(&self) -> &PublishSettings {
+        &self.settings
+    }
+
     /// Sends one result to `api_url`.
-    pub async fn send(&self, api_url: &str, result: &RoundResult) -> Result<Delivery, SendError> {
+    pub async fn send(&self, api_url: &str, result: &Round) -> Result<Delivery, SendError> {
         self.api.send(api_url, result).await
     }
 
-    /// Publishes the outbox in round order; stops at the first transient failure.
-    /// Returns how many entries are left.
+    /// The API's highest stored round (`None` when it stores none, or with the `query`
+    /// format, which has no round numbers): where a fleet whose ZooKeeper state is new
+    /// continues.
+    pub async fn latest_stored(&self, api_url: &str) -> Result<Option<Round>, SendError> {
+        self.api.latest(api_url).await
+    }
+
+    /// Publishes the outbox in round order; stops at the first transient failure. A refused
+    /// round, or an entry that cannot be read, moves to `{root}/rejected`. Returns how many
+    /// entries are left.
     pub async fn drain(
         &self,
         session: &Session,
@@ -110,10 +124,7 @@ impl Publisher {
         let client = session.client()?;
         let mut pending = match client.list_children(RESULTS).await {
             Ok(children) => children,
-            Err(ZkError::NoNode) => {
-                self.report(|e| e.backlog(0));
-                return Ok(0);
-            }
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
             Err(e) => return Err(CoordError::zk("list", RESULTS, e).into()),
         };
         pending.sort();
@@ -121,40 +132,55 @@ impl Publisher {
         self.report(|e| e.backlog(total));
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");
-            let data = match client.get_data(&path).await {
-                Ok((data, _)) => data,
-                Err(ZkError::NoNode) => continue, // published meanwhile
-                Err(e) => return Err(CoordError::zk("read", &path, e).into()),
-            };
-            let result: RoundResult = match serde_json::from_slice(&data) {
-                Ok(result) => result,
-                Err(err) => {
-                    tracing::error!(node = %path, error = %err, "unreadable outbox entry; dropping it");
-                    let _ = client.delete(&path, None).await;
+            let url = api_url.borrow().clone();
+            let loaded = match outbox::load(&client, &path).await {
+                Ok(loaded) => loaded,
+                Err(outbox::LoadError::Gone) => continue, // published meanwhile
+                Err(outbox::LoadError::Corrupt {
+                    reason,
+                    data,
+                    parts: _,
+                }) => {
+                    tracing::error!(node = %path, %reason, "unreadable outbox entry; moved to {{root}}/rejected");
+                    let rejected =
+                        outbox::Rejected::new(None, &reason, None, data.len() as u64, &data);
+                    outbox::reject(&client, name, &rejected).await?;
+                    self.report(|e| e.unreadable());
                     continue;
                 }
+                Err(outbox::LoadError::Coord(e)) => return Err(e.into()),
             };
-            let url = api_url.borrow().clone();
-            match self.send(&url, &result).await {
+            let result = &loaded.round;
+            match self.send(&url, result).await {
                 Ok(delivery) => {
                     self.report(|e| e.delivered(&delivery));
                     match &delivery {
                         Delivery::Stored => {
-                            tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API")
+                            tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API");
+                            outbox::remove_delivered(&client, &path, &loaded).await?;
                         }
                         Delivery::Duplicate => {
-                            tracing::info!(round = result.round, api = %url, "round was already stored by the API")
+                            tracing::info!(round = result.round, api = %url, "round was already stored by the API");
+                            outbox::remove_delivered(&client, &path, &loaded).await?;
                         }
-                        Delivery::Refused(reason) => {
-                            tracing::error!(round = result.round, api = %url, %reason, "the API refused the round; dropping it from the outbox")
+                        Delivery::Refused(refusal) => {
+                            tracing::error!(round = result.round, api = %url, status = %refusal.status, answer = %refusal.body, "the API refused the round; kept in {{root}}/rejected (see `fleetmeter outbox list`)");
+                            let data = client
+                                .get_data(&path)
+                                .await
+                                .map(|(data, _)| data)
+                                .unwrap_or_default();
+                            let rejected = outbox::Rejected::new(
+                                Some(refusal.status.as_u16()),
+                                &refusal.body,
+                                Some(&url),
+                                loaded.bytes,
+                                &data,
+                            );
+                            outbox::reject(&client, name, &rejected).await?;
                         }
                     }
-                    match client.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => {
-                            self.report(|e| e.backlog(total - done - 1));
-                        }
-                        Err(e) => return Err(CoordError::zk("delete", &path, e).into()),
-                    }
+                    self.report(|e| e.backlog(total - done - 1));
                 }
                 Err(source) => {
                     self.report(|e| e.failed());
@@ -166,6 +192,17 @@ impl Publisher {
             }
         }
         self.report(|e| e.backlog(0));
+        let rejected = outbox::rejected_rounds(&client).await?.len();
+        self.report(|e| e.rejected_waiting(rejected));
+        if let Some(state) = barrier::current(&client).await? {
+            let collected = outbox::collect_garbage(&client, state.round).await?;
+            if collected > 0 {
+                tracing::info!(
+                    directories = collected,
+                    "deleted the parts of rounds no entry refers to"
+                );
+            }
+        }
         Ok(0)
     }
 

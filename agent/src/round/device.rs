@@ -34,7 +34,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
                 }
             },
         };
+        if last.is_some_and(|l: barrier::RoundState| l.created != round.created) {
+            tracing::warn!(device = %id, round = round.round, "the fleet's state was started again (ZooKeeper lost its data, or the root was recreated): following the leader's round");
+        }
         last = Some(round);
+        let round = round.round;
         ctx.telemetry.round_opened(round);
         // Bounded by the sensor's time limit; dropped at once on shutdown.
         let sampled = tokio::select! {

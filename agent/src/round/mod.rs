@@ -14,11 +14,13 @@
 //! - [`plugins`]: the loaded sensor and aggregator, as the loop calls them.
 //! - [`device`]: the sampling loop every device runs.
 //! - [`leader`]: leading rounds, committing them, publishing.
+//! - `resume`: starting the fleet's state where the API and the outbox say it continues.
 
 pub mod collect;
 mod device;
 pub mod leader;
 pub mod plugins;
+mod resume;
 pub mod schedule;
 
 use std::{path::PathBuf, sync::Arc};
@@ -31,14 +33,16 @@ pub use plugins::{Aggregated, Plugins, PluginsError};
 use crate::{
     config::AgentConfig,
     coord::{
-        CoordError, Session, barrier,
+        CoordError, Session,
         dynconfig::{self, DynConfig, KnownAggregators, Local},
         election::Election,
         membership::{self, Membership},
+        paths::{self, DEVICES},
     },
     plugin::PluginEngine,
     publish::Publisher,
     telemetry::Telemetry,
+    wire::MAX_DEVICES,
 };
 
 /// Everything a device runs with, except its session.
@@ -128,7 +132,7 @@ pub async fn run(
     .await?;
     let _config_tasks = AbortOnDrop(config_tasks);
     telemetry.set_dynconfig(dynconfig.clone());
-    barrier::ensure(&session.client()?).await?;
+    check_fleet_size(session, &id).await?;
     let membership = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         m = Membership::join(session, &id, b"{}".to_vec()) => m?,
@@ -164,6 +168,32 @@ pub async fn run(
     let _ = tokio::join!(device, leader);
     drop(election);
     Ok(())
+}
+
+/// Refuses to join a fleet that already has the most devices fleetmeter supports (a round
+/// could not publish them all). A device whose own node is still there (a restart) joins.
+async fn check_fleet_size(session: &Session, id: &str) -> Result<(), CoordError> {
+    let client = session.client()?;
+    let members = match client.check_stat(DEVICES).await {
+        Ok(Some(stat)) => usize::try_from(stat.num_children).unwrap_or(0),
+        Ok(None) => 0,
+        Err(e) => return Err(CoordError::zk("stat", DEVICES, e)),
+    };
+    if members < MAX_DEVICES {
+        return Ok(());
+    }
+    let ours = client
+        .check_stat(&paths::device(id))
+        .await
+        .map_err(|e| CoordError::zk("stat", DEVICES, e))?
+        .is_some();
+    if ours {
+        return Ok(());
+    }
+    Err(CoordError::FleetFull {
+        members,
+        supported: MAX_DEVICES,
+    })
 }
 
 /// Aggregator names that exist as files in `plugin_dir`.

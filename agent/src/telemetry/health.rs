@@ -1,8 +1,9 @@
 //! The health verdict behind `GET /healthz`: unhealthy before the first connection, while
 //! the session is lost (expired, closed, or disconnected for longer than the session
-//! timeout), when no round has closed for `unhealthy_after_periods` sampling periods, and
+//! timeout), when no round has closed for `unhealthy_after_periods` sampling periods,
 //! while a plugin has failed [`PLUGIN_FAILURES_UNHEALTHY`] calls in a row (a stuck or broken
-//! sensor: the device is up, but measures nothing).
+//! sensor: the device is up, but measures nothing), and, on the leader, while the outbox is
+//! full (new results are not stored).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use super::metrics::state_name;
 use crate::{
     coord::SessionStatus,
     plugin::{PluginKind, PluginStats},
+    publish::outbox::Ledger,
 };
 
 /// Failed plugin calls in a row that make the agent unhealthy. One slow sample is not a
@@ -54,6 +56,8 @@ pub(super) struct HealthTracker {
     /// After each call of the sensor and of the aggregator.
     sensor: Option<PluginHealth>,
     aggregator: Option<PluginHealth>,
+    /// The outbox's ledger and bound, while leading.
+    outbox: Option<(Ledger, Ledger)>,
 }
 
 impl HealthTracker {
@@ -66,6 +70,7 @@ impl HealthTracker {
             last_round: None,
             sensor: None,
             aggregator: None,
+            outbox: None,
         }
     }
 
@@ -87,11 +92,15 @@ impl HealthTracker {
         }
     }
 
-    /// Rounds only move forward: an older round seen late changes nothing.
+    /// A round the device loop opened. It only reports rounds after the last one it saw
+    /// (`coord::barrier`), which after a fleet state restart may carry a lower number.
     pub(super) fn round_opened(&mut self, round: u64) {
-        if self.last_round.is_none_or(|(r, _)| round > r) {
-            self.last_round = Some((round, Instant::now()));
-        }
+        self.last_round = Some((round, Instant::now()));
+    }
+
+    /// The leader's outbox after its last commit (`None`: not leading).
+    pub(super) fn outbox(&mut self, now: Option<(Ledger, Ledger)>) {
+        self.outbox = now;
     }
 
     /// The verdict now; `period` is the sampling period in force, once known.
@@ -152,6 +161,14 @@ impl HealthTracker {
                     p.last_failure.as_deref().unwrap_or("unknown")
                 ));
             }
+        }
+        if let Some((now, max)) = self.outbox
+            && !now.fits(1, &max)
+        {
+            problems.push(format!(
+                "the outbox is full ({} rounds, {} bytes; at most {} rounds, {} bytes): new results are not stored until the API takes some or refused ones are discarded (fleetmeter outbox list)",
+                now.rounds, now.bytes, max.rounds, max.bytes
+            ));
         }
         Health {
             healthy: problems.is_empty(),

@@ -22,7 +22,7 @@ use prometheus_client::{
 use crate::{
     coord::{SessionStatus, dynconfig::DynConfig},
     plugin::{PluginKind, PluginStats},
-    publish::Delivery,
+    publish::{Delivery, outbox::Ledger},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +41,11 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +117,12 @@ pub(super) struct Metrics {
     publish_backlog: Gauge,
     published: Family<OutcomeLabels, Counter>,
     publish_failures: Counter,
+    outbox_rounds: Gauge,
+    outbox_bytes: Gauge,
+    outbox_max_rounds: Gauge,
+    outbox_max_bytes: Gauge,
+    outbox_rejected: Gauge,
+    results_dropped: Family<ReasonLabels, Counter>,
     session_state: Family<StateLabels, Gauge>,
     sessions: Counter,
 }
@@ -265,7 +276,37 @@ impl Metrics {
             ),
             published: metric!(
                 "published",
-                "Results sent to the API, by outcome (stored, duplicate, refused)",
+                "Results sent to the API, by outcome (stored, duplicate, refused: moved to {root}/rejected), and outbox entries that could not be read (unreadable: moved there too)",
+                Family::default()
+            ),
+            outbox_rounds: metric!(
+                "outbox_rounds",
+                "Rounds in the outbox ({root}/results waiting plus {root}/rejected) after this leader's last commit",
+                Gauge::default()
+            ),
+            outbox_bytes: metric!(
+                "outbox_bytes",
+                "Bytes of round JSON in the outbox after this leader's last commit",
+                Gauge::default()
+            ),
+            outbox_max_rounds: metric!(
+                "outbox_max_rounds",
+                "The outbox's bound in rounds ([publish] outbox_max_rounds)",
+                Gauge::default()
+            ),
+            outbox_max_bytes: metric!(
+                "outbox_max_bytes",
+                "The outbox's bound in bytes ([publish] outbox_max_mib)",
+                Gauge::default()
+            ),
+            outbox_rejected: metric!(
+                "outbox_rejected",
+                "Rounds the API refused, kept in {root}/rejected until an operator resends or discards them",
+                Gauge::default()
+            ),
+            results_dropped: metric!(
+                "results_dropped",
+                "Round results not stored, by reason (outbox_full; invalid: the API would refuse it)",
                 Family::default()
             ),
             publish_failures: metric!(
@@ -344,6 +385,9 @@ impl Metrics {
         } else {
             // Only the leader publishes: a follower's backlog is not its to report.
             self.publish_backlog.set(0);
+            self.outbox_rounds.set(0);
+            self.outbox_bytes.set(0);
+            self.outbox_rejected.set(0);
         }
     }
 
@@ -429,5 +473,32 @@ impl Metrics {
 
     pub(super) fn publish_failed(&self) {
         self.publish_failures.inc();
+    }
+
+    pub(super) fn unreadable(&self) {
+        self.published
+            .get_or_create(&OutcomeLabels {
+                outcome: "unreadable",
+            })
+            .inc();
+    }
+
+    pub(super) fn rejected_waiting(&self, rejected: usize) {
+        self.outbox_rejected
+            .set(i64::try_from(rejected).unwrap_or(i64::MAX));
+    }
+
+    pub(super) fn outbox(&self, now: Ledger, max: Ledger) {
+        let set = |gauge: &Gauge, v: u64| gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&self.outbox_rounds, now.rounds);
+        set(&self.outbox_bytes, now.bytes);
+        set(&self.outbox_max_rounds, max.rounds);
+        set(&self.outbox_max_bytes, max.bytes);
+    }
+
+    pub(super) fn result_dropped(&self, reason: &'static str) {
+        self.results_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 }

@@ -28,7 +28,7 @@ pub use server::{BindError, bind, serve};
 use crate::{
     coord::{SessionStatus, dynconfig::DynConfig},
     plugin::{PluginKind, PluginStats},
-    publish::{Delivery, PublishEvents},
+    publish::{Delivery, PublishEvents, outbox::Ledger},
 };
 
 /// The agent's metrics and health. Cheap to share (`Arc`); recording never blocks on I/O.
@@ -127,6 +127,20 @@ impl Telemetry {
 
     pub fn leadership(&self, leading: bool) {
         self.metrics.leadership(leading);
+        if !leading {
+            self.health_tracker().outbox(None);
+        }
+    }
+
+    /// The outbox after a commit, and its bound (the leader reports it).
+    pub fn outbox(&self, now: Ledger, max: Ledger) {
+        self.metrics.outbox(now, max);
+        self.health_tracker().outbox(Some((now, max)));
+    }
+
+    /// A round's result was not stored (`reason`: `invalid` or `outbox_full`).
+    pub fn result_dropped(&self, reason: &'static str) {
+        self.metrics.result_dropped(reason);
     }
 
     /// A round this agent committed as the leader.
@@ -163,6 +177,14 @@ impl PublishEvents for Telemetry {
 
     fn failed(&self) {
         self.metrics.publish_failed();
+    }
+
+    fn unreadable(&self) {
+        self.metrics.unreadable();
+    }
+
+    fn rejected_waiting(&self, rejected: usize) {
+        self.metrics.rejected_waiting(rejected);
     }
 }
 
@@ -273,10 +295,58 @@ mod tests {
     }
 
     #[test]
-    fn rounds_only_move_forward_in_health() {
+    fn a_restarted_fleet_state_is_followed_in_health() {
+        // The device loop reports only rounds after the last it saw; after ZooKeeper lost its
+        // data the new state may number lower, and health follows it.
         let t = telemetry();
         t.round_opened(5);
         t.round_opened(3);
-        assert_eq!(t.health().round, Some(5));
+        assert_eq!(t.health().round, Some(3));
+    }
+
+    #[test]
+    fn a_full_outbox_makes_the_leader_unhealthy_and_shows_in_metrics() {
+        let t = telemetry();
+        let max = Ledger {
+            rounds: 2,
+            bytes: 1000,
+        };
+        t.outbox(
+            Ledger {
+                rounds: 1,
+                bytes: 10,
+            },
+            max,
+        );
+        assert!(!t.health().problems.iter().any(|p| p.contains("outbox")));
+        t.outbox(
+            Ledger {
+                rounds: 2,
+                bytes: 20,
+            },
+            max,
+        );
+        let health = t.health();
+        assert!(
+            health
+                .problems
+                .iter()
+                .any(|p| p.contains("the outbox is full (2 rounds")),
+            "{:?}",
+            health.problems
+        );
+        t.result_dropped("outbox_full");
+        t.rejected_waiting(4);
+        let text = t.render();
+        assert!(text.contains("fleetmeter_outbox_rounds 2"), "{text}");
+        assert!(text.contains("fleetmeter_outbox_max_rounds 2"), "{text}");
+        assert!(text.contains("fleetmeter_outbox_bytes 20"), "{text}");
+        assert!(text.contains("fleetmeter_outbox_rejected 4"), "{text}");
+        assert!(
+            text.contains(r#"fleetmeter_results_dropped_total{reason="outbox_full"} 1"#),
+            "{text}"
+        );
+        t.leadership(false);
+        assert!(t.health().healthy || !t.health().problems.iter().any(|p| p.contains("outbox")));
     }
 }

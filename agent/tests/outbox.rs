@@ -1,0 +1,196 @@
+//! The outbox's ZooKeeper side against a real ZooKeeper: entries inline and in parts, the
+//! move to `{root}/rejected` and back, discarding, the ledger staying exact through all of
+//! it, parts nobody refers to collected, and damaged parts detected.
+
+mod support;
+
+use std::time::Duration;
+
+use fleetmeter::{
+    coord::{Session, ZkSettings, paths},
+    publish::outbox::{self, Handled, Ledger, LoadError, Rejected},
+    wire::{MAX_DEVICES, MAX_ID_BYTES, Round},
+};
+use support::zk::ZkServer;
+
+async fn session(zk: &ZkServer) -> Session {
+    Session::connect(ZkSettings {
+        hosts: zk.hosts(),
+        root: "/fleetmeter".into(),
+        session_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(20),
+    })
+    .await
+    .unwrap()
+}
+
+fn round(n: u64, devices: usize) -> Round {
+    let devices: Vec<String> = (0..devices)
+        .map(|i| format!("{i:0>width$}", width = MAX_ID_BYTES))
+        .collect();
+    Round {
+        round: n,
+        value: 20.5,
+        count: devices.len() as u32,
+        devices,
+        aggregator: "mean@0.1.0".into(),
+        leader: "0".into(),
+        ts: 1_764_201_600_000,
+        unit: None,
+        counter: Some(n as i64),
+    }
+}
+
+/// Commits `round` the way the leader does (parts first, then entry and ledger in a multi).
+async fn commit(client: &fleetmeter::coord::zk::Client, round: &Round, term: &str) -> u64 {
+    let encoded = outbox::encode(round, term);
+    outbox::write_parts(client, &encoded).await.unwrap();
+    let _ = client
+        .mkdir(paths::RESULTS, &fleetmeter::coord::persistent())
+        .await;
+    let ledger = outbox::ledger(client).await.unwrap();
+    let mut multi = client.new_multi_writer();
+    outbox::add_entry(&mut multi, round.round, &encoded, ledger).unwrap();
+    multi.commit().await.unwrap();
+    encoded.bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_move_between_waiting_and_rejected_and_the_ledger_stays_exact() {
+    let zk = ZkServer::start();
+    let s = session(&zk).await;
+    let client = s.client().unwrap();
+    let small = round(1, 3);
+    let big = round(2, MAX_DEVICES);
+    let small_bytes = commit(&client, &small, "/election/a__lock__0000000001").await;
+    let big_bytes = commit(&client, &big, "/election/a__lock__0000000001").await;
+    assert!(big_bytes > 1_000_000, "{big_bytes}");
+    let both = Ledger {
+        rounds: 2,
+        bytes: small_bytes + big_bytes,
+    };
+    assert_eq!(outbox::ledger(&client).await.unwrap().ledger, both);
+    assert_eq!(
+        client.list_children(paths::PARTS).await.unwrap().len(),
+        1,
+        "the big round went in parts"
+    );
+
+    // Both read back whole.
+    let loaded = outbox::load(&client, &outbox::result_path(2))
+        .await
+        .unwrap();
+    assert_eq!(loaded.round, big);
+    assert_eq!(loaded.bytes, big_bytes);
+
+    // Refused: moved, with its answer; the ledger still counts it.
+    let (data, _) = client.get_data(&outbox::result_path(2)).await.unwrap();
+    let rejected = Rejected::new(
+        Some(422),
+        "too big for us",
+        Some("http://api/"),
+        big_bytes,
+        &data,
+    );
+    outbox::reject(&client, "00000000000000000002", &rejected)
+        .await
+        .unwrap();
+    let listed = outbox::list(&client).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].round, listed[0].state), (1, "waiting"));
+    assert_eq!((listed[1].round, listed[1].state), (2, "rejected"));
+    assert_eq!(listed[1].status, Some(422));
+    assert_eq!(listed[1].answer.as_deref(), Some("too big for us"));
+    assert_eq!(outbox::ledger(&client).await.unwrap().ledger, both);
+    assert_eq!(outbox::rejected_rounds(&client).await.unwrap(), [2]);
+
+    // Garbage collection keeps the parts a rejected entry refers to.
+    assert_eq!(outbox::collect_garbage(&client, 100).await.unwrap(), 0);
+
+    // Resent: back in the outbox, readable, parts intact.
+    assert_eq!(outbox::resend(&client, 2).await.unwrap(), Handled::Done);
+    assert_eq!(outbox::resend(&client, 2).await.unwrap(), Handled::NotFound);
+    assert_eq!(
+        outbox::load(&client, &outbox::result_path(2))
+            .await
+            .unwrap()
+            .round,
+        big
+    );
+
+    // Delivered: gone with its parts, and out of the ledger.
+    let loaded = outbox::load(&client, &outbox::result_path(2))
+        .await
+        .unwrap();
+    outbox::remove_delivered(&client, &outbox::result_path(2), &loaded)
+        .await
+        .unwrap();
+    assert!(client.list_children(paths::PARTS).await.unwrap().is_empty());
+    assert_eq!(
+        outbox::ledger(&client).await.unwrap().ledger,
+        Ledger {
+            rounds: 1,
+            bytes: small_bytes
+        }
+    );
+
+    // Refused and discarded: out of the ledger for good.
+    let (data, _) = client.get_data(&outbox::result_path(1)).await.unwrap();
+    let rejected = Rejected::new(Some(409), "conflict", None, small_bytes, &data);
+    outbox::reject(&client, "00000000000000000001", &rejected)
+        .await
+        .unwrap();
+    assert_eq!(outbox::discard(&client, 1).await.unwrap(), Handled::Done);
+    assert_eq!(
+        outbox::discard(&client, 1).await.unwrap(),
+        Handled::NotFound
+    );
+    assert_eq!(
+        outbox::ledger(&client).await.unwrap().ledger,
+        Ledger::default()
+    );
+    assert!(outbox::list(&client).await.unwrap().is_empty());
+
+    // A ledger deleted by hand is recounted from the entries.
+    commit(&client, &round(3, 2), "/election/b__lock__0000000002").await;
+    client.delete(paths::OUTBOX, None).await.unwrap();
+    assert_eq!(outbox::ledger(&client).await.unwrap().ledger.rounds, 1);
+    drop(client);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_parts_are_collected_and_damaged_parts_are_detected() {
+    let zk = ZkServer::start();
+    let s = session(&zk).await;
+    let client = s.client().unwrap();
+    let big = round(5, MAX_DEVICES);
+    // A deposed leader's parts for round 5 (its commit failed), and the winner's entry.
+    let loser = outbox::encode(&big, "/election/loser__lock__0000000001");
+    outbox::write_parts(&client, &loser).await.unwrap();
+    commit(&client, &big, "/election/winner__lock__0000000002").await;
+    assert_eq!(client.list_children(paths::PARTS).await.unwrap().len(), 2);
+    // Round 5 is still open: nothing is collected yet (its commit could still refer to them).
+    assert_eq!(outbox::collect_garbage(&client, 5).await.unwrap(), 0);
+    // Once the round moved on, only the loser's parts go.
+    assert_eq!(outbox::collect_garbage(&client, 6).await.unwrap(), 1);
+    let left = client.list_children(paths::PARTS).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].ends_with("winner__lock__0000000002"), "{left:?}");
+
+    // A part changed by hand: the entry does not read, and says why.
+    let part = format!("{}/{}/0001", paths::PARTS, left[0]);
+    client.set_data(&part, b"garbage", None).await.unwrap();
+    match outbox::load(&client, &outbox::result_path(5)).await {
+        Err(LoadError::Corrupt { reason, parts, .. }) => {
+            assert!(
+                reason.contains("do not match its size and digest"),
+                "{reason}"
+            );
+            assert!(parts.is_some());
+        }
+        other => panic!("a damaged part must not read as a round: {other:?}"),
+    }
+    drop(client);
+    s.close().await;
+}
