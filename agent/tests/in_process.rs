@@ -35,9 +35,7 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
         ),
     )
     .unwrap();
-    // No API runs, so the leader could not ask it where round numbers continue: the fleet's
-    // state is started by hand, as a tool would.
-    let setup = Session::connect(ZkSettings {
+    let observer = Session::connect(ZkSettings {
         hosts: zk.hosts(),
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(4),
@@ -45,8 +43,10 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
     })
     .await
     .unwrap();
-    barrier::ensure(&setup.client().unwrap()).await.unwrap();
-    setup.close().await;
+    let client = observer.client().unwrap();
+    // No API runs, so the leader could not ask it where round numbers continue: the fleet's
+    // state is started by hand, as a tool would.
+    barrier::ensure(&client).await.unwrap();
     let engine = support::engine();
     let shutdown = CancellationToken::new();
     let mut telemetries = Vec::new();
@@ -77,15 +77,6 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
         telemetries.push(telemetry);
     }
 
-    let observer = Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
-        session_timeout: Duration::from_secs(4),
-        connect_timeout: Duration::from_secs(20),
-    })
-    .await
-    .unwrap();
-    let client = observer.client().unwrap();
     wait_until("round 8", Duration::from_secs(60), || async {
         barrier::current(&client)
             .await

@@ -164,7 +164,7 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() {
     };
     let huge = format!(
         r#"{{"round":1,"value":1,"count":1,"devices":["{}"],"aggregator":"a","leader":"1","ts":1}}"#,
-        "x".repeat(300 * 1024)
+        "x".repeat(fleetmeter_api::routes::MAX_BODY)
     );
     let json = "application/json";
     let cases: Vec<(&str, String, &str, StatusCode)> = vec![

@@ -146,7 +146,15 @@ pub async fn barrier_exists(client: &Client) -> Result<bool, CoordError> {
 /// Adds the release of round `current.round + 1` to a multi: advances `{root}/round`
 /// (only if unchanged since read) and removes/re-creates `{root}/barrier`.
 pub fn add_release(writer: &mut MultiWriter<'_>, current: RoundState) -> Result<(), CoordError> {
-    let next = (current.round + 1).to_string();
+    let next = current
+        .round
+        .checked_add(1)
+        .ok_or_else(|| CoordError::BadData {
+            path: ROUND.into(),
+            found: current.round.to_string(),
+            expected: "a round number below the largest one",
+        })?
+        .to_string();
     writer
         .add_set_data(ROUND, next.as_bytes(), Some(current.version))
         .map_err(|e| CoordError::zk("set (in multi)", ROUND, e))?;

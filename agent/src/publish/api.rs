@@ -91,19 +91,7 @@ impl ApiClient {
                 .get(format!("{base}nuevo"))
                 .query(&[("dato", result.value.to_string())]),
         };
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|source| SendError::Unreachable { base, source })?;
-        let status = response.status();
-        if status.is_redirection() {
-            return Err(redirect(status, &response));
-        }
-        let body = read_bounded(response, MAX_ANSWER).await;
+        let (status, body) = self.execute(request, base, MAX_ANSWER).await?;
         if status.is_success() {
             let duplicate = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -129,17 +117,14 @@ impl ApiClient {
         Ok(Delivery::Refused(Refusal { status, body }))
     }
 
-    /// `GET {api_url}api/v1/rounds?limit=1`: the highest stored round. `None` with the
-    /// `query` format (no round numbers) or when the API stores none.
-    pub(super) async fn latest(&self, api_url: &str) -> Result<Option<Round>, SendError> {
-        if self.format == PublishFormat::Query {
-            return Ok(None);
-        }
-        let base = base(api_url);
-        let request = self
-            .http
-            .get(format!("{base}api/v1/rounds"))
-            .query(&[("limit", "1")]);
+    /// Sends `request` with the token; a redirect is an error (never followed); returns the
+    /// status and the answer's first `max` bytes.
+    async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+        base: String,
+        max: usize,
+    ) -> Result<(StatusCode, String), SendError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -152,7 +137,23 @@ impl ApiClient {
         if status.is_redirection() {
             return Err(redirect(status, &response));
         }
-        let body = read_bounded(response, fleetmeter_wire::MAX_ROUND_JSON + 16).await;
+        Ok((status, read_bounded(response, max).await))
+    }
+
+    /// `GET {api_url}api/v1/rounds?limit=1`: the highest stored round. `None` with the
+    /// `query` format (no round numbers) or when the API stores none.
+    pub(super) async fn latest(&self, api_url: &str) -> Result<Option<Round>, SendError> {
+        if self.format == PublishFormat::Query {
+            return Ok(None);
+        }
+        let base = base(api_url);
+        let request = self
+            .http
+            .get(format!("{base}api/v1/rounds"))
+            .query(&[("limit", "1")]);
+        let (status, body) = self
+            .execute(request, base, fleetmeter_wire::MAX_ROUND_JSON + 16)
+            .await?;
         if !status.is_success() {
             return Err(SendError::Status {
                 status,

@@ -154,17 +154,7 @@ pub async fn write_parts(client: &Client, encoded: &Encoded) -> Result<(), Coord
         return Ok(());
     };
     let dir = first.rsplit_once('/').map_or(PARTS, |(dir, _)| dir);
-    client
-        .mkdir(dir, &persistent())
-        .await
-        .or_else(|e| {
-            if e == ZkError::NodeExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|e| CoordError::zk("create", dir, e))?;
+    mkdir(client, dir).await?;
     for (path, data) in &encoded.parts {
         match client.create(path, data, &persistent()).await {
             Ok(_) => {}
@@ -178,6 +168,13 @@ pub async fn write_parts(client: &Client, encoded: &Encoded) -> Result<(), Coord
         }
     }
     Ok(())
+}
+
+async fn mkdir(client: &Client, dir: &str) -> Result<(), CoordError> {
+    match client.mkdir(dir, &persistent()).await {
+        Ok(()) | Err(ZkError::NodeExists) => Ok(()),
+        Err(e) => Err(CoordError::zk("create", dir, e)),
+    }
 }
 
 /// An entry, read back.
@@ -558,17 +555,7 @@ pub async fn reject(client: &Client, name: &str, rejected: &Rejected) -> Result<
                 source: ZkError::NoNode,
             }) => {
                 // /rejected does not exist yet.
-                client
-                    .mkdir(REJECTED, &persistent())
-                    .await
-                    .or_else(|e| {
-                        if e == ZkError::NodeExists {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| CoordError::zk("create", REJECTED, e))?;
+                mkdir(client, REJECTED).await?;
                 continue;
             }
             Err(MultiWriteError::OperationFailed {
@@ -604,8 +591,8 @@ pub struct Listed {
     pub at: Option<u64>,
 }
 
-/// Every entry, waiting ones first, each in round order. Waiting entries are not read (only
-/// their size), so listing a long outbox is cheap.
+/// Every entry, waiting ones first, each in round order. Every entry is read (a large round
+/// with its parts): at most the outbox's bound.
 pub async fn list(client: &Client) -> Result<Vec<Listed>, CoordError> {
     let mut out = Vec::new();
     for name in children(client, RESULTS).await? {
