@@ -130,6 +130,8 @@ async fn main() -> Result<()> {
     })
     .await?;
     let client = observer.client()?;
+    // No API to ask where round numbers continue: the fleet's state is started by hand.
+    barrier::ensure(&client).await?;
 
     println!(
         "fleet of 3 agents, period {:?}, session timeout {:?}, {} trials per signal; logs in {}",
