@@ -17,7 +17,7 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Client, SessionState};
+use zookeeper_client::{Client, SessionState, StateWatcher};
 
 use super::{CoordError, persistent};
 use crate::backoff::Backoff;
@@ -101,6 +101,9 @@ struct Shared {
     client: RwLock<Option<Client>>,
     status: watch::Sender<SessionStatus>,
     cancel: CancellationToken,
+    /// The closing client's state, kept so that a `close` whose future was dropped (its
+    /// caller's `select!` finished first) is finished by the next call.
+    closing: std::sync::Mutex<Option<StateWatcher>>,
 }
 
 /// Cheap to clone; every clone sees the same session.
@@ -156,6 +159,7 @@ impl Session {
             client: RwLock::new(Some(client)),
             status,
             cancel: CancellationToken::new(),
+            closing: std::sync::Mutex::new(None),
         });
         let supervisor = tokio::spawn(supervise(shared.clone()));
         Ok(Self {
@@ -274,9 +278,24 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(client) = client {
-            let mut states = client.state_watcher();
+            *self
+                .shared
+                .closing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(client.state_watcher());
             drop(client);
+        }
+        let closing = self
+            .shared
+            .closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(mut states) = closing {
             let closed = tokio::time::timeout(CLOSE_WAIT, async {
+                if states.peek_state().is_terminated() {
+                    return;
+                }
                 loop {
                     if states.changed().await.is_terminated() {
                         return;
