@@ -160,6 +160,37 @@ async fn entries_move_between_waiting_and_rejected_and_the_ledger_stays_exact() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_no_leader_could_have_written_is_not_read_as_a_round() {
+    let zk = ZkServer::start();
+    let s = session(&zk).await;
+    let client = s.client().unwrap();
+    client
+        .mkdir(paths::RESULTS, &fleetmeter::coord::persistent())
+        .await
+        .unwrap();
+    // Parses as a round, but `count` does not match `devices`: the API would refuse it, and
+    // no leader commits it.
+    let forged = br#"{"round":9,"value":1.0,"count":5,"devices":["a"],"aggregator":"mean@0.1.0","leader":"a","ts":1}"#;
+    client
+        .create(
+            &outbox::result_path(9),
+            forged,
+            &fleetmeter::coord::persistent(),
+        )
+        .await
+        .unwrap();
+    match outbox::load(&client, &outbox::result_path(9)).await {
+        Err(LoadError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("not a valid round"), "{reason}");
+            assert!(reason.contains("`count` is 5"), "{reason}");
+        }
+        other => panic!("a forged entry must not load: {other:?}"),
+    }
+    drop(client);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphaned_parts_are_collected_and_damaged_parts_are_detected() {
     let zk = ZkServer::start();
     let s = session(&zk).await;

@@ -80,7 +80,7 @@ pub fn add_increment(
     writer
         .add_set_data(
             COUNTER,
-            &encode(current.value + delta),
+            &encode(current.value.saturating_add(delta)),
             Some(current.version),
         )
         .map_err(|e| CoordError::zk("set (in multi)", COUNTER, e))
@@ -91,7 +91,7 @@ pub fn add_increment(
 pub async fn increment(client: &Client, delta: i64) -> Result<i64, CoordError> {
     loop {
         let current = read(client).await?;
-        let next = current.value + delta;
+        let next = current.value.saturating_add(delta);
         match client
             .set_data(COUNTER, &encode(next), Some(current.version))
             .await

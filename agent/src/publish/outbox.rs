@@ -226,31 +226,41 @@ async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
                 });
             }
         };
-        return match serde_json::from_slice::<Round>(&json) {
+        return match checked_round(&json) {
             Ok(round) => Ok(Loaded {
                 round,
                 bytes: parts.bytes,
                 parts: Some(parts.dir),
             }),
-            Err(e) => Err(LoadError::Corrupt {
-                reason: format!("its parts do not hold a round: {e}"),
+            Err(reason) => Err(LoadError::Corrupt {
+                reason: format!("its parts do not hold {reason}"),
                 parts: Some(parts.dir),
                 data,
             }),
         };
     }
-    match serde_json::from_slice::<Round>(&data) {
+    match checked_round(&data) {
         Ok(round) => Ok(Loaded {
             round,
             bytes: data.len() as u64,
             parts: None,
         }),
-        Err(e) => Err(LoadError::Corrupt {
-            reason: format!("not a round: {e}"),
+        Err(reason) => Err(LoadError::Corrupt {
+            reason: format!("not {reason}"),
             data,
             parts: None,
         }),
     }
+}
+
+/// A round that parses and passes the wire contract: what the leader commits. Anything else
+/// in the outbox was not written by a leader and is never sent.
+fn checked_round(json: &[u8]) -> Result<Round, String> {
+    let round: Round = serde_json::from_slice(json).map_err(|e| format!("a round: {e}"))?;
+    round
+        .validate()
+        .map_err(|e| format!("a valid round: {e}"))?;
+    Ok(round)
 }
 
 /// The round's JSON from its parts, checked against the digest; `Err` says what is wrong.

@@ -332,7 +332,7 @@ impl<'a> Committer<'a> {
             if let Some(result) = result {
                 let mut result = result.clone();
                 let delta = i64::from(result.count);
-                result.counter = Some(count.value + delta);
+                result.counter = Some(count.value.saturating_add(delta));
                 match result.validate() {
                     Err(invalid) => committed.dropped = Some(invalid.into()),
                     Ok(()) => {
@@ -358,7 +358,7 @@ impl<'a> Committer<'a> {
                                 ledger,
                             )?);
                             counter::add_increment(&mut multi, count, delta)?;
-                            committed.counter += delta;
+                            committed.counter = committed.counter.saturating_add(delta);
                             committed.stored = true;
                         } else {
                             committed.ledger = Some(ledger.ledger);
