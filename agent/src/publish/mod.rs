@@ -145,6 +145,7 @@ impl Publisher {
                     let rejected =
                         outbox::Rejected::new(None, &reason, None, data.len() as u64, &data);
                     outbox::reject(&client, name, &rejected).await?;
+                    self.report_rejected(&client).await?;
                     self.report(|e| e.unreadable());
                     continue;
                 }
@@ -178,6 +179,7 @@ impl Publisher {
                                 &data,
                             );
                             outbox::reject(&client, name, &rejected).await?;
+                            self.report_rejected(&client).await?;
                         }
                     }
                     self.report(|e| e.backlog(total - done - 1));
@@ -192,8 +194,7 @@ impl Publisher {
             }
         }
         self.report(|e| e.backlog(0));
-        let rejected = outbox::rejected_rounds(&client).await?.len();
-        self.report(|e| e.rejected_waiting(rejected));
+        self.report_rejected(&client).await?;
         if let Some(state) = barrier::current(&client).await? {
             let collected = outbox::collect_garbage(&client, state.round).await?;
             if collected > 0 {
@@ -204,6 +205,16 @@ impl Publisher {
             }
         }
         Ok(0)
+    }
+
+    /// Reports how many rounds wait in `{root}/rejected` (after each move there, and at the
+    /// end of each drain: an operator may resend or discard meanwhile).
+    async fn report_rejected(&self, client: &zookeeper_client::Client) -> Result<(), CoordError> {
+        if self.events.is_some() {
+            let rejected = outbox::rejected_rounds(client).await?.len();
+            self.report(|e| e.rejected_waiting(rejected));
+        }
+        Ok(())
     }
 
     /// Drains the outbox whenever nudged (and every few seconds), retrying with back-off,
