@@ -206,7 +206,7 @@ async fn refused_rounds_are_kept_shown_and_resent_redirects_wait_and_a_full_outb
     // 409: the API already holds a different round under the number the leader commits next.
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    let open = fleet::round_open(&client).await;
+    let open = round_open(&client).await;
     let taken = open + 2;
     let conflicting = serde_json::json!({"round": taken, "value": -1.0, "count": 1,
         "devices": ["someone-else"], "aggregator": "mean@0.1.0", "leader": "someone-else",
@@ -394,7 +394,7 @@ async fn ten_thousand_devices_with_the_longest_ids_publish_and_one_more_is_told_
         created.elapsed().as_secs_f64()
     );
     assert!(
-        fleet::round_open(&client).await < target,
+        round_open(&client).await < target,
         "the nodes were in place before round {target} opened"
     );
 
@@ -462,10 +462,11 @@ async fn ten_thousand_devices_with_the_longest_ids_publish_and_one_more_is_told_
     fleet.stop_all().await;
 }
 
-mod fleet {
-    use fleetmeter::coord::{barrier, zk::Client};
-
-    pub async fn round_open(client: &Client) -> u64 {
-        barrier::current(client).await.unwrap().unwrap().round
-    }
+/// The round open now.
+async fn round_open(client: &fleetmeter::coord::zk::Client) -> u64 {
+    fleetmeter::coord::barrier::current(client)
+        .await
+        .unwrap()
+        .unwrap()
+        .round
 }

@@ -300,7 +300,10 @@ async fn follow(
                         continue;
                     }
                     Err(Error::NodeExists) => continue,
-                    Err(_) => None,
+                    Err(err) => {
+                        tracing::warn!(key = key.name(), error = %err, "cannot write the configuration node again; keeping the value in force");
+                        None
+                    }
                 }
             }
             Err(_) => None,

@@ -29,7 +29,7 @@ pub use outbox::result_path;
 use crate::{
     backoff::Backoff,
     config::PublishSettings,
-    coord::{CoordError, Session, barrier, paths::RESULTS},
+    coord::{CoordError, Session, paths::RESULTS},
     wire::Round,
 };
 
@@ -142,8 +142,7 @@ impl Publisher {
                     parts: _,
                 }) => {
                     tracing::error!(node = %path, %reason, "unreadable outbox entry; moved to {{root}}/rejected");
-                    let rejected =
-                        outbox::Rejected::new(None, &reason, None, data.len() as u64, &data);
+                    let rejected = outbox::Rejected::new(None, &reason, None, &data);
                     outbox::reject(&client, name, &rejected).await?;
                     self.report_rejected(&client).await?;
                     self.report(|e| e.unreadable());
@@ -166,17 +165,11 @@ impl Publisher {
                         }
                         Delivery::Refused(refusal) => {
                             tracing::error!(round = result.round, api = %url, status = %refusal.status, answer = %refusal.body, "the API refused the round; kept in {{root}}/rejected (see `fleetmeter outbox list`)");
-                            let data = client
-                                .get_data(&path)
-                                .await
-                                .map(|(data, _)| data)
-                                .unwrap_or_default();
                             let rejected = outbox::Rejected::new(
                                 Some(refusal.status.as_u16()),
                                 &refusal.body,
                                 Some(&url),
-                                loaded.bytes,
-                                &data,
+                                &loaded.data,
                             );
                             outbox::reject(&client, name, &rejected).await?;
                             self.report_rejected(&client).await?;
@@ -195,14 +188,12 @@ impl Publisher {
         }
         self.report(|e| e.backlog(0));
         self.report_rejected(&client).await?;
-        if let Some(state) = barrier::current(&client).await? {
-            let collected = outbox::collect_garbage(&client, state.round).await?;
-            if collected > 0 {
-                tracing::info!(
-                    directories = collected,
-                    "deleted the parts of rounds no entry refers to"
-                );
-            }
+        let collected = outbox::collect_garbage(&client).await?;
+        if collected > 0 {
+            tracing::info!(
+                directories = collected,
+                "deleted the parts of rounds no entry refers to"
+            );
         }
         Ok(0)
     }

@@ -181,6 +181,8 @@ async fn mkdir(client: &Client, dir: &str) -> Result<(), CoordError> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
     pub round: Round,
+    /// The entry as stored (the round's JSON, or the reference to its parts).
+    pub data: Vec<u8>,
     /// The round's JSON size.
     pub bytes: u64,
     /// Its parts' directory, for a large round.
@@ -231,6 +233,7 @@ async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
                 round,
                 bytes: parts.bytes,
                 parts: Some(parts.dir),
+                data,
             }),
             Err(reason) => Err(LoadError::Corrupt {
                 reason: format!("its parts do not hold {reason}"),
@@ -244,6 +247,7 @@ async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
             round,
             bytes: data.len() as u64,
             parts: None,
+            data,
         }),
         Err(reason) => Err(LoadError::Corrupt {
             reason: format!("not {reason}"),
@@ -493,13 +497,9 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    pub fn new(
-        status: Option<u16>,
-        answer: &str,
-        api: Option<&str>,
-        bytes: u64,
-        data: &[u8],
-    ) -> Self {
+    /// `data` is the entry as it was in `/results`; the ledger's size for it is derived
+    /// from it, as when the entry was counted in.
+    pub fn new(status: Option<u16>, answer: &str, api: Option<&str>, data: &[u8]) -> Self {
         let entry = match serde_json::from_slice(data) {
             Ok(value) if data.len() <= INLINE_MAX => value,
             _ => serde_json::Value::String(format!(
@@ -516,7 +516,7 @@ impl Rejected {
             answer: answer[..end].to_owned(),
             at: crate::wire::now_ms(),
             api: api.map(str::to_owned),
-            bytes,
+            bytes: entry_bytes(RESULTS, data),
             entry,
         }
     }
@@ -778,12 +778,23 @@ pub async fn highest_round(client: &Client) -> Result<Option<u64>, CoordError> {
     Ok(highest)
 }
 
-/// Deletes parts directories no entry refers to: those of rounds before `current` (no commit
-/// can refer to them any more) that neither `/results` nor `/rejected` names, read in one
-/// multi-read so that a concurrent move between the two is seen.
-pub async fn collect_garbage(client: &Client, current: u64) -> Result<usize, CoordError> {
+/// Deletes parts directories no entry refers to: those of rounds before the current one (a
+/// commit needs its round open, so none can refer to them any more) that neither `/results`
+/// nor `/rejected` names, read in one multi-read so that a concurrent move between the two is
+/// seen. Reads the round only when there are parts at all.
+pub async fn collect_garbage(client: &Client) -> Result<usize, CoordError> {
+    let dirs = children(client, PARTS).await?;
+    if dirs.is_empty() {
+        return Ok(0);
+    }
+    let Some(current) = crate::coord::barrier::current(client)
+        .await?
+        .map(|s| s.round)
+    else {
+        return Ok(0);
+    };
     let mut deleted = 0;
-    for dir in children(client, PARTS).await? {
+    for dir in dirs {
         let Some(round) = dir.get(..20).and_then(parse_name) else {
             continue;
         };
@@ -899,10 +910,10 @@ mod tests {
     #[test]
     fn a_kept_answer_is_cut_on_a_character_boundary() {
         let answer = "é".repeat(MAX_KEPT_ANSWER);
-        let rejected = Rejected::new(Some(409), &answer, None, 10, b"{}");
+        let rejected = Rejected::new(Some(409), &answer, None, b"{}");
         assert!(rejected.answer.len() <= MAX_KEPT_ANSWER);
         assert_eq!(
-            Rejected::new(None, "x", None, 3, b"\xff").entry,
+            Rejected::new(None, "x", None, b"\xff").entry,
             serde_json::Value::String("(unreadable entry of 1 bytes, not kept)".into())
         );
     }

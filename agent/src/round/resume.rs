@@ -105,9 +105,9 @@ pub(super) async fn start(ctx: &Ctx, node: &str, point: ResumePoint) -> Result<(
                 source: ZkError::NodeExists,
             }) => Ok(()),
             Err(MultiWriteError::OperationFailed {
-                source: ZkError::NodeExists | ZkError::NoNode,
+                source: ZkError::NodeExists,
                 ..
-            }) => continue, // the barrier or counter came or went meanwhile
+            }) => continue, // the barrier or counter was created meanwhile
             Err(err) => Err(CoordError::zk("start (multi)", ROUND, err.into()).into()),
         };
     }
