@@ -127,6 +127,9 @@ async fn main() -> Result<()> {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(30),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await?;
     let client = observer.client()?;

@@ -12,7 +12,6 @@ use crate::{
         dynconfig::{self, Key},
         election,
         paths::{self, DEVICES, RESULTS},
-        persistent,
     },
     publish::outbox::{self, Ledger},
     wire::DeviceReading,
@@ -48,12 +47,27 @@ pub struct Status {
 }
 
 /// Connects briefly (10 s to reach ZooKeeper) for a one-shot command.
-pub async fn connect(hosts: &str, root: &str) -> Result<Session, CoordError> {
+pub async fn connect(
+    hosts: &str,
+    root: &str,
+    auth: Option<crate::coord::ZkAuth>,
+) -> Result<Session, CoordError> {
     Session::connect(ZkSettings {
         hosts: hosts.to_owned(),
         root: root.to_owned(),
         session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(10),
+        // The key of the fleet's commit marks, so that `outbox resend` vouches for what it
+        // puts back: from the credentials, else the API token in the environment.
+        mark_key: crate::coord::access::MarkKey::for_fleet(
+            auth.as_ref(),
+            std::env::var(crate::config::keys::API_TOKEN.var())
+                .ok()
+                .as_deref(),
+        ),
+        auth,
+        // A tool never creates the root with its own policy: it follows the root's.
+        public_read: false,
     })
     .await
 }
@@ -220,10 +234,13 @@ pub async fn set(session: &Session, key: Key, value: &str) -> Result<(), SetErro
         Ok(_) => {}
         Err(ZkError::NoNode) => {
             client
-                .mkdir(paths::CONFIG, &persistent())
+                .mkdir(paths::CONFIG, &client.persistent())
                 .await
                 .map_err(|e| CoordError::zk("create", paths::CONFIG, e))?;
-            match client.create(&path, value.as_bytes(), &persistent()).await {
+            match client
+                .create(&path, value.as_bytes(), &client.persistent())
+                .await
+            {
                 Ok(_) => {}
                 Err(ZkError::NodeExists) => {
                     client

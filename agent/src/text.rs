@@ -44,6 +44,18 @@ pub fn one_line_bounded(text: &str, max: usize) -> String {
     out
 }
 
+/// A URL with the password of its user part (`https://user:PASSWORD@host/`) replaced by
+/// `***`, for logs and printed settings; text that is not a URL comes back as it is.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -61,6 +73,23 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("https://fleet:hunter2@api.example/"),
+            "https://fleet:***@api.example/"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:4000/"),
+            "http://127.0.0.1:4000/"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn plain_text_is_borrowed_unchanged() {

@@ -320,6 +320,9 @@ fn run_check_prints_the_configuration_and_connects_to_nothing() {
         .current_dir(repo_root())
         .env_remove("FLEETMETER_CONFIG")
         .env_remove("FLEETMETER_METRICS_LISTEN")
+        .env("FLEETMETER_ZK_AUTH", "digest:fleet:zk-pass-4711")
+        .env("FLEETMETER_API_TOKEN", "api-token-4711")
+        .env("API_URL", "https://meter:url-pass-4711@api.example/")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -328,9 +331,12 @@ fn run_check_prints_the_configuration_and_connects_to_nothing() {
         "configuration OK",
         "device id:        4",
         "zookeeper:        zk-a:2181,zk-b:2181",
+        "zk credentials:   user \"fleet\" (password hidden)",
         "sampling period:  2.5s",
-        "metrics, health:  0.0.0.0:9464",
+        "api url:          https://meter:***@api.example/ (format json, token set, hidden;",
+        "metrics, health:  127.0.0.1:9464",
     ] {
         assert!(text.contains(expected), "{expected:?} in {text}");
     }
+    assert!(!text.contains("4711"), "no secret is printed: {text}");
 }

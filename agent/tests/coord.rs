@@ -21,6 +21,9 @@ async fn session(zk: &ZkServer, timeout: Duration) -> Session {
         root: "/fleetmeter".into(),
         session_timeout: timeout,
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .expect("connect to the test ZooKeeper")
@@ -200,7 +203,7 @@ async fn a_fenced_commit_fails_once_the_leader_is_deposed() {
             let mut multi = client.new_multi_writer();
             multi.add_check_version(&node, 0).unwrap();
             counter::add_increment(&mut multi, count, readings).unwrap();
-            barrier::add_release(&mut multi, round).unwrap();
+            barrier::add_release(&mut multi, client.acl(), round).unwrap();
             multi.commit().await
         }
     };
@@ -242,12 +245,12 @@ async fn devices_wait_on_the_round_barrier() {
     assert!(!waiter.is_finished(), "round 1 is done: wait for the next");
     let round = barrier::current(&client).await.unwrap().unwrap();
     let mut multi = client.new_multi_writer();
-    barrier::add_release(&mut multi, round).unwrap();
+    barrier::add_release(&mut multi, client.acl(), round).unwrap();
     multi.commit().await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap().round, 2);
     // A stale release (old version) is refused: a round is never released twice.
     let mut multi = client.new_multi_writer();
-    barrier::add_release(&mut multi, round).unwrap();
+    barrier::add_release(&mut multi, client.acl(), round).unwrap();
     assert!(multi.commit().await.is_err());
     assert_eq!(barrier::current(&client).await.unwrap().unwrap().round, 2);
     drop(client);
@@ -367,6 +370,9 @@ fn local() -> Local {
     Local {
         sampling_period: Duration::from_secs(5),
         api_url: "http://api:4000/".into(),
+        // The seed report moves the API to another port at run time: allowed here, as an
+        // operator would allow it in [publish] allowed_origins.
+        allowed_origins: vec!["http://api:4000".into(), "http://127.0.0.1:4001".into()],
         aggregator: "mean".into(),
     }
 }
@@ -546,6 +552,9 @@ async fn connection_loss_while_creating_our_nodes_leaves_no_orphan() {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap();
@@ -613,6 +622,9 @@ async fn a_frozen_leader_stops_leading_before_its_successor_starts() {
         root: "/fleetmeter".into(),
         session_timeout: timeout,
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap();
@@ -701,6 +713,9 @@ async fn an_interrupted_close_is_finished_by_the_next_one() {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     };
     // A process of its own, as far as the runtime goes: it ends when `close` returns.
     std::thread::spawn(move || {

@@ -40,6 +40,9 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap();

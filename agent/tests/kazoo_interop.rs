@@ -68,6 +68,9 @@ async fn session(zk: &ZkServer) -> Session {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap()
@@ -200,7 +203,7 @@ zk.stop()",
     )
     .await;
     let mut multi = client.new_multi_writer();
-    barrier::add_release(&mut multi, round).unwrap();
+    barrier::add_release(&mut multi, client.acl(), round).unwrap();
     multi.commit().await.unwrap();
     assert_eq!(next_line(&mut lines, "the wait result").await, "True");
     assert!(child.wait().await.unwrap().success());

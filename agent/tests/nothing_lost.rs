@@ -36,7 +36,7 @@ fn assert_counter_continues(rounds: &[Value]) {
 /// would; retried while live agents re-create nodes under it between the listing and the
 /// delete.
 async fn delete_all(session: &Session, path: &str) {
-    let client = session.client().unwrap().chroot("/").unwrap();
+    let client = session.client().unwrap().into_client().chroot("/").unwrap();
     for _ in 0..100 {
         let mut stack = vec![path.to_owned()];
         let mut order = Vec::new();

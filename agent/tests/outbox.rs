@@ -19,6 +19,9 @@ async fn session(zk: &ZkServer) -> Session {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap()
@@ -42,14 +45,10 @@ fn round(n: u64, devices: usize) -> Round {
 }
 
 /// Opens round `n` (what garbage collection compares parts against).
-async fn set_round(client: &fleetmeter::coord::zk::Client, n: u64) {
+async fn set_round(client: &fleetmeter::coord::FleetClient, n: u64) {
     let data = n.to_string();
     match client
-        .create(
-            paths::ROUND,
-            data.as_bytes(),
-            &fleetmeter::coord::persistent(),
-        )
+        .create(paths::ROUND, data.as_bytes(), &client.persistent())
         .await
     {
         Ok(_) => {}
@@ -64,15 +63,13 @@ async fn set_round(client: &fleetmeter::coord::zk::Client, n: u64) {
 }
 
 /// Commits `round` the way the leader does (parts first, then entry and ledger in a multi).
-async fn commit(client: &fleetmeter::coord::zk::Client, round: &Round, term: &str) -> u64 {
-    let encoded = outbox::encode(round, term);
+async fn commit(client: &fleetmeter::coord::FleetClient, round: &Round, term: &str) -> u64 {
+    let encoded = outbox::encode(round, term, client.mark_key());
     outbox::write_parts(client, &encoded).await.unwrap();
-    let _ = client
-        .mkdir(paths::RESULTS, &fleetmeter::coord::persistent())
-        .await;
+    let _ = client.mkdir(paths::RESULTS, &client.persistent()).await;
     let ledger = outbox::ledger(client).await.unwrap();
     let mut multi = client.new_multi_writer();
-    outbox::add_entry(&mut multi, round.round, &encoded, ledger).unwrap();
+    outbox::add_entry(&mut multi, client.acl(), round.round, &encoded, ledger).unwrap();
     multi.commit().await.unwrap();
     encoded.bytes
 }
@@ -182,18 +179,14 @@ async fn an_entry_no_leader_could_have_written_is_not_read_as_a_round() {
     let s = session(&zk).await;
     let client = s.client().unwrap();
     client
-        .mkdir(paths::RESULTS, &fleetmeter::coord::persistent())
+        .mkdir(paths::RESULTS, &client.persistent())
         .await
         .unwrap();
     // Parses as a round, but `count` does not match `devices`: the API would refuse it, and
     // no leader commits it.
     let forged = br#"{"round":9,"value":1.0,"count":5,"devices":["a"],"aggregator":"mean@0.1.0","leader":"a","ts":1}"#;
     client
-        .create(
-            &outbox::result_path(9),
-            forged,
-            &fleetmeter::coord::persistent(),
-        )
+        .create(&outbox::result_path(9), forged, &client.persistent())
         .await
         .unwrap();
     match outbox::load(&client, &outbox::result_path(9)).await {
@@ -214,7 +207,7 @@ async fn orphaned_parts_are_collected_and_damaged_parts_are_detected() {
     let client = s.client().unwrap();
     let big = round(5, MAX_DEVICES);
     // A deposed leader's parts for round 5 (its commit failed), and the winner's entry.
-    let loser = outbox::encode(&big, "/election/loser__lock__0000000001");
+    let loser = outbox::encode(&big, "/election/loser__lock__0000000001", None);
     outbox::write_parts(&client, &loser).await.unwrap();
     commit(&client, &big, "/election/winner__lock__0000000002").await;
     assert_eq!(client.list_children(paths::PARTS).await.unwrap().len(), 2);

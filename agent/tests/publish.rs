@@ -10,7 +10,7 @@ use std::{
 };
 
 use fleetmeter::{
-    config::{PublishFormat, PublishSettings},
+    config::{PublishFormat, PublishSettings, Secret},
     publish::{Delivery, Publisher, SendError},
     wire::Round,
 };
@@ -59,11 +59,18 @@ async fn api(redis: &RedisServer, token: Option<&str>) -> Api {
     api
 }
 
-fn settings(format: PublishFormat, token: Option<&str>) -> PublishSettings {
+/// Settings for a publisher that may send to `api_url`'s origin only.
+fn settings(format: PublishFormat, token: Option<&str>, api_url: &str) -> PublishSettings {
     PublishSettings {
-        api_url: String::new(),
+        api_url: api_url.to_owned(),
         format,
-        token: token.map(str::to_owned),
+        token: token.map(Secret::new),
+        allowed_origins: vec![
+            url::Url::parse(api_url)
+                .unwrap()
+                .origin()
+                .ascii_serialization(),
+        ],
         timeout: Duration::from_secs(2),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_secs(1),
@@ -101,7 +108,7 @@ async fn stored(api: &Api, path: &str) -> serde_json::Value {
 async fn json_publishing_is_idempotent_by_round() {
     let redis = RedisServer::start();
     let api = api(&redis, None).await;
-    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    let publisher = Publisher::new(settings(PublishFormat::Json, None, &api.url)).unwrap();
     assert_eq!(
         publisher.send(&api.url, &result(1, 80.5)).await.unwrap(),
         Delivery::Stored
@@ -130,7 +137,7 @@ async fn json_publishing_is_idempotent_by_round() {
 async fn query_publishing_uses_the_original_call() {
     let redis = RedisServer::start();
     let api = api(&redis, None).await;
-    let publisher = Publisher::new(settings(PublishFormat::Query, None)).unwrap();
+    let publisher = Publisher::new(settings(PublishFormat::Query, None, &api.url)).unwrap();
     assert_eq!(
         publisher.send(&api.url, &result(1, 83.25)).await.unwrap(),
         Delivery::Stored
@@ -147,23 +154,66 @@ async fn query_publishing_uses_the_original_call() {
 async fn the_bearer_token_is_sent_and_a_missing_one_is_retried_not_dropped() {
     let redis = RedisServer::start();
     let api = api(&redis, Some("s3cret")).await;
-    let without = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
+    let without = Publisher::new(settings(PublishFormat::Json, None, &api.url)).unwrap();
     let err = without.send(&api.url, &result(1, 80.0)).await.unwrap_err();
     assert!(
         matches!(err, SendError::Status { status, .. } if status == 401),
         "a wrong or missing token is transient (fix it and it goes through): {err}"
     );
-    let with = Publisher::new(settings(PublishFormat::Json, Some("s3cret"))).unwrap();
+    let with = Publisher::new(settings(PublishFormat::Json, Some("s3cret"), &api.url)).unwrap();
     assert_eq!(
         with.send(&api.url, &result(1, 80.0)).await.unwrap(),
         Delivery::Stored
     );
 }
 
+/// The attack of issue 13: `{root}/config/api_url` pointed at an outsider's server. The
+/// dynamic configuration refuses it; should a URL of another origin reach the publisher
+/// anyway, nothing is sent there: no round, no token.
+#[tokio::test]
+async fn nothing_is_sent_to_an_origin_the_configuration_does_not_allow() {
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start();
+    let api = api(&redis, Some("s3cret")).await;
+    let publisher =
+        Publisher::new(settings(PublishFormat::Json, Some("s3cret"), &api.url)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let outsider = format!("http://{}/", listener.local_addr().unwrap());
+    let heard = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0; 4096];
+        let n = socket.read(&mut request).await.unwrap_or(0);
+        String::from_utf8_lossy(&request[..n]).into_owned()
+    });
+    let err = publisher
+        .send(&outsider, &result(1, 80.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SendError::OriginNotAllowed { .. }),
+        "another origin is refused before any connection: {err}"
+    );
+    assert!(
+        err.to_string().contains(api.url.trim_end_matches('/')),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!heard.is_finished(), "the outsider heard nothing");
+    heard.abort();
+    // The allowed origin written another way (no trailing slash) is the API still.
+    assert_eq!(
+        publisher
+            .send(api.url.trim_end_matches('/'), &result(1, 80.0))
+            .await
+            .unwrap(),
+        Delivery::Stored
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_api_is_a_transient_failure() {
-    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
     let url = format!("http://127.0.0.1:{}/", free_port());
+    let publisher = Publisher::new(settings(PublishFormat::Json, None, &url)).unwrap();
     let err = publisher.send(&url, &result(1, 80.0)).await.unwrap_err();
     assert!(matches!(err, SendError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("cannot reach the API"), "{err}");
@@ -191,9 +241,9 @@ async fn answering(status: &str, body: Vec<u8>) -> String {
 
 #[tokio::test]
 async fn the_api_answer_is_bounded_and_kept_on_one_line() {
-    let publisher = Publisher::new(settings(PublishFormat::Json, None)).unwrap();
     // 4 MiB of answer: the agent keeps a bounded part of it.
     let url = answering("503 Service Unavailable", vec![b'x'; 4 << 20]).await;
+    let publisher = Publisher::new(settings(PublishFormat::Json, None, &url)).unwrap();
     match publisher.send(&url, &result(1, 80.0)).await.unwrap_err() {
         SendError::Status { status, body } => {
             assert_eq!(status, 503);
@@ -204,6 +254,7 @@ async fn the_api_answer_is_bounded_and_kept_on_one_line() {
     // A refusal whose answer tries to forge a log line stays one line.
     let forged = b"no\n2026-01-01T00:00:00Z ERROR forged".to_vec();
     let url = answering("422 Unprocessable Entity", forged).await;
+    let publisher = Publisher::new(settings(PublishFormat::Json, None, &url)).unwrap();
     match publisher.send(&url, &result(1, 80.0)).await.unwrap() {
         Delivery::Refused(refusal) => {
             assert_eq!(refusal.status, 422);

@@ -20,6 +20,9 @@ async fn losing_one_node_keeps_working_and_losing_quorum_suspends() {
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(30),
+        auth: None,
+        public_read: false,
+        mark_key: None,
     })
     .await
     .unwrap();

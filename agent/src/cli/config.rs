@@ -17,7 +17,7 @@ pub(super) async fn run(command: ConfigCommand) -> Result<ExitCode> {
                 })?],
                 None => Key::ALL.to_vec(),
             };
-            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let session = fleet.connect().await?;
             let mut values = Vec::new();
             for key in &keys {
                 values.push((key.name(), crate::status::get(&session, *key).await));
@@ -43,7 +43,7 @@ pub(super) async fn run(command: ConfigCommand) -> Result<ExitCode> {
         } => {
             // Validate before connecting: a refused value needs no ZooKeeper.
             let (parsed, value) = crate::status::validate(&key, &value, &plugin_dir)?;
-            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let session = fleet.connect().await?;
             let written = crate::status::set(&session, parsed, &value).await;
             session.close().await;
             written?;

@@ -7,6 +7,7 @@
 //! - `config`: `fleetmeter config get|set`.
 //! - `health`: `fleetmeter health`.
 //! - `outbox`: `fleetmeter outbox list|resend|discard`.
+//! - `secure`: `fleetmeter secure-root`.
 //! - `plugin`: `fleetmeter plugin inspect|run|aggregate`.
 //!
 //! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
@@ -16,6 +17,7 @@ mod health;
 mod outbox;
 mod plugin;
 mod run;
+mod secure;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -90,6 +92,18 @@ pub enum Command {
     /// such as 409 or 422, kept in {root}/rejected with its answer, never dropped).
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Secure a fleet whose root was created open (before credentials were configured): give
+    /// every node under the root the fleet's ACL (these credentials may do everything,
+    /// everyone else nothing). Needs the credentials (FLEETMETER_ZK_AUTH or --zk-auth-file).
+    /// Stop agents that have no credentials first: afterwards they are refused.
+    SecureRoot {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Let anyone read (not change) the fleet's nodes: dashboards, kazoo without
+        /// credentials.
+        #[arg(long)]
+        public_read: bool,
+    },
     /// Work with plugin files: inspect them, try a sensor, try an aggregator.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -114,6 +128,40 @@ pub struct FleetArgs {
         value_name = keys::ZK_ROOT.value()
     )]
     pub root: String,
+    /// A file holding the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or set
+    /// FLEETMETER_ZK_AUTH to that value). Never the password itself on the command line.
+    #[arg(
+        long = keys::ZK_AUTH_FILE.long(),
+        env = keys::ZK_AUTH_FILE.var(),
+        value_name = keys::ZK_AUTH_FILE.value()
+    )]
+    pub zk_auth_file: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    /// The credentials: FLEETMETER_ZK_AUTH, else the --zk-auth-file file.
+    pub fn auth(&self) -> Result<Option<crate::coord::ZkAuth>> {
+        if let Some(raw) = std::env::var_os(keys::ZK_AUTH.var()) {
+            let raw = raw.to_string_lossy();
+            return raw
+                .parse()
+                .map(Some)
+                .with_context(|| format!("{} (environment)", keys::ZK_AUTH.var()));
+        }
+        let Some(path) = &self.zk_auth_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the credentials file {}", path.display()))?;
+        text.parse()
+            .map(Some)
+            .with_context(|| format!("the credentials in {}", path.display()))
+    }
+
+    /// A short session on the fleet, with the credentials.
+    pub async fn connect(&self) -> Result<crate::coord::Session> {
+        Ok(crate::status::connect(&self.zk, &self.root, self.auth()?).await?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,6 +232,7 @@ impl Command {
             Command::Status { .. }
             | Command::Config(_)
             | Command::Outbox(_)
+            | Command::SecureRoot { .. }
             | Command::Health { .. } => "warn",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
             Command::Plugin(_) => "warn,plugin=info",
@@ -198,6 +247,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { fleet, json } => block_on(status::run(fleet, json)),
         Command::Config(command) => block_on(config::run(command)),
         Command::Outbox(command) => block_on(outbox::run(command)),
+        Command::SecureRoot { fleet, public_read } => block_on(secure::run(fleet, public_read)),
         Command::Health { address, timeout } => block_on(health::run(address, timeout)),
         Command::Plugin(command) => plugin::run(command),
     }

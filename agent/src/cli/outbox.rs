@@ -15,7 +15,7 @@ use crate::{
 pub(super) async fn run(command: OutboxCommand) -> Result<ExitCode> {
     match command {
         OutboxCommand::List { fleet, json } => {
-            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let session = fleet.connect().await?;
             let listed = match session.client() {
                 Ok(client) => outbox::list(&client).await.map_err(Into::into),
                 Err(e) => Err(anyhow::Error::from(e)),
@@ -30,13 +30,13 @@ pub(super) async fn run(command: OutboxCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         OutboxCommand::Resend { rounds, all, fleet } => {
-            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let session = fleet.connect().await?;
             let done = each(&session, rounds, all, Action::Resend).await;
             session.close().await;
             done
         }
         OutboxCommand::Discard { rounds, all, fleet } => {
-            let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+            let session = fleet.connect().await?;
             let done = each(&session, rounds, all, Action::Discard).await;
             session.close().await;
             done

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Seconds between rounds.
     #[arg(long = keys::SAMPLING_PERIOD.long(), env = keys::SAMPLING_PERIOD.var(), value_name = keys::SAMPLING_PERIOD.value())]
     pub period: Option<String>,
+    /// A file holding the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or
+    /// FLEETMETER_ZK_AUTH with that value; never the password on the command line).
+    #[arg(long = keys::ZK_AUTH_FILE.long(), env = keys::ZK_AUTH_FILE.var(), value_name = keys::ZK_AUTH_FILE.value())]
+    pub zk_auth_file: Option<PathBuf>,
     /// Root node of this fleet in ZooKeeper.
     #[arg(long = keys::ZK_ROOT.long(), env = keys::ZK_ROOT.var(), value_name = keys::ZK_ROOT.value())]
     pub root: Option<String>,
@@ -61,8 +65,8 @@ pub struct RunArgs {
     /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
     #[arg(long = keys::PUBLISH_FORMAT.long(), env = keys::PUBLISH_FORMAT.var(), value_name = keys::PUBLISH_FORMAT.value())]
     pub publish_format: Option<String>,
-    /// Where to serve /metrics and /healthz: IP:PORT, :PORT, or `off`
-    /// [default: 0.0.0.0:9464].
+    /// Where to serve /metrics and /healthz: IP:PORT, :PORT (every interface), or `off`
+    /// [default: 127.0.0.1:9464].
     #[arg(long = keys::METRICS_LISTEN.long(), env = keys::METRICS_LISTEN.var(), value_name = keys::METRICS_LISTEN.value())]
     pub metrics_listen: Option<String>,
     /// Only check the configuration (file, environment and flags, as `run` would read
@@ -86,6 +90,11 @@ impl RunArgs {
             token: self.api_token.clone(),
             format: self.publish_format.clone(),
             metrics_listen: self.metrics_listen.clone(),
+            // The environment only: a flag would put the password in every `ps`.
+            zk_auth: std::env::var(keys::ZK_AUTH.var())
+                .ok()
+                .map(crate::config::Secret::new),
+            zk_auth_file: self.zk_auth_file.clone(),
         }
     }
 }

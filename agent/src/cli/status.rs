@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::FleetArgs;
 
 pub(super) async fn run(fleet: FleetArgs, json: bool) -> Result<ExitCode> {
-    let session = crate::status::connect(&fleet.zk, &fleet.root).await?;
+    let session = fleet.connect().await?;
     let status = crate::status::read(&session).await;
     session.close().await;
     let status = status?;

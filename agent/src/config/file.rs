@@ -36,6 +36,11 @@ pub struct ZookeeperSection {
     pub session_timeout: f64,
     /// Seconds to keep trying the first connection.
     pub connect_timeout: f64,
+    /// `digest:USER:PASSWORD`.
+    pub auth: Option<super::Secret>,
+    /// A file holding `digest:USER:PASSWORD`.
+    pub auth_file: Option<PathBuf>,
+    pub public_read: bool,
 }
 
 impl Default for ZookeeperSection {
@@ -45,6 +50,9 @@ impl Default for ZookeeperSection {
             root: "/fleetmeter".into(),
             session_timeout: 4.0,
             connect_timeout: 60.0,
+            auth: None,
+            auth_file: None,
+            public_read: false,
         }
     }
 }
@@ -109,7 +117,7 @@ pub struct PublishSection {
     pub api_url: String,
     pub format: PublishFormat,
     /// Bearer token for the API's writes (its API_TOKEN).
-    pub token: Option<String>,
+    pub token: Option<super::Secret>,
     /// Seconds per request.
     pub timeout: f64,
     /// First retry delay, seconds; doubled up to `retry_max`, with jitter.
@@ -119,6 +127,8 @@ pub struct PublishSection {
     pub outbox_max_rounds: f64,
     /// Most MiB of results the outbox holds.
     pub outbox_max_mib: f64,
+    /// Origins the dynamic `api_url` may point to besides `api_url`'s own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for PublishSection {
@@ -132,6 +142,7 @@ impl Default for PublishSection {
             retry_max: 30.0,
             outbox_max_rounds: 20_000.0,
             outbox_max_mib: 64.0,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -176,7 +187,7 @@ pub struct TelemetrySection {
 impl Default for TelemetrySection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:9464".into(),
+            listen: "127.0.0.1:9464".into(),
             unhealthy_after_periods: 3,
         }
     }

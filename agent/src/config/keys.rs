@@ -157,6 +157,19 @@ pub const ZK_ROOT: Key = Key::file("[zookeeper] root", "[zookeeper] root", "\"/f
     .flag("root", "PATH")
     .env("FLEETMETER_ROOT")
     .note("the fleet's root node; several fleets can share an ensemble");
+pub const ZK_AUTH: Key = Key::file("[zookeeper] auth", "[zookeeper] auth", "")
+    .env("FLEETMETER_ZK_AUTH")
+    .note("the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (no flag: a password on a command line is visible to every user of the host); none by default: an open fleet (README, \"Security\")");
+pub const ZK_AUTH_FILE: Key = Key::file("[zookeeper] auth_file", "[zookeeper] auth_file", "")
+    .flag("zk-auth-file", "PATH")
+    .env("FLEETMETER_ZK_AUTH_FILE")
+    .note("a file holding `digest:USER:PASSWORD` (instead of `auth`)");
+pub const ZK_PUBLIC_READ: Key = Key::file(
+    "[zookeeper] public_read",
+    "[zookeeper] public_read",
+    "false",
+)
+.note("with credentials: a root this agent creates (or `secure-root` secures) may be read by anyone (dashboards, kazoo without credentials)");
 pub const SESSION_TIMEOUT: Key = Key::file(
     "[zookeeper] session_timeout",
     "[zookeeper] session_timeout",
@@ -193,7 +206,9 @@ pub const PUBLISH_FORMAT: Key = Key::file("publish format", "[publish] format", 
 pub const API_TOKEN: Key = Key::file("[publish] token", "[publish] token", "")
     .flag("api-token", "TOKEN")
     .env("FLEETMETER_API_TOKEN")
-    .note("bearer token for the API's writes; none by default");
+    .note("bearer token for the API's writes; none by default; sent only to the API URL's origin and `allowed_origins`");
+pub const ALLOWED_ORIGINS: Key = Key::file("[publish] allowed_origins", "[publish] allowed_origins", "[]")
+    .note("origins (`https://host:port`) the fleet's `api_url` node may point to besides the configured API URL's own; any other is refused, so rounds and the token never go elsewhere");
 pub const PUBLISH_TIMEOUT: Key =
     Key::file("[publish] timeout", "[publish] timeout", "5.0").range(0.1, 300.0, "s");
 pub const RETRY_INITIAL: Key =
@@ -297,11 +312,14 @@ pub const GRANT_NETWORK: Key = Key::file(
 .note("outgoing connections and name lookups for the sensor");
 pub const GRANT_ENV: Key = Key::file("[plugins.grants.env]", "[plugins.grants.env]", "")
     .note("a table of environment variables the sensor sees");
-pub const METRICS_LISTEN: Key =
-    Key::file("metrics address", "[telemetry] listen", "\"0.0.0.0:9464\"")
-        .flag("metrics-listen", "ADDR")
-        .env("FLEETMETER_METRICS_LISTEN")
-        .note("where `/metrics` and `/healthz` are served: `IP:PORT`, `:PORT` or `off`");
+pub const METRICS_LISTEN: Key = Key::file(
+    "metrics address",
+    "[telemetry] listen",
+    "\"127.0.0.1:9464\"",
+)
+.flag("metrics-listen", "ADDR")
+.env("FLEETMETER_METRICS_LISTEN")
+.note("where `/metrics` and `/healthz` are served: `IP:PORT`, `:PORT` or `off`");
 pub const UNHEALTHY_AFTER: Key = Key::file(
     "[telemetry] unhealthy_after_periods",
     "[telemetry] unhealthy_after_periods",
@@ -325,6 +343,9 @@ pub const ALL: &[Key] = &[
     CONFIG,
     ZK_HOSTS,
     ZK_ROOT,
+    ZK_AUTH,
+    ZK_AUTH_FILE,
+    ZK_PUBLIC_READ,
     SESSION_TIMEOUT,
     CONNECT_TIMEOUT,
     SAMPLING_PERIOD,
@@ -332,6 +353,7 @@ pub const ALL: &[Key] = &[
     API_URL,
     PUBLISH_FORMAT,
     API_TOKEN,
+    ALLOWED_ORIGINS,
     PUBLISH_TIMEOUT,
     RETRY_INITIAL,
     RETRY_MAX,

@@ -31,6 +31,28 @@ use crate::{
     plugin::{DirGrantError, LimitsError, PluginSettings},
 };
 
+/// A secret value (a token, a password): read from the file or the environment like any
+/// value, but never shown by `Debug` (so never in a log line or `--check`).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_FILE: &str = "agent.toml";
 
@@ -88,7 +110,24 @@ pub enum InvalidSetting {
     #[error(transparent)]
     DirGrant(#[from] DirGrantError),
     #[error(transparent)]
-    Coord(#[from] CoordError),
+    Coord(Box<CoordError>),
+    #[error(transparent)]
+    Auth(#[from] crate::coord::access::BadAuth),
+    #[error("cannot read {path}: {error}")]
+    AuthFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("set either `[zookeeper] auth` or `[zookeeper] auth_file`, not both")]
+    AuthTwice,
+    #[error("{0:?} is not an origin like https://api.example:443 ({1})")]
+    Origin(String, &'static str),
+}
+
+impl From<CoordError> for InvalidSetting {
+    fn from(error: CoordError) -> Self {
+        InvalidSetting::Coord(Box::new(error))
+    }
 }
 
 /// toml's message spans lines (the offending line, a caret); an error message is one line.
@@ -111,6 +150,9 @@ pub struct Overrides {
     pub token: Option<String>,
     pub format: Option<String>,
     pub metrics_listen: Option<String>,
+    /// FLEETMETER_ZK_AUTH (the environment only: never a flag).
+    pub zk_auth: Option<Secret>,
+    pub zk_auth_file: Option<PathBuf>,
 }
 
 /// The validated configuration the agent runs with.
@@ -136,7 +178,10 @@ pub struct AgentConfig {
 pub struct PublishSettings {
     pub api_url: String,
     pub format: PublishFormat,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// Origins (`scheme://host:port`) rounds and the token may be sent to: the API URL's own
+    /// and `[publish] allowed_origins`.
+    pub allowed_origins: Vec<String>,
     pub timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -214,8 +259,9 @@ pub fn describe(config: &AgentConfig) -> String {
          config file:      {file}\n\
          device id:        {}\n\
          zookeeper:        {} (root {}, session timeout {:?})\n\
+         zk credentials:   {}\n\
          sampling period:  {:?}\n\
-         api url:          {} (format {})\n\
+         api url:          {} (format {}, token {}; allowed origins {})\n\
          sensor:           {}\n\
          aggregator:       {}\n\
          metrics, health:  {listen}\n",
@@ -223,9 +269,27 @@ pub fn describe(config: &AgentConfig) -> String {
         config.zookeeper.hosts,
         config.zookeeper.root,
         config.zookeeper.session_timeout,
+        config.zookeeper.auth.as_ref().map_or_else(
+            || "none (an open fleet: anyone who reaches ZooKeeper can change it)".to_owned(),
+            |auth| format!(
+                "user {:?} (password hidden){}",
+                auth.user(),
+                if config.zookeeper.public_read {
+                    ", public read"
+                } else {
+                    ""
+                }
+            )
+        ),
         config.period,
-        config.publish.api_url,
+        crate::text::redact_url(&config.publish.api_url),
         config.publish.format.name(),
+        if config.publish.token.is_some() {
+            "set, hidden"
+        } else {
+            "none"
+        },
+        config.publish.allowed_origins.join(", "),
         resolve(&config.sensor).display(),
         resolve(&config.aggregator).display(),
     )
@@ -398,7 +462,8 @@ mod tests {
         let config = load_text("", id("1")).unwrap();
         assert_eq!(
             config.telemetry.listen,
-            Some("0.0.0.0:9464".parse().unwrap())
+            Some("127.0.0.1:9464".parse().unwrap()),
+            "loopback unless asked"
         );
         let with = |listen: &str| {
             load_text(

@@ -8,7 +8,8 @@ use std::{
 };
 
 use super::{
-    AgentConfig, ConfigError, InvalidSetting, Overrides, PublishSettings, TelemetrySettings,
+    AgentConfig, ConfigError, InvalidSetting, Overrides, PublishSettings, Secret,
+    TelemetrySettings,
     file::{
         DeviceSection, FileConfig, PluginsSection, PublishSection, RoundSection, TelemetrySection,
         ZookeeperSection,
@@ -17,7 +18,11 @@ use super::{
     parse_listen,
 };
 use crate::{
-    coord::{ZkSettings, dynconfig, membership},
+    coord::{
+        ZkAuth, ZkSettings,
+        access::{BadAuth, MarkKey},
+        dynconfig, membership,
+    },
     plugin::{DirGrant, Grants, LimitsError, PluginSettings},
 };
 
@@ -63,9 +68,13 @@ pub(super) fn resolve(
         file: file.as_deref(),
     };
     let device_id = device(origin, config.device, &o)?;
-    let zookeeper = zookeeper(origin, config.zookeeper, &o)?;
+    let mut zookeeper = zookeeper(origin, config.zookeeper, &o)?;
     let (period, collect_fraction) = round(origin, &config.round, &o)?;
     let publish = publish(origin, config.publish, &o)?;
+    zookeeper.mark_key = MarkKey::for_fleet(
+        zookeeper.auth.as_ref(),
+        publish.token.as_ref().map(Secret::expose),
+    );
     let aggregator = o
         .aggregator
         .clone()
@@ -151,17 +160,84 @@ fn zookeeper(
     file: ZookeeperSection,
     o: &Overrides,
 ) -> Result<ZkSettings, ConfigError> {
+    let auth = zk_auth(origin, &file, o)?;
     let settings = ZkSettings {
         hosts: o.zk_hosts.clone().unwrap_or(file.hosts),
         root: o.root.clone().unwrap_or(file.root),
         session_timeout: seconds(origin, &keys::SESSION_TIMEOUT, file.session_timeout)?,
         connect_timeout: seconds(origin, &keys::CONNECT_TIMEOUT, file.connect_timeout)?,
+        auth,
+        public_read: file.public_read,
+        // Derived once the token is known (`resolve`).
+        mark_key: None,
     };
     ZkSettings::validate_hosts(&settings.hosts)
         .map_err(|e| origin.invalid(&keys::ZK_HOSTS, o.zk_hosts.is_some(), e.into()))?;
     ZkSettings::validate_root(&settings.root)
         .map_err(|e| origin.invalid(&keys::ZK_ROOT, o.root.is_some(), e.into()))?;
     Ok(settings)
+}
+
+/// The credentials: FLEETMETER_ZK_AUTH, else the file named by --zk-auth-file or
+/// FLEETMETER_ZK_AUTH_FILE, else `[zookeeper] auth`, else `[zookeeper] auth_file`.
+fn zk_auth(
+    origin: Origin<'_>,
+    file: &ZookeeperSection,
+    o: &Overrides,
+) -> Result<Option<ZkAuth>, ConfigError> {
+    let read = |key: &'static Key, overridden: bool, path: &Path| {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            origin.invalid(
+                key,
+                overridden,
+                InvalidSetting::AuthFile {
+                    path: path.to_owned(),
+                    error,
+                },
+            )
+        })?;
+        text.parse::<ZkAuth>()
+            .map_err(|e| origin.invalid(key, overridden, e.into()))
+    };
+    if let Some(raw) = &o.zk_auth {
+        return raw
+            .expose()
+            .parse()
+            .map(Some)
+            .map_err(|e: BadAuth| origin.invalid(&keys::ZK_AUTH, true, e.into()));
+    }
+    if let Some(path) = &o.zk_auth_file {
+        return read(&keys::ZK_AUTH_FILE, true, path).map(Some);
+    }
+    match (&file.auth, &file.auth_file) {
+        (Some(_), Some(_)) => Err(origin.invalid(&keys::ZK_AUTH, false, InvalidSetting::AuthTwice)),
+        (Some(raw), None) => raw
+            .expose()
+            .parse()
+            .map(Some)
+            .map_err(|e: BadAuth| origin.invalid(&keys::ZK_AUTH, false, e.into())),
+        (None, Some(path)) => read(&keys::ZK_AUTH_FILE, false, path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `scheme://host[:port]` as the URL standard serializes an origin.
+fn parse_origin(raw: &str) -> Result<String, InvalidSetting> {
+    let url = url::Url::parse(raw.trim())
+        .map_err(|_| InvalidSetting::Origin(raw.to_owned(), "not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(InvalidSetting::Origin(
+            raw.to_owned(),
+            "must be http(s) with a host",
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(InvalidSetting::Origin(
+            raw.to_owned(),
+            "an origin has no path, query or user",
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn round(
@@ -183,9 +259,17 @@ fn publish(
     file: PublishSection,
     o: &Overrides,
 ) -> Result<PublishSettings, ConfigError> {
-    let api_url = dynconfig::parse_api_url(o.api_url.as_deref().unwrap_or(&file.api_url))
-        .map_err(|e| origin.invalid(&keys::API_URL, o.api_url.is_some(), e.into()))?
-        .to_string();
+    let parsed = dynconfig::parse_api_url(o.api_url.as_deref().unwrap_or(&file.api_url))
+        .map_err(|e| origin.invalid(&keys::API_URL, o.api_url.is_some(), e.into()))?;
+    let mut allowed_origins = vec![parsed.origin().ascii_serialization()];
+    for raw in &file.allowed_origins {
+        let allowed =
+            parse_origin(raw).map_err(|e| origin.invalid(&keys::ALLOWED_ORIGINS, false, e))?;
+        if !allowed_origins.contains(&allowed) {
+            allowed_origins.push(allowed);
+        }
+    }
+    let api_url = parsed.to_string();
     let format = match &o.format {
         Some(raw) => raw.parse().map_err(|e: super::UnknownFormat| {
             origin.invalid(&keys::PUBLISH_FORMAT, true, e.into())
@@ -195,7 +279,13 @@ fn publish(
     let publish = PublishSettings {
         api_url,
         format,
-        token: o.token.clone().or(file.token).filter(|t| !t.is_empty()),
+        token: o
+            .token
+            .clone()
+            .map(Secret::new)
+            .or(file.token)
+            .filter(|t| !t.expose().is_empty()),
+        allowed_origins,
         timeout: seconds(origin, &keys::PUBLISH_TIMEOUT, file.timeout)?,
         retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,
         retry_max: seconds(origin, &keys::RETRY_MAX, file.retry_max)?,

@@ -17,9 +17,9 @@
 use zookeeper_client::{Client, Error, MultiWriter, Stat};
 
 use super::{
-    CoordError, Session,
+    CoordError, FleetClient, NodeAcl, Session,
     paths::{BARRIER, ROUND},
-    persistent, wait_for_change,
+    wait_for_change,
 };
 
 /// The current round, the version of `{root}/round` it was read at, and which incarnation
@@ -41,20 +41,42 @@ impl RoundState {
         })
     }
 
-    /// Whether this is a later round than `before` saw: a higher round of the same node, or
-    /// any round of a node created since (the fleet's state was started again).
+    /// Whether this is a later write of the round than `before` saw: a newer version of the
+    /// same node, or any round of a node created since (the fleet's state was started
+    /// again). Versions, not round numbers: when the leader writes back a round someone
+    /// else moved ahead, devices follow it instead of waiting for the forged number.
     pub fn is_after(&self, before: &RoundState) -> bool {
-        self.created != before.created || self.round > before.round
+        self.created != before.created || self.version > before.version
     }
 }
 
+/// ASCII digits within 64 bits, nothing else (no sign, no spaces inside): strict, so that a
+/// value written by hand cannot wrap or be read as something it is not.
 fn decode(data: &[u8]) -> Result<u64, CoordError> {
     let text = String::from_utf8_lossy(data);
-    text.trim().parse().map_err(|_| CoordError::BadData {
+    let text = text.trim();
+    let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    };
+    parsed.ok_or_else(|| CoordError::BadData {
         path: ROUND.into(),
-        found: crate::text::one_line_bounded(text.trim(), 64),
-        expected: "a round number",
+        found: crate::text::one_line_bounded(text, 64),
+        expected: "a round number (decimal digits, within 64 bits)",
     })
+}
+
+/// Adds writing `{root}/round` back to `round` (the leader refusing a value it did not
+/// write), only if unchanged since `current` was read.
+pub fn add_restore(
+    writer: &mut MultiWriter<'_>,
+    current: RoundState,
+    round: u64,
+) -> Result<(), CoordError> {
+    writer
+        .add_set_data(ROUND, round.to_string().as_bytes(), Some(current.version))
+        .map_err(|e| CoordError::zk("set (in multi)", ROUND, e))
 }
 
 /// The current round; `None` while the fleet has no state (a new fleet, or ZooKeeper lost
@@ -64,6 +86,20 @@ pub async fn current(client: &Client) -> Result<Option<RoundState>, CoordError> 
         Ok((data, stat)) => RoundState::read(&data, &stat).map(Some),
         Err(Error::NoNode) => Ok(None),
         Err(e) => Err(CoordError::zk("read", ROUND, e)),
+    }
+}
+
+/// The node's state when its data is not a round number (written by hand): round 0, which
+/// the leader refuses and writes back. `None` when absent.
+pub async fn current_unreadable(client: &Client) -> Result<Option<RoundState>, CoordError> {
+    match client.check_stat(ROUND).await {
+        Ok(Some(stat)) => Ok(Some(RoundState {
+            round: 0,
+            version: stat.version,
+            created: (stat.czxid, stat.ctime),
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => Err(CoordError::zk("stat", ROUND, e)),
     }
 }
 
@@ -107,15 +143,16 @@ pub async fn wait_for_round(
 /// `{root}/barrier` unless it `barrier_exists` already.
 pub fn add_start(
     writer: &mut MultiWriter<'_>,
+    acl: &NodeAcl,
     round: u64,
     barrier_exists: bool,
 ) -> Result<(), CoordError> {
     writer
-        .add_create(ROUND, round.to_string().as_bytes(), &persistent())
+        .add_create(ROUND, round.to_string().as_bytes(), &acl.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", ROUND, e))?;
     if !barrier_exists {
         writer
-            .add_create(BARRIER, b"", &persistent())
+            .add_create(BARRIER, b"", &acl.persistent())
             .map_err(|e| CoordError::zk("create (in multi)", BARRIER, e))?;
     }
     Ok(())
@@ -124,9 +161,9 @@ pub fn add_start(
 /// Creates `{root}/round` at 1 and `{root}/barrier` when absent, unfenced. For tests and
 /// tools only: a running fleet's leader starts its state itself (`round::resume`), where
 /// round numbers continue.
-pub async fn ensure(client: &Client) -> Result<(), CoordError> {
+pub async fn ensure(client: &FleetClient) -> Result<(), CoordError> {
     for (path, data) in [(ROUND, b"1".as_slice()), (BARRIER, b"".as_slice())] {
-        match client.create(path, data, &persistent()).await {
+        match client.create(path, data, &client.persistent()).await {
             Ok(_) | Err(Error::NodeExists) => {}
             Err(e) => return Err(CoordError::zk("create", path, e)),
         }
@@ -145,7 +182,11 @@ pub async fn barrier_exists(client: &Client) -> Result<bool, CoordError> {
 
 /// Adds the release of round `current.round + 1` to a multi: advances `{root}/round`
 /// (only if unchanged since read) and removes/re-creates `{root}/barrier`.
-pub fn add_release(writer: &mut MultiWriter<'_>, current: RoundState) -> Result<(), CoordError> {
+pub fn add_release(
+    writer: &mut MultiWriter<'_>,
+    acl: &NodeAcl,
+    current: RoundState,
+) -> Result<(), CoordError> {
     let next = current
         .round
         .checked_add(1)
@@ -162,7 +203,7 @@ pub fn add_release(writer: &mut MultiWriter<'_>, current: RoundState) -> Result<
         .add_delete(BARRIER, None)
         .map_err(|e| CoordError::zk("delete (in multi)", BARRIER, e))?;
     writer
-        .add_create(BARRIER, b"", &persistent())
+        .add_create(BARRIER, b"", &acl.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", BARRIER, e))?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use zookeeper_client::{Client, Error, MultiWriter, Stat};
 
-use super::{CoordError, paths::COUNTER, persistent};
+use super::{CoordError, FleetClient, NodeAcl, paths::COUNTER};
 
 /// The counter's value and the node version it was read at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,26 +19,65 @@ pub fn encode(value: i64) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
-/// kazoo writes `repr(int)`; an empty node (created by hand) counts as 0.
+/// kazoo writes `repr(int)`; an empty node (created by hand) counts as 0. Strict: ASCII
+/// digits with an optional `-`, within 64 bits; nothing else (no `+`, no spaces inside, no
+/// exponent), so a value written by hand cannot wrap or be read as something it is not.
 pub fn decode(bytes: &[u8]) -> Result<i64, CoordError> {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
     if text.is_empty() {
         return Ok(0);
     }
-    text.parse().map_err(|_| CoordError::BadData {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let parsed = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    };
+    parsed.ok_or_else(|| CoordError::BadData {
         path: COUNTER.into(),
-        found: text.into(),
-        expected: "a decimal integer (kazoo Counter encoding)",
+        found: crate::text::one_line_bounded(text, 64),
+        expected: "a decimal integer within 64 bits (kazoo Counter encoding)",
+    })
+}
+
+/// `value + delta`, refused when it would overflow (a counter written by hand near the top).
+pub fn checked_add(value: i64, delta: i64) -> Result<i64, CoordError> {
+    value.checked_add(delta).ok_or_else(|| CoordError::BadData {
+        path: COUNTER.into(),
+        found: value.to_string(),
+        expected: "a counter that can grow by a round's readings without overflowing",
     })
 }
 
 /// Reads the counter, creating it at 0 if absent.
-pub async fn read(client: &Client) -> Result<CounterValue, CoordError> {
+pub async fn read(client: &FleetClient) -> Result<CounterValue, CoordError> {
     loop {
         match client.get_data(COUNTER).await {
             Ok((data, stat)) => return from_node(&data, &stat),
-            Err(Error::NoNode) => match client.create(COUNTER, &encode(0), &persistent()).await {
+            Err(Error::NoNode) => match client
+                .create(COUNTER, &encode(0), &client.persistent())
+                .await
+            {
+                Ok(_) | Err(Error::NodeExists) => continue,
+                Err(e) => return Err(CoordError::zk("create", COUNTER, e)),
+            },
+            Err(e) => return Err(CoordError::zk("read", COUNTER, e)),
+        }
+    }
+}
+
+/// The counter's value (`None` when the node holds something that is not a counter) and its
+/// node version, creating it at 0 if absent. For the leader, which refuses a bad value
+/// instead of stopping on it.
+pub async fn read_lenient(client: &FleetClient) -> Result<(Option<i64>, i32), CoordError> {
+    loop {
+        match client.get_data(COUNTER).await {
+            Ok((data, stat)) => return Ok((decode(&data).ok(), stat.version)),
+            Err(Error::NoNode) => match client
+                .create(COUNTER, &encode(0), &client.persistent())
+                .await
+            {
                 Ok(_) | Err(Error::NodeExists) => continue,
                 Err(e) => return Err(CoordError::zk("create", COUNTER, e)),
             },
@@ -57,9 +96,13 @@ pub async fn peek(client: &Client) -> Result<Option<i64>, CoordError> {
 }
 
 /// Adds the counter's creation at `value` to a multi (a fleet's state starting).
-pub fn add_create(writer: &mut MultiWriter<'_>, value: i64) -> Result<(), CoordError> {
+pub fn add_create(
+    writer: &mut MultiWriter<'_>,
+    acl: &NodeAcl,
+    value: i64,
+) -> Result<(), CoordError> {
     writer
-        .add_create(COUNTER, &encode(value), &persistent())
+        .add_create(COUNTER, &encode(value), &acl.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", COUNTER, e))
 }
 
@@ -80,7 +123,7 @@ pub fn add_increment(
     writer
         .add_set_data(
             COUNTER,
-            &encode(current.value.saturating_add(delta)),
+            &encode(checked_add(current.value, delta)?),
             Some(current.version),
         )
         .map_err(|e| CoordError::zk("set (in multi)", COUNTER, e))
@@ -88,10 +131,10 @@ pub fn add_increment(
 
 /// Adds `delta` on its own (compare-and-set, retried on a concurrent change); returns the
 /// new value.
-pub async fn increment(client: &Client, delta: i64) -> Result<i64, CoordError> {
+pub async fn increment(client: &FleetClient, delta: i64) -> Result<i64, CoordError> {
     loop {
         let current = read(client).await?;
-        let next = current.value.saturating_add(delta);
+        let next = checked_add(current.value, delta)?;
         match client
             .set_data(COUNTER, &encode(next), Some(current.version))
             .await
@@ -114,5 +157,11 @@ mod tests {
         assert_eq!(decode(b"-3").unwrap(), -3);
         assert_eq!(decode(b"").unwrap(), 0);
         assert!(decode(b"2.5").is_err());
+        for bad in ["+5", "1e3", "5 5", "9223372036854775808", "0x10", "-", "٣"] {
+            assert!(decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(decode(b"9223372036854775807\n").unwrap(), i64::MAX);
+        assert!(checked_add(i64::MAX, 1).is_err());
+        assert_eq!(checked_add(41, 1).unwrap(), 42);
     }
 }

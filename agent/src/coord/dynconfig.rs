@@ -18,7 +18,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::Error;
 
-use super::{CoordError, Session, paths::CONFIG, persistent, wait_for_change};
+use super::{CoordError, Session, paths::CONFIG, wait_for_change};
 use crate::text;
 
 /// Shortest and longest sampling period accepted.
@@ -74,6 +74,10 @@ pub enum InvalidValue {
     },
     #[error("api_url must be an http:// or https:// URL with a host, got {0:?}")]
     UrlNotHttp(String),
+    #[error(
+        "api_url {raw:?} points to {origin}, which this agent's configuration does not allow (its API URL's origin and [publish] allowed_origins): rounds and the token are never sent there"
+    )]
+    UrlOriginNotAllowed { raw: String, origin: String },
     #[error("aggregator must be a plugin name like `median`, got {0:?}")]
     AggregatorName(String),
     #[error("aggregator {0:?} is not an installed aggregator plugin")]
@@ -110,6 +114,19 @@ pub fn parse_api_url(raw: &str) -> Result<url::Url, InvalidValue> {
     Ok(url)
 }
 
+/// [`parse_api_url`], and its origin must be one of `allowed` (`scheme://host:port`).
+pub fn parse_allowed_api_url(raw: &str, allowed: &[String]) -> Result<url::Url, InvalidValue> {
+    let url = parse_api_url(raw)?;
+    let origin = url.origin().ascii_serialization();
+    if !allowed.contains(&origin) {
+        return Err(InvalidValue::UrlOriginNotAllowed {
+            raw: crate::text::redact_url(raw),
+            origin: crate::text::redact_url(&origin),
+        });
+    }
+    Ok(url)
+}
+
 /// An aggregator name: a plugin name (`[a-z0-9_-]`, 1–64 characters) that `known` accepts.
 pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<String, InvalidValue> {
     let name = raw.trim();
@@ -132,6 +149,9 @@ pub fn parse_aggregator(raw: &str, known: &dyn Fn(&str) -> bool) -> Result<Strin
 pub struct Local {
     pub sampling_period: Duration,
     pub api_url: String,
+    /// The origins `api_url` may point to (`scheme://host:port`); the local API URL's own
+    /// is always one.
+    pub allowed_origins: Vec<String>,
     pub aggregator: String,
 }
 
@@ -163,7 +183,7 @@ pub async fn start(
 ) -> Result<(DynConfig, Vec<JoinHandle<()>>), CoordError> {
     let client = session.client()?;
     client
-        .mkdir(CONFIG, &persistent())
+        .mkdir(CONFIG, &client.persistent())
         .await
         .map_err(|e| CoordError::zk("create", CONFIG, e))?;
     for (key, seed) in [
@@ -172,7 +192,7 @@ pub async fn start(
         (Key::Aggregator, local.aggregator.clone()),
     ] {
         match client
-            .create(&key.path(), seed.as_bytes(), &persistent())
+            .create(&key.path(), seed.as_bytes(), &client.persistent())
             .await
         {
             Ok(_) => {
@@ -184,6 +204,7 @@ pub async fn start(
     }
     drop(client);
     let rejected = Arc::new(AtomicU64::new(0));
+    let allowed_origins = local.allowed_origins.clone();
     let (period_tx, period_rx) = watch::channel(local.sampling_period);
     let (url_tx, url_rx) = watch::channel(local.api_url);
     let (agg_tx, agg_rx) = watch::channel(local.aggregator);
@@ -203,7 +224,7 @@ pub async fn start(
             Key::ApiUrl,
             rejected.clone(),
             move |raw| {
-                parse_api_url(raw).map(|u| {
+                parse_allowed_api_url(raw, &allowed_origins).map(|u| {
                     let value = u.to_string();
                     url_tx.send_replace(value.clone()) != value
                 })
@@ -294,7 +315,10 @@ async fn follow(
                 if let Err(err) = session.mkdir(CONFIG).await {
                     tracing::warn!(key = key.name(), error = %err, "cannot write the configuration node again");
                 }
-                match client.create(&path, value.as_bytes(), &persistent()).await {
+                match client
+                    .create(&path, value.as_bytes(), &client.persistent())
+                    .await
+                {
                     Ok(_) => {
                         tracing::warn!(key = key.name(), value = %text::one_line(&value), "configuration node was gone; wrote the value in force again");
                         continue;
@@ -334,6 +358,20 @@ mod tests {
     fn urls() {
         assert!(parse_api_url("http://127.0.0.1:4001/").is_ok());
         assert!(parse_api_url("https://api.example/base/").is_ok());
+        let allowed = ["http://127.0.0.1:4000".to_owned()];
+        assert!(parse_allowed_api_url("http://127.0.0.1:4000/v2/", &allowed).is_ok());
+        for elsewhere in [
+            "http://127.0.0.1:4001/",
+            "https://127.0.0.1:4000/",
+            "http://attacker.example:4000/",
+            "http://127.0.0.1:4000@attacker.example/",
+        ] {
+            let err = parse_allowed_api_url(elsewhere, &allowed).unwrap_err();
+            assert!(
+                matches!(err, InvalidValue::UrlOriginNotAllowed { .. }),
+                "{elsewhere}: {err}"
+            );
+        }
         for bad in ["localhost:4000", "ftp://x/", "http://", "not a url", ""] {
             assert!(parse_api_url(bad).is_err(), "{bad}");
         }

@@ -16,7 +16,7 @@
 use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::{Client, Error};
 
-use super::{CoordError, Session, SessionStatus, ephemeral_sequential, paths::ELECTION};
+use super::{CoordError, FleetClient, Session, SessionStatus, paths::ELECTION};
 
 const LOCK_MARK: &str = "__lock__";
 
@@ -68,12 +68,49 @@ fn sequence(name: &str) -> Option<&str> {
     name.rsplit_once(LOCK_MARK).map(|(_, seq)| seq)
 }
 
-/// Election node names in election order (lowest sequence first), kazoo's order.
+/// Whether `name` has the recipe's exact form: 32 lowercase hex digits, `__lock__`, the
+/// 10-digit sequence ZooKeeper appends. Anything else under `election/` was not made by a
+/// contender and is ignored.
+fn well_formed(name: &str) -> bool {
+    let Some((prefix, seq)) = name.split_once(LOCK_MARK) else {
+        return false;
+    };
+    prefix.len() == 32
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && seq.len() == 10
+        && seq.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Election node names of the recipe's form in election order (lowest sequence first),
+/// kazoo's order. Other children are ignored, and logged.
 pub async fn sorted_nodes(client: &Client) -> Result<Vec<String>, Error> {
     let mut children = client.list_children(ELECTION).await?;
-    children.retain(|c| sequence(c).is_some());
+    children.retain(|c| {
+        let ok = well_formed(c);
+        if !ok {
+            tracing::warn!(node = %crate::text::one_line_bounded(c, 128), "ignoring a node under election/ that no contender made (not <32 hex>__lock__<10 digits>)");
+        }
+        ok
+    });
     children.sort_by(|a, b| sequence(a).cmp(&sequence(b)));
     Ok(children)
+}
+
+/// Whether the election node `name` is a live contender: it exists and is ephemeral (a
+/// session holds it). A persistent node would hold its place for ever: it is ignored, and
+/// logged. `Ok(false)` when gone.
+async fn is_contender(client: &Client, name: &str) -> Result<bool, Error> {
+    let path = format!("{ELECTION}/{name}");
+    match client.check_stat(&path).await? {
+        Some(stat) if stat.ephemeral_owner != 0 => Ok(true),
+        Some(_) => {
+            tracing::warn!(node = %path, "ignoring an election node that is not ephemeral (made by hand, not by a contender): it cannot lead and nobody waits for it");
+            Ok(false)
+        }
+        None => Ok(false),
+    }
 }
 
 /// The most of an election node's data kept as its device id.
@@ -90,6 +127,8 @@ pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
     for node in nodes {
         let path = format!("{ELECTION}/{node}");
         match client.get_data(&path).await {
+            // Not a contender: a persistent node planted by hand.
+            Ok((_, stat)) if stat.ephemeral_owner == 0 => {}
             // A device id; whoever wrote the node, keep no more than an id's worth.
             Ok((data, _)) => ids
                 .push(String::from_utf8_lossy(&data[..data.len().min(MAX_ID_BYTES)]).into_owned()),
@@ -102,12 +141,12 @@ pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
 
 /// Creates our node; returns its name. After a ConnectionLoss the create may or may not
 /// have happened: our node is the one with our unique prefix.
-async fn create_node(session: &Session, client: &Client, id: &str) -> Result<String, Error> {
+async fn create_node(session: &Session, client: &FleetClient, id: &str) -> Result<String, Error> {
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("{ELECTION}/{unique}{LOCK_MARK}");
     loop {
         match client
-            .create(&prefix, id.as_bytes(), &ephemeral_sequential())
+            .create(&prefix, id.as_bytes(), &client.acl().ephemeral_sequential())
             .await
         {
             Ok((_, seq)) => return Ok(format!("{unique}{LOCK_MARK}{seq}")),
@@ -133,6 +172,22 @@ async fn create_node(session: &Session, client: &Client, id: &str) -> Result<Str
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The device id of the first live contender among `nodes` (the leader), for status.
+async fn first_contender(client: &Client, nodes: &[String]) -> Option<String> {
+    for node in nodes {
+        match client.get_data(&format!("{ELECTION}/{node}")).await {
+            Ok((data, stat)) if stat.ephemeral_owner != 0 => {
+                return Some(
+                    String::from_utf8_lossy(&data[..data.len().min(MAX_ID_BYTES)]).into_owned(),
+                );
+            }
+            Ok(_) | Err(Error::NoNode) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 enum Held {
@@ -185,7 +240,32 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
                 tx.send_replace(Leadership::Follower { leader: None });
                 continue 'join;
             };
-            if position == 0 {
+            // The nearest live contender ahead of us; none: we lead.
+            let mut predecessor = None;
+            let mut looked = Ok(());
+            for ahead in nodes[..position].iter().rev() {
+                match is_contender(&client, ahead).await {
+                    Ok(true) => {
+                        predecessor = Some(ahead.clone());
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        looked = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Err(err) = looked {
+                if matches!(err, Error::SessionExpired | Error::ClientClosed) {
+                    continue 'join;
+                }
+                tokio::select! {
+                    () = closing.cancelled() => { tx.send_replace(Leadership::Stopped); return; }
+                    _ = status.changed() => continue,
+                }
+            }
+            let Some(predecessor) = predecessor else {
                 match hold(&session, &client, &node, generation, &tx).await {
                     Held::NodeGone => {
                         tracing::warn!(%node, "election node deleted or taken: stepped down");
@@ -201,12 +281,8 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
                         return;
                     }
                 }
-            }
-            let leader = client
-                .get_data(&format!("{ELECTION}/{}", nodes[0]))
-                .await
-                .ok()
-                .map(|(data, _)| String::from_utf8_lossy(&data).into_owned());
+            };
+            let leader = first_contender(&client, &nodes[..position]).await;
             tx.send_if_modified(|current| {
                 let next = Leadership::Follower {
                     leader: leader.clone(),
@@ -215,7 +291,7 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
                 *current = next;
                 changed
             });
-            let predecessor = format!("{ELECTION}/{}", nodes[position - 1]);
+            let predecessor = format!("{ELECTION}/{predecessor}");
             match client.check_and_watch_stat(&predecessor).await {
                 Ok((None, _)) => continue,
                 Ok((Some(_), watcher)) => {
@@ -240,7 +316,7 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
 /// Leads while our node exists, is ours, and the session is connected.
 async fn hold(
     session: &Session,
-    client: &Client,
+    client: &FleetClient,
     node: &str,
     generation: u64,
     tx: &watch::Sender<Leadership>,
@@ -308,5 +384,22 @@ mod tests {
         names.sort_by(|a, b| sequence(a).cmp(&sequence(b)));
         assert!(names[0].ends_with("03") && names[2].ends_with("12"));
         assert_eq!(sequence("nolock"), None);
+    }
+
+    #[test]
+    fn only_the_recipes_exact_form_is_a_contender() {
+        assert!(well_formed(
+            "0123456789abcdef0123456789abcdef__lock__0000000042"
+        ));
+        for planted in [
+            "abcd__lock__0000000007",
+            "0123456789ABCDEF0123456789abcdef__lock__0000000042",
+            "0123456789abcdef0123456789abcdef__lock__42",
+            "0123456789abcdef0123456789abcdef__lock__000000004x",
+            "0123456789abcdef0123456789abcdef__lock__0000000042/x",
+            "leader",
+        ] {
+            assert!(!well_formed(planted), "{planted}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use zookeeper_client::Error;
 
 use super::{
-    CoordError, Session, SessionStatus, ephemeral,
+    CoordError, Session, SessionStatus,
     paths::{self, DEVICES},
     wait_for_change,
 };
@@ -95,7 +95,7 @@ async fn claim(session: &Session, path: &str, data: &[u8]) -> Result<u64, CoordE
     loop {
         let generation = session.connected().await?;
         let client = session.client()?;
-        match client.create(path, data, &ephemeral()).await {
+        match client.create(path, data, &client.acl().ephemeral()).await {
             Ok(_) => return Ok(generation),
             Err(Error::NoNode) => session.mkdir(DEVICES).await?,
             Err(Error::NodeExists) => match client.check_and_watch_stat(path).await {

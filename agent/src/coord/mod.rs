@@ -12,6 +12,7 @@
 //! Every recipe works on a client chrooted at the fleet's root (default `/fleetmeter`), so
 //! paths here are relative to it; see [`paths`].
 
+pub mod access;
 pub mod barrier;
 pub mod counter;
 pub mod dynconfig;
@@ -19,6 +20,7 @@ pub mod election;
 pub mod membership;
 pub mod session;
 
+pub use access::{FleetClient, NodeAcl, ZkAuth};
 pub use session::{Session, SessionStatus, ZkSettings};
 pub use zookeeper_client as zk;
 
@@ -66,6 +68,24 @@ pub enum CoordError {
     #[error("the coordination session was closed")]
     Closed,
     #[error(
+        "{what} is open to anyone (ACL {acl}) while this agent has credentials (user {user:?}): \
+         secure the fleet's nodes first with `{cmd}` (same credentials and --root {root}); \
+         an agent with credentials does not run on an open root",
+        cmd = access::SECURE_COMMAND
+    )]
+    OpenRoot {
+        root: String,
+        what: String,
+        acl: String,
+        user: String,
+    },
+    #[error("ZooKeeper refused to {op} the fleet's root {root} (no access): {hint}")]
+    NoAccess {
+        root: String,
+        op: &'static str,
+        hint: String,
+    },
+    #[error(
         "the fleet already has {members} devices, the most fleetmeter supports ({supported}: one round publishes every device's id); run this device in another fleet (another root)"
     )]
     FleetFull { members: usize, supported: usize },
@@ -79,12 +99,6 @@ impl CoordError {
             source,
         }
     }
-}
-
-/// Options for persistent nodes, world-readable and writable (the fleet's trust boundary is
-/// the ensemble; ACLs are a deployment concern).
-pub fn persistent() -> zk::CreateOptions<'static> {
-    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
 /// Waits for the node watch to fire (when there is one) or the session status to change.
@@ -107,12 +121,4 @@ pub(crate) async fn wait_for_change(
         () = fired => true,
         _ = status.changed() => true,
     }
-}
-
-pub(crate) fn ephemeral() -> zk::CreateOptions<'static> {
-    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
-}
-
-pub(crate) fn ephemeral_sequential() -> zk::CreateOptions<'static> {
-    zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all())
 }

@@ -19,7 +19,10 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
-use super::{CoordError, persistent};
+use super::{
+    CoordError,
+    access::{self, FleetClient, ZkAuth},
+};
 use crate::backoff::Backoff;
 
 /// How long `close` waits for the client to confirm it sent CloseSession.
@@ -35,6 +38,14 @@ pub struct ZkSettings {
     pub session_timeout: Duration,
     /// How long the first connection may take before `connect` gives up.
     pub connect_timeout: Duration,
+    /// The fleet's credentials; `None`: an open fleet.
+    pub auth: Option<ZkAuth>,
+    /// With credentials, whether a root this agent creates may be read by anyone
+    /// (dashboards, kazoo without credentials).
+    pub public_read: bool,
+    /// The key of the outbox's commit marks ([`access::MarkKey::for_fleet`]): entries
+    /// without a valid mark are set aside, never sent. `None`: entries are not marked.
+    pub mark_key: Option<access::MarkKey>,
 }
 
 impl ZkSettings {
@@ -98,7 +109,7 @@ struct Shared {
     settings: ZkSettings,
     /// `None` once closed: the session ends when the last clone of its client is dropped
     /// (zookeeper-client has no explicit close).
-    client: RwLock<Option<Client>>,
+    client: RwLock<Option<FleetClient>>,
     status: watch::Sender<SessionStatus>,
     cancel: CancellationToken,
     /// The closing client's state, kept so that a `close` whose future was dropped (its
@@ -134,6 +145,14 @@ impl Session {
             let delay = backoff.next_delay();
             match open(&settings).await {
                 Ok(client) => break client,
+                // Access refused, or an open root with credentials: retrying changes nothing.
+                Err(
+                    err @ (CoordError::NoAccess { .. }
+                    | CoordError::OpenRoot { .. }
+                    | CoordError::Settings(_)),
+                ) => {
+                    return Err(err);
+                }
                 Err(err) if started.elapsed() + delay < settings.connect_timeout => {
                     tracing::warn!(hosts = %settings.hosts, error = %err, retry_in = ?delay, "ZooKeeper not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
@@ -170,7 +189,7 @@ impl Session {
 
     /// The current client, chrooted at the fleet's root. After an expiry this returns the
     /// rebuilt one: take a fresh client for each operation rather than keeping one.
-    pub fn client(&self) -> Result<Client, CoordError> {
+    pub fn client(&self) -> Result<FleetClient, CoordError> {
         self.shared
             .client
             .read()
@@ -203,10 +222,11 @@ impl Session {
         if root == "/" {
             return Ok(());
         }
-        let Ok(base) = self.client()?.chroot("/") else {
+        let client = self.client()?;
+        let Ok(base) = Client::clone(&client).chroot("/") else {
             return Err(CoordError::Settings(format!("invalid root path {root:?}")));
         };
-        base.mkdir(root, &persistent())
+        base.mkdir(root, &client.persistent())
             .await
             .map_err(|e| CoordError::zk("create", root, e))
     }
@@ -214,13 +234,13 @@ impl Session {
     /// `mkdir -p` of `path` under the root, making the root again first if it was deleted.
     pub async fn mkdir(&self, path: &str) -> Result<(), CoordError> {
         let client = self.client()?;
-        match client.mkdir(path, &persistent()).await {
+        match client.mkdir(path, &client.persistent()).await {
             Ok(()) => Ok(()),
             Err(zookeeper_client::Error::NoNode) => {
                 tracing::warn!(root = %self.shared.settings.root, "the fleet's root node is gone (deleted by hand?); creating it again");
                 self.ensure_root().await?;
                 client
-                    .mkdir(path, &persistent())
+                    .mkdir(path, &client.persistent())
                     .await
                     .map_err(|e| CoordError::zk("create", path, e))
             }
@@ -314,19 +334,31 @@ impl Session {
     }
 }
 
-/// Connects to the hosts, creates the root and returns a client chrooted at it.
-async fn open(settings: &ZkSettings) -> Result<Client, zookeeper_client::Error> {
-    let base = Client::connector()
+/// Connects to the hosts (with the credentials), creates the root or checks that this
+/// session may use it, and returns a client chrooted at it with the root's ACL.
+async fn open(settings: &ZkSettings) -> Result<FleetClient, CoordError> {
+    let mut connector = Client::connector()
         .with_session_timeout(settings.session_timeout)
         .with_connection_timeout(settings.session_timeout.min(Duration::from_secs(5)))
-        .with_fail_eagerly()
-        .connect(&settings.hosts)
-        .await?;
-    if settings.root != "/" {
-        base.mkdir(&settings.root, &persistent()).await?;
+        .with_fail_eagerly();
+    if let Some(auth) = &settings.auth {
+        connector = connector.with_auth("digest", &auth.digest_bytes());
     }
-    base.chroot(settings.root.clone())
-        .map_err(|_| zookeeper_client::Error::BadArguments(&"invalid root path"))
+    let base = connector
+        .connect(&settings.hosts)
+        .await
+        .map_err(|e| CoordError::zk("connect", &settings.hosts, e))?;
+    let acl = access::adopt_root(
+        &base,
+        &settings.root,
+        settings.auth.as_ref(),
+        settings.public_read,
+    )
+    .await?;
+    let client = base
+        .chroot(settings.root.clone())
+        .map_err(|_| CoordError::Settings(format!("invalid root path {:?}", settings.root)))?;
+    Ok(FleetClient::new(client, acl).with_mark(settings.mark_key.clone()))
 }
 
 /// Follows the client's state; rebuilds the session after expiry.
@@ -338,7 +370,7 @@ async fn supervise(shared: Arc<Shared>) {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(Client::state_watcher)
+            .map(|client| client.state_watcher())
         else {
             return;
         };
@@ -393,7 +425,7 @@ async fn supervise(shared: Arc<Shared>) {
 }
 
 /// A new session, retried with back-off until it works or the session is closed.
-async fn rebuild(shared: &Shared) -> Option<Client> {
+async fn rebuild(shared: &Shared) -> Option<FleetClient> {
     let mut backoff = reconnect_backoff();
     loop {
         let delay = backoff.next_delay();

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 
 use crate::{
-    config::{PublishFormat, PublishSettings},
+    config::{PublishFormat, PublishSettings, Secret},
     wire::Round,
 };
 
@@ -50,6 +50,12 @@ pub enum SendError {
         status: StatusCode,
         location: String,
     },
+    /// The API URL's origin is not one the local configuration allows: nothing is sent (no
+    /// round, no token) until the URL is one of them again.
+    #[error(
+        "the API URL's origin {origin} is not allowed by this agent's configuration (allowed: {allowed}); nothing is sent there"
+    )]
+    OriginNotAllowed { origin: String, allowed: String },
     /// The answer to a read was not what the API sends.
     #[error("the API's answer to {what} is not valid: {reason}")]
     BadAnswer { what: &'static str, reason: String },
@@ -60,7 +66,8 @@ pub enum SendError {
 pub(super) struct ApiClient {
     http: reqwest::Client,
     format: PublishFormat,
-    token: Option<String>,
+    token: Option<Secret>,
+    allowed_origins: Vec<String>,
 }
 
 impl ApiClient {
@@ -75,6 +82,7 @@ impl ApiClient {
             http,
             format: settings.format,
             token: settings.token.clone(),
+            allowed_origins: settings.allowed_origins.clone(),
         })
     }
 
@@ -83,7 +91,7 @@ impl ApiClient {
     }
 
     pub(super) async fn send(&self, api_url: &str, result: &Round) -> Result<Delivery, SendError> {
-        let base = base(api_url);
+        let base = self.base(api_url)?;
         let request = match self.format {
             PublishFormat::Json => self.http.post(format!("{base}api/v1/rounds")).json(result),
             PublishFormat::Query => self
@@ -126,13 +134,16 @@ impl ApiClient {
         max: usize,
     ) -> Result<(StatusCode, String), SendError> {
         let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
+            Some(token) => request.bearer_auth(token.expose()),
             None => request,
         };
         let response = request
             .send()
             .await
-            .map_err(|source| SendError::Unreachable { base, source })?;
+            .map_err(|source| SendError::Unreachable {
+                base: crate::text::redact_url(&base),
+                source: source.without_url(),
+            })?;
         let status = response.status();
         if status.is_redirection() {
             return Err(redirect(status, &response));
@@ -146,7 +157,7 @@ impl ApiClient {
         if self.format == PublishFormat::Query {
             return Ok(None);
         }
-        let base = base(api_url);
+        let base = self.base(api_url)?;
         let request = self
             .http
             .get(format!("{base}api/v1/rounds"))
@@ -169,11 +180,24 @@ impl ApiClient {
     }
 }
 
-fn base(api_url: &str) -> String {
-    if api_url.ends_with('/') {
-        api_url.to_owned()
-    } else {
-        format!("{api_url}/")
+impl ApiClient {
+    /// `api_url` with a trailing `/`, once its origin is checked against the allowed ones
+    /// (the dynamic configuration refuses others already; this is the last line).
+    fn base(&self, api_url: &str) -> Result<String, SendError> {
+        let origin = url::Url::parse(api_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| crate::text::one_line_bounded(api_url, 256));
+        if !self.allowed_origins.contains(&origin) {
+            return Err(SendError::OriginNotAllowed {
+                origin: crate::text::redact_url(&origin),
+                allowed: self.allowed_origins.join(", "),
+            });
+        }
+        Ok(if api_url.ends_with('/') {
+            api_url.to_owned()
+        } else {
+            format!("{api_url}/")
+        })
     }
 }
 

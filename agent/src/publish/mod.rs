@@ -200,7 +200,7 @@ impl Publisher {
 
     /// Reports how many rounds wait in `{root}/rejected` (after each move there, and at the
     /// end of each drain: an operator may resend or discard meanwhile).
-    async fn report_rejected(&self, client: &zookeeper_client::Client) -> Result<(), CoordError> {
+    async fn report_rejected(&self, client: &crate::coord::FleetClient) -> Result<(), CoordError> {
         if self.events.is_some() {
             let rejected = outbox::rejected_rounds(client).await?.len();
             self.report(|e| e.rejected_waiting(rejected));

@@ -23,9 +23,9 @@ use zookeeper_client::{Client, Error as ZkError, MultiReadResult, MultiWriteErro
 
 use crate::{
     coord::{
-        CoordError,
+        CoordError, FleetClient, NodeAcl,
+        access::MarkKey,
         paths::{OUTBOX, PARTS, REJECTED, RESULTS},
-        persistent,
     },
     wire::Round,
 };
@@ -85,10 +85,23 @@ pub struct PartsRef {
     pub sha256: String,
 }
 
+/// A large round's entry: where its parts are, and (on a fleet with credentials) the
+/// leader's commit mark of the round's digest.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PartsEntry {
     parts: PartsRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mark: Option<String>,
+}
+
+/// A round stored in its entry with the leader's commit mark (a fleet with credentials);
+/// without credentials the entry is the round's JSON itself.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkedEntry {
+    mark: String,
+    round: Round,
 }
 
 /// A round ready to commit: the entry's data, and the parts to write before the commit.
@@ -111,12 +124,24 @@ pub fn rejected_path(round: u64) -> String {
 }
 
 /// Encodes `round` for the outbox; `term` names the leader's term (its election node).
-pub fn encode(round: &Round, term: &str) -> Encoded {
+/// With `mark` (a fleet with credentials) the entry carries the leader's commit mark of the
+/// round's digest: entries without a valid one were not written by the fleet, and are set
+/// aside instead of sent.
+pub fn encode(round: &Round, term: &str, mark: Option<&MarkKey>) -> Encoded {
     let json = serde_json::to_vec(round).expect("a round serializes");
     let bytes = json.len() as u64;
+    let digest = Sha256::digest(&json);
     if json.len() <= INLINE_MAX {
+        let entry = match mark {
+            Some(key) => serde_json::to_vec(&MarkedEntry {
+                mark: key.mark(&digest),
+                round: round.clone(),
+            })
+            .expect("a round serializes"),
+            None => json,
+        };
         return Encoded {
-            entry: json,
+            entry,
             parts: Vec::new(),
             bytes,
         };
@@ -133,8 +158,9 @@ pub fn encode(round: &Round, term: &str) -> Encoded {
             dir,
             count: u32::try_from(parts.len()).expect("a round has few parts"),
             bytes,
-            sha256: hex(&Sha256::digest(&json)),
+            sha256: hex(&digest),
         },
+        mark: mark.map(|key| key.mark(&digest)),
     };
     Encoded {
         entry: serde_json::to_vec(&entry).expect("a parts entry serializes"),
@@ -149,14 +175,14 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Writes an encoded round's parts (overwriting what an earlier try of the same commit
 /// wrote).
-pub async fn write_parts(client: &Client, encoded: &Encoded) -> Result<(), CoordError> {
+pub async fn write_parts(client: &FleetClient, encoded: &Encoded) -> Result<(), CoordError> {
     let Some((first, _)) = encoded.parts.first() else {
         return Ok(());
     };
     let dir = first.rsplit_once('/').map_or(PARTS, |(dir, _)| dir);
     mkdir(client, dir).await?;
     for (path, data) in &encoded.parts {
-        match client.create(path, data, &persistent()).await {
+        match client.create(path, data, &client.persistent()).await {
             Ok(_) => {}
             Err(ZkError::NodeExists) => {
                 client
@@ -170,8 +196,8 @@ pub async fn write_parts(client: &Client, encoded: &Encoded) -> Result<(), Coord
     Ok(())
 }
 
-async fn mkdir(client: &Client, dir: &str) -> Result<(), CoordError> {
-    match client.mkdir(dir, &persistent()).await {
+async fn mkdir(client: &FleetClient, dir: &str) -> Result<(), CoordError> {
+    match client.mkdir(dir, &client.persistent()).await {
         Ok(()) | Err(ZkError::NodeExists) => Ok(()),
         Err(e) => Err(CoordError::zk("create", dir, e)),
     }
@@ -185,6 +211,8 @@ pub struct Loaded {
     pub data: Vec<u8>,
     /// The round's JSON size.
     pub bytes: u64,
+    /// SHA-256 of the round's JSON (what a commit mark covers).
+    pub digest: [u8; 32],
     /// Its parts' directory, for a large round.
     pub parts: Option<String>,
 }
@@ -207,7 +235,7 @@ pub enum LoadError {
 }
 
 /// Reads the entry at `path` (in `/results`).
-pub async fn load(client: &Client, path: &str) -> Result<Loaded, LoadError> {
+pub async fn load(client: &FleetClient, path: &str) -> Result<Loaded, LoadError> {
     let data = match client.get_data(path).await {
         Ok((data, _)) => data,
         Err(ZkError::NoNode) => return Err(LoadError::Gone),
@@ -216,8 +244,28 @@ pub async fn load(client: &Client, path: &str) -> Result<Loaded, LoadError> {
     decode(client, data).await
 }
 
-async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
-    if let Ok(PartsEntry { parts }) = serde_json::from_slice::<PartsEntry>(&data) {
+async fn decode(client: &FleetClient, data: Vec<u8>) -> Result<Loaded, LoadError> {
+    let (loaded, mark) = decode_unchecked(client, data).await?;
+    let Some(key) = client.mark_key() else {
+        return Ok(loaded);
+    };
+    let valid = mark.is_some_and(|mark| key.verify(&loaded.digest, &mark));
+    if !valid {
+        return Err(LoadError::Corrupt {
+            reason: "it has no valid commit mark: not written by this fleet's leader (or written before the fleet had credentials; `fleetmeter outbox resend` vouches for it)".into(),
+            parts: loaded.parts,
+            data: loaded.data,
+        });
+    }
+    Ok(loaded)
+}
+
+/// Reads an entry of any form, with its mark (if any) unchecked.
+async fn decode_unchecked(
+    client: &FleetClient,
+    data: Vec<u8>,
+) -> Result<(Loaded, Option<String>), LoadError> {
+    if let Ok(PartsEntry { parts, mark }) = serde_json::from_slice::<PartsEntry>(&data) {
         let json = match read_parts(client, &parts).await {
             Ok(json) => json,
             Err(reason) => {
@@ -229,12 +277,16 @@ async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
             }
         };
         return match checked_round(&json) {
-            Ok(round) => Ok(Loaded {
-                round,
-                bytes: parts.bytes,
-                parts: Some(parts.dir),
-                data,
-            }),
+            Ok(round) => Ok((
+                Loaded {
+                    round,
+                    bytes: parts.bytes,
+                    digest: Sha256::digest(&json).into(),
+                    parts: Some(parts.dir),
+                    data,
+                },
+                mark,
+            )),
             Err(reason) => Err(LoadError::Corrupt {
                 reason: format!("its parts do not hold {reason}"),
                 parts: Some(parts.dir),
@@ -242,13 +294,39 @@ async fn decode(client: &Client, data: Vec<u8>) -> Result<Loaded, LoadError> {
             }),
         };
     }
+    if let Ok(MarkedEntry { mark, round }) = serde_json::from_slice::<MarkedEntry>(&data) {
+        // The digest the leader marked: the round's JSON as it serializes (serde_json's
+        // output is the same for the same round).
+        let json = serde_json::to_vec(&round).expect("a round serializes");
+        return match checked_round(&json) {
+            Ok(round) => Ok((
+                Loaded {
+                    round,
+                    bytes: json.len() as u64,
+                    digest: Sha256::digest(&json).into(),
+                    parts: None,
+                    data,
+                },
+                Some(mark),
+            )),
+            Err(reason) => Err(LoadError::Corrupt {
+                reason: format!("not {reason}"),
+                data,
+                parts: None,
+            }),
+        };
+    }
     match checked_round(&data) {
-        Ok(round) => Ok(Loaded {
-            round,
-            bytes: data.len() as u64,
-            parts: None,
-            data,
-        }),
+        Ok(round) => Ok((
+            Loaded {
+                round,
+                bytes: data.len() as u64,
+                digest: Sha256::digest(&data).into(),
+                parts: None,
+                data,
+            },
+            None,
+        )),
         Err(reason) => Err(LoadError::Corrupt {
             reason: format!("not {reason}"),
             data,
@@ -312,7 +390,7 @@ pub async fn delete_parts(client: &Client, dir: &str) {
 }
 
 /// The ledger, recounted from the entries when it is absent or unreadable.
-pub async fn ledger(client: &Client) -> Result<LedgerState, CoordError> {
+pub async fn ledger(client: &FleetClient) -> Result<LedgerState, CoordError> {
     match client.get_data(OUTBOX).await {
         Ok((data, stat)) => match serde_json::from_slice::<Ledger>(&data) {
             Ok(ledger) => Ok(LedgerState {
@@ -336,7 +414,7 @@ pub async fn peek_ledger(client: &Client) -> Result<Option<Ledger>, CoordError> 
 }
 
 /// Counts the entries in `/results` and `/rejected` and writes the ledger.
-pub async fn recount(client: &Client) -> Result<LedgerState, CoordError> {
+pub async fn recount(client: &FleetClient) -> Result<LedgerState, CoordError> {
     loop {
         let version = match client.check_stat(OUTBOX).await {
             Ok(stat) => stat.map(|s| s.version),
@@ -359,7 +437,7 @@ pub async fn recount(client: &Client) -> Result<LedgerState, CoordError> {
                 .await
                 .map(|stat| stat.version),
             None => client
-                .create(OUTBOX, &data, &persistent())
+                .create(OUTBOX, &data, &client.persistent())
                 .await
                 .map(|(stat, _)| stat.version),
         };
@@ -388,8 +466,11 @@ fn entry_bytes(dir: &str, data: &[u8]) -> u64 {
     } else {
         data
     };
-    match serde_json::from_slice::<PartsEntry>(data) {
-        Ok(entry) => entry.parts.bytes,
+    if let Ok(entry) = serde_json::from_slice::<PartsEntry>(data) {
+        return entry.parts.bytes;
+    }
+    match serde_json::from_slice::<MarkedEntry>(data) {
+        Ok(entry) => serde_json::to_vec(&entry.round).map_or(data.len(), |j| j.len()) as u64,
         Err(_) => data.len() as u64,
     }
 }
@@ -425,13 +506,14 @@ pub fn add_ledger(
 /// returns the ledger after the commit.
 pub fn add_entry(
     writer: &mut MultiWriter<'_>,
+    acl: &NodeAcl,
     round: u64,
     encoded: &Encoded,
     state: LedgerState,
 ) -> Result<Ledger, CoordError> {
     let path = result_path(round);
     writer
-        .add_create(&path, &encoded.entry, &persistent())
+        .add_create(&path, &encoded.entry, &acl.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", &path, e))?;
     let after = state.ledger.plus(encoded.bytes);
     add_ledger(writer, state, after)?;
@@ -452,7 +534,7 @@ fn moved(err: &MultiWriteError) -> bool {
 
 /// Removes a delivered entry, and its parts. `Ok` also when another process removed it.
 pub async fn remove_delivered(
-    client: &Client,
+    client: &FleetClient,
     path: &str,
     loaded: &Loaded,
 ) -> Result<(), CoordError> {
@@ -524,7 +606,11 @@ impl Rejected {
 
 /// Moves the entry `name` from `/results` to `/rejected` (replacing an older rejection of
 /// the same round). `Ok` also when another process moved or removed it first.
-pub async fn reject(client: &Client, name: &str, rejected: &Rejected) -> Result<(), CoordError> {
+pub async fn reject(
+    client: &FleetClient,
+    name: &str,
+    rejected: &Rejected,
+) -> Result<(), CoordError> {
     let from = format!("{RESULTS}/{name}");
     let to = format!("{REJECTED}/{name}");
     let data = serde_json::to_vec(rejected).expect("a rejection serializes");
@@ -547,7 +633,7 @@ pub async fn reject(client: &Client, name: &str, rejected: &Rejected) -> Result<
             old
         } else {
             multi
-                .add_create(&to, &data, &persistent())
+                .add_create(&to, &data, &client.persistent())
                 .map_err(|e| CoordError::zk("create (in multi)", &to, e))?;
             None
         };
@@ -603,7 +689,7 @@ pub struct Listed {
 
 /// Every entry, waiting ones first, each in round order. Every entry is read (a large round
 /// with its parts): at most the outbox's bound.
-pub async fn list(client: &Client) -> Result<Vec<Listed>, CoordError> {
+pub async fn list(client: &FleetClient) -> Result<Vec<Listed>, CoordError> {
     let mut out = Vec::new();
     for name in children(client, RESULTS).await? {
         let Some(round) = parse_name(&name) else {
@@ -640,9 +726,12 @@ pub async fn list(client: &Client) -> Result<Vec<Listed>, CoordError> {
             continue;
         };
         let rejected: Option<Rejected> = serde_json::from_slice(&data).ok();
-        let inline: Option<Round> = rejected
-            .as_ref()
-            .and_then(|r| serde_json::from_value(r.entry.clone()).ok());
+        let inline: Option<Round> = rejected.as_ref().and_then(|r| {
+            serde_json::from_value(r.entry.clone()).ok().or_else(|| {
+                let marked = r.entry.get("round")?;
+                serde_json::from_value(marked.clone()).ok()
+            })
+        });
         out.push(Listed {
             round,
             state: "rejected",
@@ -674,7 +763,7 @@ pub enum Handled {
 }
 
 /// Puts a rejected round back in the outbox, where the leader sends it again.
-pub async fn resend(client: &Client, round: u64) -> Result<Handled, ResendError> {
+pub async fn resend(client: &FleetClient, round: u64) -> Result<Handled, ResendError> {
     let from = rejected_path(round);
     let to = result_path(round);
     let (data, stat) = match client.get_data(&from).await {
@@ -685,13 +774,16 @@ pub async fn resend(client: &Client, round: u64) -> Result<Handled, ResendError>
     let rejected: Rejected = serde_json::from_slice(&data)
         .map_err(|e| ResendError::Unreadable(format!("not a rejection record: {e}")))?;
     let entry = serde_json::to_vec(&rejected.entry).expect("a JSON value serializes");
-    decode(client, entry.clone()).await.map_err(|e| match e {
+    let (loaded, _) = decode_unchecked(client, entry).await.map_err(|e| match e {
         LoadError::Coord(e) => ResendError::Coord(e),
         other => ResendError::Unreadable(other.to_string()),
     })?;
+    // The operator vouches for the round: on a fleet with credentials it gets a fresh mark
+    // (it may have been set aside for lacking one).
+    let entry = vouch(client, &loaded);
     let mut multi = client.new_multi_writer();
     multi
-        .add_create(&to, &entry, &persistent())
+        .add_create(&to, &entry, &client.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", &to, e))?;
     multi
         .add_delete(&from, Some(stat.version))
@@ -707,6 +799,26 @@ pub async fn resend(client: &Client, round: u64) -> Result<Handled, ResendError>
     }
 }
 
+/// The entry for `loaded`, marked with the fleet's key when it has one.
+fn vouch(client: &FleetClient, loaded: &Loaded) -> Vec<u8> {
+    let Some(key) = client.mark_key() else {
+        return loaded.data.clone();
+    };
+    let mark = key.mark(&loaded.digest);
+    match serde_json::from_slice::<PartsEntry>(&loaded.data) {
+        Ok(PartsEntry { parts, .. }) => serde_json::to_vec(&PartsEntry {
+            parts,
+            mark: Some(mark),
+        })
+        .expect("a parts entry serializes"),
+        Err(_) => serde_json::to_vec(&MarkedEntry {
+            mark,
+            round: loaded.round.clone(),
+        })
+        .expect("a round serializes"),
+    }
+}
+
 /// Why a rejected round cannot be sent again.
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
@@ -717,7 +829,7 @@ pub enum ResendError {
 }
 
 /// Deletes a rejected round for good.
-pub async fn discard(client: &Client, round: u64) -> Result<Handled, CoordError> {
+pub async fn discard(client: &FleetClient, round: u64) -> Result<Handled, CoordError> {
     let path = rejected_path(round);
     loop {
         let (data, stat) = match client.get_data(&path).await {
@@ -745,7 +857,7 @@ pub async fn discard(client: &Client, round: u64) -> Result<Handled, CoordError>
             Err(err) => return Err(CoordError::zk("delete (multi)", &path, err.into())),
         }
         if let Ok(rejected) = serde_json::from_slice::<Rejected>(&data)
-            && let Ok(PartsEntry { parts }) = serde_json::from_value(rejected.entry)
+            && let Ok(PartsEntry { parts, .. }) = serde_json::from_value(rejected.entry)
         {
             delete_parts(client, &parts.dir).await;
         }
@@ -763,16 +875,42 @@ pub async fn rejected_rounds(client: &Client) -> Result<Vec<u64>, CoordError> {
 }
 
 /// The highest round number in `/results` or `/rejected`, if any.
-pub async fn highest_round(client: &Client) -> Result<Option<u64>, CoordError> {
+pub async fn highest_round(client: &FleetClient) -> Result<Option<u64>, CoordError> {
+    // Waiting entries: the highest that reads as the fleet's (a forged one, not yet set
+    // aside, does not count).
+    let mut waiting: Vec<u64> = children(client, RESULTS)
+        .await?
+        .iter()
+        .filter_map(|n| parse_name(n))
+        .collect();
+    waiting.sort_unstable_by(|a, b| b.cmp(a));
     let mut highest = None;
-    for dir in [RESULTS, REJECTED] {
-        if let Some(round) = children(client, dir)
-            .await?
-            .iter()
-            .filter_map(|n| parse_name(n))
-            .max()
-        {
+    for round in waiting {
+        match load(client, &result_path(round)).await {
+            Ok(_) => {
+                highest = Some(round);
+                break;
+            }
+            Err(LoadError::Gone | LoadError::Corrupt { .. }) => {}
+            Err(LoadError::Coord(e)) => return Err(e),
+        }
+    }
+    // Refused entries: only those the API refused (it saw them: the fleet's); entries set
+    // aside unread (`status` none: unreadable, invalid, no valid mark) do not count.
+    let mut refused: Vec<u64> = children(client, REJECTED)
+        .await?
+        .iter()
+        .filter_map(|n| parse_name(n))
+        .collect();
+    refused.sort_unstable_by(|a, b| b.cmp(a));
+    for round in refused {
+        let path = rejected_path(round);
+        let Ok((data, _)) = client.get_data(&path).await else {
+            continue;
+        };
+        if serde_json::from_slice::<Rejected>(&data).is_ok_and(|r| r.status.is_some()) {
             highest = highest.max(Some(round));
+            break;
         }
     }
     Ok(highest)
@@ -782,7 +920,7 @@ pub async fn highest_round(client: &Client) -> Result<Option<u64>, CoordError> {
 /// commit needs its round open, so none can refer to them any more) that neither `/results`
 /// nor `/rejected` names, read in one multi-read so that a concurrent move between the two is
 /// seen. Reads the round only when there are parts at all.
-pub async fn collect_garbage(client: &Client) -> Result<usize, CoordError> {
+pub async fn collect_garbage(client: &FleetClient) -> Result<usize, CoordError> {
     let dirs = children(client, PARTS).await?;
     if dirs.is_empty() {
         return Ok(0);
@@ -853,7 +991,7 @@ mod tests {
 
     #[test]
     fn a_small_round_is_stored_inline() {
-        let encoded = encode(&round(3, 1), "/election/x__lock__0000000001");
+        let encoded = encode(&round(3, 1), "/election/x__lock__0000000001", None);
         assert!(encoded.parts.is_empty());
         assert_eq!(
             serde_json::from_slice::<Round>(&encoded.entry).unwrap(),
@@ -865,7 +1003,7 @@ mod tests {
     #[test]
     fn the_largest_fleet_is_cut_into_parts_each_far_below_the_packet_limit() {
         let big = round(fleetmeter_wire::MAX_DEVICES, fleetmeter_wire::MAX_ID_BYTES);
-        let encoded = encode(&big, "/election/x__lock__0000000001");
+        let encoded = encode(&big, "/election/x__lock__0000000001", None);
         assert!(encoded.bytes > 1_000_000, "{} bytes", encoded.bytes);
         assert!(encoded.entry.len() < 1024);
         assert_eq!(

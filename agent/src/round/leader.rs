@@ -31,7 +31,11 @@ use super::{
 };
 use crate::{
     backoff::Backoff,
-    coord::{self, CoordError, barrier, counter, election::Leadership, paths::RESULTS},
+    coord::{
+        self, CoordError, barrier, counter,
+        election::Leadership,
+        paths::{RESULTS, ROUND},
+    },
     publish::outbox::{self, Ledger},
     telemetry::CommittedRound,
     wire::{InvalidRound, MAX_DEVICES, Round, now_ms},
@@ -60,6 +64,9 @@ enum CommitError {
     /// `{root}/round` changed since we read it.
     #[error("the round moved under us")]
     RoundMoved,
+    /// The counter node is unreadable and the API cannot say where it stands.
+    #[error("the counter is unreadable and cannot be restored yet: {0}")]
+    CounterUnknown(String),
     #[error(transparent)]
     Coord(#[from] CoordError),
 }
@@ -139,6 +146,7 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
                 match start_state(ctx, node).await {
                     Ok(()) => {
                         starting.reset();
+                        committer.forget();
                         // The first round gets a whole period, however long the start took.
                         schedule = Schedule::new(Instant::now(), period(), ctx.collect_fraction);
                     }
@@ -151,8 +159,29 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
                 }
                 continue;
             }
+            Err(CoordError::BadData { found, .. }) => {
+                match barrier::current_unreadable(&client).await {
+                    Ok(Some(state)) => {
+                        tracing::error!(found = %found, "{{root}}/round holds something that is not a round number");
+                        state
+                    }
+                    Ok(None) => continue,
+                    Err(err) => return TermEnd::RoundUnreadable(err),
+                }
+            }
             Err(err) => return TermEnd::RoundUnreadable(err),
         };
+        drop(client);
+        match committer.guard_round(ctx, state).await {
+            Ok(false) => {}
+            Ok(true) => continue,
+            Err(CommitError::Fenced) => return TermEnd::Deposed,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot check the round; retrying");
+                tokio::time::sleep(PAUSE).await;
+                continue;
+            }
+        }
         let round = state.round;
         let collect_started = Instant::now();
         let members = ctx.members.borrow().clone();
@@ -239,6 +268,12 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
             Err(CommitError::RoundMoved) => {
                 tracing::warn!(round, "the round moved under us; re-reading");
             }
+            Err(err @ CommitError::CounterUnknown(_)) => {
+                let wait = starting.next_delay();
+                tracing::warn!(round, error = %err, retry_in = ?wait, "commit postponed");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             Err(CommitError::Coord(err)) => {
                 tracing::warn!(round, error = %err, "commit failed; retrying the round");
                 // Not a hot loop when the failure persists (a refused ACL, say).
@@ -293,6 +328,11 @@ struct Committer<'a> {
     max: Ledger,
     /// When the ledger was last recounted because it said "full".
     recounted: Option<Instant>,
+    /// `{root}/round` as our last release (or our first read of the term) left it: any
+    /// other value was written by someone else, and is refused.
+    released: Option<barrier::RoundState>,
+    /// The counter as our last commit left it, likewise.
+    counter: Option<counter::CounterValue>,
 }
 
 /// A full outbox is recounted (in case entries went missing by hand) at most this often.
@@ -304,7 +344,118 @@ impl<'a> Committer<'a> {
             node,
             max,
             recounted: None,
+            released: None,
+            counter: None,
         }
+    }
+
+    /// The fleet's state was (re)started: nothing is expected of the nodes any more.
+    fn forget(&mut self) {
+        self.released = None;
+        self.counter = None;
+    }
+
+    /// Refuses a round the leader did not release: only the leader moves `{root}/round`, by
+    /// one per commit, so a round other than the one it left (lower: backwards; higher: a
+    /// jump) was written by someone else. The first round of a term must lie above every
+    /// round in the outbox. A refused round is written back, fenced; `Ok(true)` then (read
+    /// it again).
+    async fn guard_round(
+        &mut self,
+        ctx: &Ctx,
+        state: barrier::RoundState,
+    ) -> Result<bool, CommitError> {
+        let client = ctx.session.client()?;
+        let expected = match self.released {
+            Some(released) if released == state => return Ok(false),
+            Some(released) => released.round,
+            None => {
+                let floor = outbox::highest_round(&client)
+                    .await?
+                    .map_or(1, |h| h.saturating_add(1));
+                if state.round >= floor {
+                    self.released = Some(state);
+                    return Ok(false);
+                }
+                // Where the fleet's rounds continue, as at a start; the outbox alone when
+                // the API cannot say.
+                match resume::resume_point(ctx).await {
+                    Ok(point) => point.round.max(floor),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot ask the API where rounds continue: using the outbox's highest round");
+                        floor
+                    }
+                }
+            }
+        };
+        ctx.telemetry.zk_refused("round");
+        tracing::error!(
+            found = state.round,
+            expected,
+            "{{root}}/round was changed by someone other than the leader (moved {}): refused; writing back round {expected}",
+            if state.round < expected {
+                "backwards"
+            } else {
+                "ahead"
+            }
+        );
+        let mut multi = client.new_multi_writer();
+        multi
+            .add_check_version(self.node, 0)
+            .map_err(|e| CoordError::zk("check (in multi)", self.node, e))?;
+        barrier::add_restore(&mut multi, state, expected)?;
+        match multi.commit().await {
+            Ok(_) => {
+                self.released = Some(barrier::RoundState {
+                    round: expected,
+                    version: state.version.wrapping_add(1),
+                    created: state.created,
+                });
+                Ok(true)
+            }
+            Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(CommitError::Fenced),
+            Err(MultiWriteError::OperationFailed {
+                source: ZkError::BadVersion,
+                ..
+            }) => Ok(true),
+            Err(err) => Err(CoordError::zk("restore (multi)", ROUND, ZkError::from(err)).into()),
+        }
+    }
+
+    /// The counter to build on: the node's value when it is what our last commit left (or
+    /// the first read of the term gives a readable value); otherwise the value is refused,
+    /// and the one to write back is returned: ours, or (first read of a term, unreadable)
+    /// where the fleet's stored rounds say it stands.
+    async fn guard_counter(
+        &mut self,
+        ctx: &Ctx,
+        client: &coord::FleetClient,
+    ) -> Result<(counter::CounterValue, bool), CommitError> {
+        let (value, version) = counter::read_lenient(client).await?;
+        let expected = match (value, self.counter) {
+            (Some(value), None) => return Ok((counter::CounterValue { value, version }, false)),
+            (Some(value), Some(ours)) if ours.value == value && ours.version == version => {
+                return Ok((ours, false));
+            }
+            (_, Some(ours)) => ours.value,
+            (None, None) => match resume::resume_point(ctx).await {
+                Ok(point) => point.counter.unwrap_or(0),
+                Err(err) => return Err(CommitError::CounterUnknown(err.to_string())),
+            },
+        };
+        ctx.telemetry.zk_refused("counter");
+        tracing::error!(
+            found = ?value,
+            expected,
+            "{{root}}/counter was changed by someone other than the leader (or is not a number): refused; writing back {expected}"
+        );
+        Ok((
+            counter::CounterValue {
+                value: expected,
+                version,
+            },
+            true,
+        ))
     }
 
     /// One multi: our election node exists (fence), the result (if any and if it fits) and
@@ -318,7 +469,7 @@ impl<'a> Committer<'a> {
         let client = ctx.session.client()?;
         let mut parts_written: Option<Vec<u8>> = None;
         loop {
-            let count = counter::read(&client).await?;
+            let (count, restore) = self.guard_counter(ctx, &client).await?;
             let mut multi = client.new_multi_writer();
             multi
                 .add_check_version(self.node, 0)
@@ -332,11 +483,11 @@ impl<'a> Committer<'a> {
             if let Some(result) = result {
                 let mut result = result.clone();
                 let delta = i64::from(result.count);
-                result.counter = Some(count.value.saturating_add(delta));
+                result.counter = Some(counter::checked_add(count.value, delta)?);
                 match result.validate() {
                     Err(invalid) => committed.dropped = Some(invalid.into()),
                     Ok(()) => {
-                        let encoded = outbox::encode(&result, self.node);
+                        let encoded = outbox::encode(&result, self.node, client.mark_key());
                         let mut ledger = outbox::ledger(&client).await?;
                         if !ledger.ledger.fits(encoded.bytes, &self.max)
                             && self.recounted.is_none_or(|at| at.elapsed() > RECOUNT_EVERY)
@@ -353,12 +504,13 @@ impl<'a> Committer<'a> {
                             }
                             committed.ledger = Some(outbox::add_entry(
                                 &mut multi,
+                                client.acl(),
                                 result.round,
                                 &encoded,
                                 ledger,
                             )?);
                             counter::add_increment(&mut multi, count, delta)?;
-                            committed.counter = committed.counter.saturating_add(delta);
+                            committed.counter = counter::checked_add(committed.counter, delta)?;
                             committed.stored = true;
                         } else {
                             committed.ledger = Some(ledger.ledger);
@@ -370,9 +522,28 @@ impl<'a> Committer<'a> {
                     }
                 }
             }
-            barrier::add_release(&mut multi, state)?;
+            if restore && !committed.stored {
+                counter::add_increment(&mut multi, count, 0)?;
+            }
+            barrier::add_release(&mut multi, client.acl(), state)?;
             return match multi.commit().await {
-                Ok(_) => Ok(committed),
+                Ok(_) => {
+                    self.released = Some(barrier::RoundState {
+                        round: state.round.saturating_add(1),
+                        version: state.version.wrapping_add(1),
+                        created: state.created,
+                    });
+                    let written = committed.stored || restore;
+                    self.counter = Some(counter::CounterValue {
+                        value: committed.counter,
+                        version: if written {
+                            count.version.wrapping_add(1)
+                        } else {
+                            count.version
+                        },
+                    });
+                    Ok(committed)
+                }
                 Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(CommitError::Fenced),
                 Err(MultiWriteError::OperationFailed {
                     source: ZkError::NoNode,
@@ -380,7 +551,7 @@ impl<'a> Committer<'a> {
                 }) if committed.stored => {
                     // {root}/results does not exist yet.
                     client
-                        .mkdir(RESULTS, &coord::persistent())
+                        .mkdir(RESULTS, &client.persistent())
                         .await
                         .map_err(|e| CoordError::zk("create", RESULTS, e))?;
                     continue;

@@ -125,6 +125,7 @@ pub async fn run(
         Local {
             sampling_period: config.period,
             api_url: config.publish.api_url.clone(),
+            allowed_origins: config.publish.allowed_origins.clone(),
             aggregator: config.aggregator.clone(),
         },
         known_aggregators(config.plugin_dir.clone()),

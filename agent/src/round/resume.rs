@@ -83,9 +83,9 @@ pub(super) async fn start(ctx: &Ctx, node: &str, point: ResumePoint) -> Result<(
         multi
             .add_check_version(node, 0)
             .map_err(|e| CoordError::zk("check (in multi)", node, e))?;
-        barrier::add_start(&mut multi, point.round, barrier_exists)?;
+        barrier::add_start(&mut multi, client.acl(), point.round, barrier_exists)?;
         if !counter_exists {
-            counter::add_create(&mut multi, point.counter.unwrap_or(0))?;
+            counter::add_create(&mut multi, client.acl(), point.counter.unwrap_or(0))?;
         }
         return match multi.commit().await {
             Ok(_) => {

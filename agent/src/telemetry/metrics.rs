@@ -49,6 +49,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WhatLabels {
+    what: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -123,6 +128,7 @@ pub(super) struct Metrics {
     outbox_max_bytes: Gauge,
     outbox_rejected: Gauge,
     results_dropped: Family<ReasonLabels, Counter>,
+    untrusted_refused: Family<WhatLabels, Counter>,
     session_state: Family<StateLabels, Gauge>,
     sessions: Counter,
 }
@@ -307,6 +313,11 @@ impl Metrics {
             results_dropped: metric!(
                 "results_dropped",
                 "Round results not stored, by reason (outbox_full; invalid: the API would refuse it)",
+                Family::default()
+            ),
+            untrusted_refused: metric!(
+                "zk_refused",
+                "Values read from ZooKeeper that the fleet did not write and this agent refused, by what (round: moved outside the leader; counter: unreadable or moved; result: an outbox entry without a valid commit mark)",
                 Family::default()
             ),
             publish_failures: metric!(
@@ -494,6 +505,12 @@ impl Metrics {
         set(&self.outbox_bytes, now.bytes);
         set(&self.outbox_max_rounds, max.rounds);
         set(&self.outbox_max_bytes, max.bytes);
+    }
+
+    pub(super) fn zk_refused(&self, what: &'static str) {
+        self.untrusted_refused
+            .get_or_create(&WhatLabels { what })
+            .inc();
     }
 
     pub(super) fn result_dropped(&self, reason: &'static str) {

@@ -138,6 +138,12 @@ impl Telemetry {
         self.health_tracker().outbox(Some((now, max)));
     }
 
+    /// A value read from ZooKeeper was refused as not written by the fleet (`what`: `round`,
+    /// `counter`, `result`).
+    pub fn zk_refused(&self, what: &'static str) {
+        self.metrics.zk_refused(what);
+    }
+
     /// A round's result was not stored (`reason`: `invalid` or `outbox_full`).
     pub fn result_dropped(&self, reason: &'static str) {
         self.metrics.result_dropped(reason);

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use fleetmeter::coord::{Session, ZkSettings, barrier, counter, paths};
+use fleetmeter::coord::{Session, ZkAuth, ZkSettings, access::MarkKey, barrier, counter, paths};
 use fleetmeter_testkit::fleet::{Agents, agent_toml};
 use serde_json::Value;
 
@@ -32,6 +32,10 @@ pub struct Fleet {
     /// Each agent's /metrics and /healthz port.
     pub metrics_ports: BTreeMap<String, u16>,
     pub http: reqwest::Client,
+    /// The fleet's ZooKeeper credentials (`digest:USER:PASSWORD`), once [`Fleet::secure`].
+    pub auth: Option<String>,
+    /// The API's write token, once [`Fleet::with_token`].
+    pub api_token: Option<String>,
 }
 
 pub fn api_binary() -> PathBuf {
@@ -66,6 +70,8 @@ impl Fleet {
             agents,
             metrics_ports: BTreeMap::new(),
             http: reqwest::Client::new(),
+            auth: None,
+            api_token: None,
         };
         let toml = agent_toml(
             SESSION_TIMEOUT.as_secs_f64(),
@@ -89,16 +95,38 @@ impl Fleet {
         self.agents = agents.env(key, value);
     }
 
+    /// Agents started from now on (and `admin`) use these ZooKeeper credentials.
+    pub fn secure(&mut self, auth: &str) {
+        self.auth = Some(auth.to_owned());
+        self.agent_env("FLEETMETER_ZK_AUTH", auth.to_owned());
+    }
+
+    /// The API (restarted now) takes writes with this token only; agents started from now
+    /// on send it.
+    pub fn with_token(&mut self, token: &str) {
+        self.api_token = Some(token.to_owned());
+        self.agent_env("FLEETMETER_API_TOKEN", token.to_owned());
+        self.stop_api();
+        self.start_api();
+    }
+
     pub fn start_api(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("api.log")).unwrap();
-        let child = Command::new(api_binary())
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("api.log"))
+            .unwrap();
+        let mut command = Command::new(api_binary());
+        command
             .env("API_LISTEN", format!("127.0.0.1:{}", self.api_port))
             .env("REDIS_URL", &self.redis_url)
-            .env_remove("API_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env_remove("API_TOKEN");
+        match &self.api_token {
+            Some(token) => command.env("API_TOKEN", token),
+            // The tests' API takes writes without a token unless a test sets one.
+            None => command.env("API_ALLOW_ANONYMOUS_WRITES", "true"),
+        };
+        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.api = Some(child);
     }
 
@@ -225,9 +253,16 @@ impl Fleet {
             root: "/fleetmeter".into(),
             session_timeout: Duration::from_secs(4),
             connect_timeout: Duration::from_secs(20),
+            auth: self.zk_auth(),
+            public_read: false,
+            mark_key: MarkKey::for_fleet(self.zk_auth().as_ref(), self.api_token.as_deref()),
         })
         .await
         .unwrap()
+    }
+
+    pub fn zk_auth(&self) -> Option<ZkAuth> {
+        self.auth.as_ref().map(|a| a.parse().unwrap())
     }
 
     /// Waits until every device in `ids` has joined; returns the round open then. That round
@@ -328,7 +363,13 @@ pub async fn final_check(fleet: &mut Fleet) -> Vec<Value> {
             .get_data(&format!("{}/{name}", paths::RESULTS))
             .await
             .unwrap();
-        let pending: Value = serde_json::from_slice(&data).unwrap();
+        let entry: Value = serde_json::from_slice(&data).unwrap();
+        // A fleet with credentials or a token marks its entries: {"mark":…,"round":{…}}.
+        let pending = if entry.get("mark").is_some() {
+            entry["round"].clone()
+        } else {
+            entry
+        };
         let round = pending["round"].as_u64().unwrap();
         assert!(
             !stored.contains(&round),
@@ -361,14 +402,23 @@ pub fn config_with_sensor(fleet: &Fleet, name: &str, sensor: &Path, extra: &str)
     path
 }
 
+/// Runs a one-shot `fleetmeter` command on the fleet, with its credentials and token.
 pub fn fleetmeter(fleet: &Fleet, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetmeter"));
+    command
         .args(args)
         .args(["--zk", &fleet.zk.hosts()])
         .env_remove("ZK_HOST")
         .env_remove("FLEETMETER_ROOT")
-        .output()
-        .unwrap()
+        .env_remove("FLEETMETER_ZK_AUTH")
+        .env_remove("FLEETMETER_API_TOKEN");
+    if let Some(auth) = &fleet.auth {
+        command.env("FLEETMETER_ZK_AUTH", auth);
+    }
+    if let Some(token) = &fleet.api_token {
+        command.env("FLEETMETER_API_TOKEN", token);
+    }
+    command.output().unwrap()
 }
 
 pub fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
