@@ -22,6 +22,7 @@ COPY agent/Cargo.toml agent/
 COPY testkit/Cargo.toml testkit/
 COPY api/Cargo.toml api/
 COPY wire/Cargo.toml wire/
+COPY serve/Cargo.toml serve/
 COPY sensor-sdk/Cargo.toml sensor-sdk/build.rs sensor-sdk/
 COPY wit wit
 COPY plugins/Cargo.toml plugins/Cargo.lock plugins/
@@ -47,7 +48,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 #    profile's line tables: 132 MB -> 29 MB for the agent) and keep their symbols.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    find agent api wire sensor-sdk plugins -name '*.rs' -not -path '*/target/*' -exec touch {} + \
+    find agent api wire serve sensor-sdk plugins -name '*.rs' -not -path '*/target/*' -exec touch {} + \
  && cargo build --release --locked -p fleetmeter -p fleetmeter-api \
  && scripts/build-plugins --locked \
  && mkdir -p /out \

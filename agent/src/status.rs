@@ -59,17 +59,24 @@ pub async fn connect(
         connect_timeout: Duration::from_secs(10),
         // The key of the fleet's commit marks, so that `outbox resend` vouches for what it
         // puts back: from the credentials, else the API token in the environment.
-        mark_key: crate::coord::access::MarkKey::for_fleet(
-            auth.as_ref(),
-            std::env::var(crate::config::keys::API_TOKEN.var())
-                .ok()
-                .as_deref(),
-        ),
+        mark_key: crate::coord::access::MarkKey::for_fleet(auth.as_ref(), env_token().as_deref()),
         auth,
         // A tool never creates the root with its own policy: it follows the root's.
         public_read: false,
     })
     .await
+}
+
+/// The API token from the environment (FLEETMETER_API_TOKEN, or the first line of the file
+/// FLEETMETER_API_TOKEN_FILE names), for a tool's commit marks.
+fn env_token() -> Option<String> {
+    use crate::config::keys;
+    if let Ok(token) = std::env::var(keys::API_TOKEN.var()) {
+        return Some(token);
+    }
+    let path = std::env::var_os(keys::API_TOKEN_FILE.var())?;
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().next()?.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 pub async fn read(session: &Session) -> Result<Status, CoordError> {

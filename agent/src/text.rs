@@ -44,17 +44,8 @@ pub fn one_line_bounded(text: &str, max: usize) -> String {
     out
 }
 
-/// A URL with the password of its user part (`https://user:PASSWORD@host/`) replaced by
-/// `***`, for logs and printed settings; text that is not a URL comes back as it is.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => raw.to_owned(),
-    }
-}
+/// A URL with the password of its user part replaced by `***`.
+pub use fleetmeter_serve::redact_url;
 
 fn needs_escape(c: char) -> bool {
     c.is_control()

@@ -16,158 +16,13 @@ use std::{
 };
 
 use serde_norway::Value;
-use support::repo_root;
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn yaml(path: &str) -> Value {
-    let mut value: Value =
-        serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} parses: {e}"));
-    value
-        .apply_merge()
-        .unwrap_or_else(|e| panic!("{path}: merge keys: {e}"));
-    value
-}
-
-fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
-    value
-        .as_str()
-        .unwrap_or_else(|| panic!("{what} is a string: {value:?}"))
-}
-
-fn strings(value: &Value, what: &str) -> Vec<String> {
-    value
-        .as_sequence()
-        .unwrap_or_else(|| panic!("{what} is a list: {value:?}"))
-        .iter()
-        .map(|v| str_of(v, what).to_owned())
-        .collect()
-}
-
-/// A service's `environment`, as a map (compose allows a map or a `K=V` list; we use maps).
-fn environment(service: &Value) -> BTreeMap<String, String> {
-    let Some(env) = service.get("environment") else {
-        return BTreeMap::new();
-    };
-    env.as_mapping()
-        .expect("environment is a map")
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                other => panic!("environment value {other:?}"),
-            };
-            (str_of(k, "env name").to_owned(), value)
-        })
-        .collect()
-}
-
-struct Compose {
-    services: BTreeMap<String, Value>,
-}
-
-impl Compose {
-    fn load() -> Self {
-        let compose = yaml("docker-compose.yml");
-        let services = compose
-            .get("services")
-            .and_then(Value::as_mapping)
-            .expect("services")
-            .iter()
-            .map(|(k, v)| (str_of(k, "service name").to_owned(), v.clone()))
-            .collect();
-        Self { services }
-    }
-
-    /// Services running the fleetmeter image's default entrypoint (`fleetmeter run`).
-    fn agents(&self) -> BTreeMap<&str, &Value> {
-        self.services
-            .iter()
-            .filter(|(_, s)| s.get("build").is_some() && s.get("entrypoint").is_none())
-            .map(|(name, s)| (name.as_str(), s))
-            .collect()
-    }
-
-    fn service(&self, name: &str) -> &Value {
-        self.services
-            .get(name)
-            .unwrap_or_else(|| panic!("service {name} in docker-compose.yml"))
-    }
-}
-
-/// One Dockerfile instruction, with its stage index.
-struct Instruction {
-    stage: usize,
-    keyword: String,
-    args: String,
-}
-
-fn dockerfile() -> Vec<Instruction> {
-    let text = read("Dockerfile").replace("\\\n", " ");
-    let mut stage = 0;
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (keyword, args) = line.split_once(' ').unwrap_or((line, ""));
-        let keyword = keyword.to_ascii_uppercase();
-        if keyword == "FROM" {
-            stage += 1;
-        }
-        out.push(Instruction {
-            stage,
-            keyword,
-            args: args.trim().to_owned(),
-        });
-    }
-    out
-}
-
-/// `COPY` instructions from the build context: (sources, destination, stage).
-fn context_copies() -> Vec<(Vec<String>, String, usize)> {
-    dockerfile()
-        .into_iter()
-        .filter(|i| i.keyword == "COPY" && !i.args.contains("--from"))
-        .map(|i| {
-            let mut parts: Vec<String> = i.args.split_whitespace().map(str::to_owned).collect();
-            let dest = parts.pop().expect("a destination");
-            (parts, dest, i.stage)
-        })
-        .collect()
-}
-
-/// The runtime stage's `ENV`, with paths copied from the context mapped back to the
-/// repository (so that `/etc/fleetmeter/agent.toml` is checked as the repository's
-/// agent.toml, the file the image carries).
-fn runtime_env() -> BTreeMap<String, String> {
-    let instructions = dockerfile();
-    let last = instructions.iter().map(|i| i.stage).max().unwrap();
-    let copied: BTreeMap<String, String> = context_copies()
-        .into_iter()
-        .filter(|(_, _, stage)| *stage == last)
-        .filter_map(|(sources, dest, _)| match sources.as_slice() {
-            [one] => Some((dest, repo_root().join(one).display().to_string())),
-            _ => None,
-        })
-        .collect();
-    let mut env = BTreeMap::new();
-    for i in instructions
-        .iter()
-        .filter(|i| i.stage == last && i.keyword == "ENV")
-    {
-        for pair in i.args.split_whitespace() {
-            let (k, v) = pair.split_once('=').expect("ENV K=V");
-            let v = copied.get(v).cloned().unwrap_or_else(|| v.to_owned());
-            env.insert(k.to_owned(), v);
-        }
-    }
-    env
-}
+use support::{
+    compose::{
+        Compose, Instruction, SECRETS, context_copies, dockerfile, environment, read, runtime_env,
+        str_of, strings, with_secrets_at, yaml,
+    },
+    repo_root,
+};
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':')
@@ -188,6 +43,9 @@ fn every_agent_service_is_accepted_by_fleetmeter_run_check() {
         image_env.contains_key("FLEETMETER_CONFIG"),
         "the image names its agent.toml: {image_env:?}"
     );
+    // The secrets the compose file's `secrets` service makes, where the agents read them.
+    let secrets = tempfile::tempdir().unwrap();
+    compose.make_secrets(secrets.path());
     let mut ids = BTreeSet::new();
     for (name, service) in &agents {
         let command = strings(service.get("command").expect("command"), "command");
@@ -218,7 +76,7 @@ fn every_agent_service_is_accepted_by_fleetmeter_run_check() {
         assert_eq!(without_id, first, "{name} differs from agent-1");
 
         let mut env = image_env.clone();
-        env.extend(environment(service));
+        env.extend(with_secrets_at(&environment(service), secrets.path()));
         let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
             .arg("run")
             .args(&command)
@@ -240,6 +98,8 @@ fn every_agent_service_is_accepted_by_fleetmeter_run_check() {
             format!("device id:        {id}\n"),
             format!("zookeeper:        {}", env["ZK_HOST"]),
             format!("api url:          {}", env["API_URL"]),
+            "zk credentials:   user \"fleet\" (password hidden)".to_owned(),
+            "token set, hidden".to_owned(),
         ] {
             assert!(
                 stdout.contains(&expected),
@@ -319,6 +179,8 @@ fn grafana_provisioning_points_at_prometheus_and_the_dashboard() {
     let grafana = compose.service("grafana");
     let mounts: BTreeMap<String, String> = strings(grafana.get("volumes").unwrap(), "volumes")
         .iter()
+        // Bind mounts of the repository; the secrets volume is checked elsewhere.
+        .filter(|v| v.starts_with("./"))
         .map(|v| {
             let mut parts = v.split(':');
             let host = parts.next().unwrap().trim_start_matches("./").to_owned();
@@ -513,5 +375,78 @@ fn copy_tree(from: &Path, to: &Path) {
     } else {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// Secure by default, with no manual step (README, "Security"): generated secrets shared
+/// through a volume, nothing secret in the file, writes and ZooKeeper closed without them,
+/// every published port on the host's loopback unless FLEETMETER_BIND says otherwise, and no
+/// agent's metrics published at all.
+#[test]
+fn the_compose_defaults_are_secure() {
+    let compose = Compose::load();
+    for (name, service) in &compose.services {
+        if let Some(ports) = service.get("ports") {
+            for port in strings(ports, "ports") {
+                assert!(
+                    port.starts_with("${FLEETMETER_BIND:-127.0.0.1}:"),
+                    "{name} publishes {port} beyond the host's loopback by default"
+                );
+            }
+        }
+        for (key, value) in environment(service) {
+            let secret_like = ["TOKEN", "PASSWORD", "AUTH"]
+                .iter()
+                .any(|w| key.contains(w))
+                && !key.ends_with("_FILE")
+                && !key.starts_with("GF_AUTH_ANONYMOUS");
+            assert!(
+                !secret_like,
+                "{name}: {key}={value} puts a secret in the repository; use a _FILE from the secrets volume"
+            );
+            if key.ends_with("_FILE") && key != "FLEETMETER_CONFIG" {
+                assert!(value.starts_with(SECRETS), "{name}: {key}={value}");
+            }
+        }
+    }
+    for (name, agent) in compose.agents() {
+        assert!(agent.get("ports").is_none(), "{name} publishes its metrics");
+        let env = environment(agent);
+        assert!(env.contains_key("FLEETMETER_ZK_AUTH_FILE"), "{name}");
+        assert!(env.contains_key("FLEETMETER_API_TOKEN_FILE"), "{name}");
+    }
+    let api = environment(compose.service("api"));
+    assert!(api.contains_key("API_TOKEN_FILE"), "{api:?}");
+    assert!(!api.contains_key("API_ALLOW_ANONYMOUS_WRITES"));
+    assert!(!api.contains_key("API_LEGACY_QUERY"));
+    let zookeeper = environment(compose.service("zookeeper"));
+    assert!(
+        zookeeper["ZOO_CFG_EXTRA"].contains("enforce.auth.enabled=true"),
+        "{zookeeper:?}"
+    );
+
+    // The secrets: random, made once, readable by their owner only.
+    let dir = tempfile::tempdir().unwrap();
+    let first = compose.make_secrets(dir.path());
+    let again = compose.make_secrets(dir.path());
+    assert_eq!(first, again, "a later start keeps the secrets");
+    let other = tempfile::tempdir().unwrap();
+    assert_ne!(
+        first,
+        compose.make_secrets(other.path()),
+        "random per deployment"
+    );
+    let token = first["api-token"].trim();
+    assert_eq!(token.len(), 48, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let auth: fleetmeter::coord::ZkAuth = first["zk-auth"].parse().unwrap();
+    assert_eq!(auth.user(), "fleet");
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["api-token", "zk-auth", "grafana-admin"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400, "{file}: {mode:o}");
     }
 }

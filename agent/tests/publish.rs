@@ -41,10 +41,12 @@ async fn api(redis: &RedisServer, token: Option<&str>) -> Api {
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", redis.url())
         .env_remove("API_TOKEN")
+        .env("API_LEGACY_QUERY", "true")
         .stderr(Stdio::null());
-    if let Some(token) = token {
-        command.env("API_TOKEN", token);
-    }
+    match token {
+        Some(token) => command.env("API_TOKEN", token),
+        None => command.env("API_ALLOW_ANONYMOUS_WRITES", "true"),
+    };
     let api = Api {
         child: command.spawn().unwrap(),
         url: format!("http://127.0.0.1:{port}/"),

@@ -10,8 +10,12 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use fleetmeter::coord::{counter, paths};
 use serde_json::Value;
 use support::{
-    fleet::{Fleet, PERIOD, SERIAL, final_check, fleetmeter, leader_of, metric},
+    compose::{Compose, environment, runtime_env, with_secrets_at},
+    fleet::{Fleet, PERIOD, SERIAL, api_binary, final_check, fleetmeter, leader_of, metric},
+    free_port,
+    redis::RedisServer,
     repo_root, wait_until,
+    zk::ZkServer,
 };
 
 const AUTH: &str = "digest:fleet:correct-horse-battery-staple";
@@ -398,4 +402,181 @@ async fn what_an_outsider_writes_to_zookeeper_is_refused_and_the_fleet_goes_on()
         [forged_round],
         "only the forged entry was set aside"
     );
+}
+
+/// A process killed when the test ends, passing or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The API and agents started exactly as docker-compose.yml configures them (their
+/// environment, the image's, the secrets its `secrets` service makes, ZooKeeper with its
+/// `ZOO_CFG_EXTRA`), with the compose host names mapped to this host's ports and the
+/// sampling period cut to 1 s for the test. Rounds flow; a write without the token, the
+/// legacy write, and a ZooKeeper client without credentials are all refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_as_compose_configures_it_refuses_whoever_lacks_its_secrets() {
+    let _serial = SERIAL.lock().await;
+    let compose = Compose::load();
+    let secrets = tempfile::tempdir().unwrap();
+    let made = compose.make_secrets(secrets.path());
+    let zk_extra: String = environment(compose.service("zookeeper"))["ZOO_CFG_EXTRA"]
+        .split_whitespace()
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let zk = ZkServer::start_with(&zk_extra);
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = free_port();
+    let local = |value: &str| {
+        value
+            .replace("zookeeper:2181", &zk.hosts())
+            .replace("redis://redis:6379", &redis.url())
+            .replace("http://api:4000/", &format!("http://127.0.0.1:{api_port}/"))
+            .replace("0.0.0.0:4000", &format!("127.0.0.1:{api_port}"))
+    };
+    let api_env = with_secrets_at(&environment(compose.service("api")), secrets.path());
+    let _api = Killed(
+        std::process::Command::new(api_binary())
+            .env_clear()
+            .envs(api_env.iter().map(|(k, v)| (k, local(v))))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("api.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut agents = Vec::new();
+    let agent_services = compose.agents();
+    for (name, service) in agent_services.iter().take(2) {
+        let mut env = runtime_env();
+        env.extend(with_secrets_at(&environment(service), secrets.path()));
+        let mut env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.clone(), local(v))).collect();
+        for (key, value) in &mut env {
+            match key.as_str() {
+                "SAMPLING_PERIOD" => *value = "1".into(),
+                "FLEETMETER_PLUGIN_DIR" => {
+                    *value = repo_root().join("plugins/dist").display().to_string()
+                }
+                "XDG_CACHE_HOME" => *value = dir.path().join("cache").display().to_string(),
+                "FLEETMETER_METRICS_LISTEN" => *value = format!("127.0.0.1:{}", free_port()),
+                _ => {}
+            }
+        }
+        let id = support::compose::strings(service.get("command").unwrap(), "command").remove(0);
+        agents.push(Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+                .env_clear()
+                .envs(env)
+                .env("RUST_LOG", "info")
+                .arg("run")
+                .arg(&id)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{api_port}");
+    wait_until(
+        "rounds from the compose-configured fleet",
+        Duration::from_secs(60),
+        || async {
+            let Ok(response) = http
+                .get(format!("{base}/api/v1/rounds?limit=3"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            response
+                .json::<Vec<Value>>()
+                .await
+                .is_ok_and(|rounds| rounds.len() >= 2)
+        },
+    )
+    .await;
+
+    let round = serde_json::json!({
+        "round": 999_999, "value": 1.0, "count": 1, "devices": ["x"],
+        "aggregator": "mean@0.1.0", "leader": "x", "ts": 1
+    });
+    let anonymous = http
+        .post(format!("{base}/api/v1/rounds"))
+        .json(&round)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "a write without the token");
+    let wrong = http
+        .post(format!("{base}/api/v1/rounds"))
+        .bearer_auth("guess")
+        .json(&round)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "a write with a wrong token");
+    let legacy = http
+        .get(format!("{base}/nuevo?dato=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), 404, "the legacy GET write is off");
+
+    // ZooKeeper serves no client without credentials, not even a read.
+    let script = r#"
+import sys
+from kazoo.client import KazooClient
+zk = KazooClient(hosts=sys.argv[1], timeout=2.0)
+try:
+    zk.start(timeout=10)
+    zk.get_children("/fleetmeter")
+    print("ALLOWED")
+except Exception as e:
+    print("refused:", type(e).__name__)
+"#;
+    let output = std::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(zk.hosts())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.starts_with("refused"), "{said}");
+
+    // With the generated credentials (the file compose mounts), the tools work.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args(["status", "--json", "--zk", &zk.hosts()])
+        .env_remove("FLEETMETER_ZK_AUTH")
+        .env("FLEETMETER_ZK_AUTH_FILE", secrets.path().join("zk-auth"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 2, "{status}");
+    let secret = made["zk-auth"]
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = made["api-token"].trim().to_owned();
+    drop(agents);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let log = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !log.contains(&secret) && !log.contains(&token),
+                "{} holds a secret",
+                path.display()
+            );
+        }
+    }
 }

@@ -27,8 +27,12 @@ use crate::{metrics::Metrics, store::Store};
 pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
-    /// Required as `Authorization: Bearer ...` on writes when set.
+    /// Required as `Authorization: Bearer ...` on writes when set. The binary refuses to
+    /// start without one unless anonymous writes are allowed explicitly.
     pub token: Option<String>,
+    /// Whether the original API's write `GET /nuevo?dato=` is served (off by default: a
+    /// GET that writes is easy to trigger from a browser or a link).
+    pub legacy_query: bool,
     /// Shown on the page, as the original API showed it.
     pub hostname: String,
 }
@@ -39,20 +43,36 @@ impl AppState {
             store,
             metrics: Metrics::new(),
             token: token.filter(|t| !t.is_empty()),
+            legacy_query: false,
             hostname: hostname(),
         }
     }
+
+    /// Serves `GET /nuevo?dato=` (the original API's write, for `format = "query"` agents).
+    pub fn with_legacy_query(mut self, on: bool) -> Self {
+        self.legacy_query = on;
+        self
+    }
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Serves until `shutdown` completes, then finishes the requests in flight. Bounded
+/// ([`fleetmeter_serve::Limits::API`]): a connection limit, header and request timeouts.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    run_with(listener, state, fleetmeter_serve::Limits::API, shutdown).await
+}
+
+/// [`run`] with other bounds.
+pub async fn run_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    limits: fleetmeter_serve::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    fleetmeter_serve::serve(listener, routes::router(state), limits, shutdown).await
 }
 
 /// The machine's (or container's) hostname.

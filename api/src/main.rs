@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use fleetmeter_api::{AppState, run, store::Store};
+use fleetmeter_api::{AppState, run_with, store::Store};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -14,7 +14,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "fleetmeter-api", version)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on (every interface by default: the API is what agents reach over
+    /// the network; compose publishes it on the host's loopback only).
     #[arg(long, env = "API_LISTEN", default_value = "0.0.0.0:4000")]
     listen: SocketAddr,
     /// Redis to store rounds in.
@@ -23,9 +24,30 @@ struct Args {
     /// Prefix of every Redis key, so several fleets can share one Redis.
     #[arg(long, env = "API_REDIS_PREFIX", default_value = "fleetmeter")]
     redis_prefix: String,
-    /// When set, writes (POST /api/v1/rounds, GET /nuevo) need `Authorization: Bearer TOKEN`.
+    /// Writes (POST /api/v1/rounds, GET /nuevo) need `Authorization: Bearer TOKEN`. Required
+    /// unless --allow-anonymous-writes. Prefer the environment or --token-file: a command
+    /// line is visible to every user of the host.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the token (its first line), e.g. a secret shared with the agents.
+    #[arg(
+        long,
+        env = "API_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    token_file: Option<std::path::PathBuf>,
+    /// Accept writes without a token from anyone who can reach the port (a lab, a demo on
+    /// loopback). Without it and without a token the API does not start.
+    #[arg(long, env = "API_ALLOW_ANONYMOUS_WRITES")]
+    allow_anonymous_writes: bool,
+    /// Serve the original API's write, GET /nuevo?dato=V (for agents with
+    /// format = "query"). Off by default.
+    #[arg(long, env = "API_LEGACY_QUERY")]
+    legacy_query: bool,
+    /// Most connections served at once; more wait for a free slot.
+    #[arg(long, env = "API_MAX_CONNECTIONS", default_value_t = fleetmeter_serve::Limits::API.max_connections)]
+    max_connections: usize,
     /// Log format on stderr (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "API_LOG_FORMAT")]
     log_format: LogFormat,
@@ -59,23 +81,56 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The write token: --token / API_TOKEN, or the first line of --token-file / API_TOKEN_FILE.
+fn token(args: &Args) -> Result<Option<String>> {
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the token file {} (--token-file / API_TOKEN_FILE)",
+                path.display()
+            )
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!(
+                "the token file {} is empty (--token-file / API_TOKEN_FILE)",
+                path.display()
+            );
+        }
+        return Ok(Some(token));
+    }
+    Ok(args.token.clone().filter(|t| !t.is_empty()))
+}
+
 async fn serve(args: Args) -> Result<()> {
+    let redis = fleetmeter_serve::redact_url(&args.redis);
     let store = Store::new(&args.redis, &args.redis_prefix)
-        .with_context(|| format!("invalid Redis URL {:?} (--redis / REDIS_URL)", args.redis))?;
-    let state = Arc::new(AppState::new(store, args.token));
+        .with_context(|| format!("invalid Redis URL {redis:?} (--redis / REDIS_URL)"))?;
+    let token = token(&args)?;
+    if token.is_none() && !args.allow_anonymous_writes {
+        anyhow::bail!(
+            "no write token: set API_TOKEN or API_TOKEN_FILE (the agents send it as FLEETMETER_API_TOKEN), or API_ALLOW_ANONYMOUS_WRITES=true to let anyone who reaches this port write rounds"
+        );
+    }
+    let state = Arc::new(AppState::new(store, token).with_legacy_query(args.legacy_query));
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen / API_LISTEN)", args.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
-        redis = %args.redis,
+        redis = %redis,
         auth = state.token.is_some(),
+        legacy_query = state.legacy_query,
         "fleetmeter-api serving"
     );
     if let Err(err) = state.store.ping().await {
         tracing::warn!(error = %err, "Redis is not answering yet; requests get 503 until it does");
     }
-    run(listener, state, shutdown_signal()).await?;
+    let limits = fleetmeter_serve::Limits {
+        max_connections: args.max_connections.max(1),
+        ..fleetmeter_serve::Limits::API
+    };
+    run_with(listener, state, limits, shutdown_signal()).await?;
     tracing::info!("fleetmeter-api stopped");
     Ok(())
 }

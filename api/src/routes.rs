@@ -59,7 +59,13 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = request.method().to_string();
+    // Known methods by name; anything a client makes up folds into one label, so clients
+    // cannot multiply the metric's series (unknown paths are `unmatched` already).
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
     let metrics = &state.metrics;
@@ -139,12 +145,18 @@ fn parse_value(raw: &str, what: &str) -> Result<f64, ApiError> {
     Ok(value)
 }
 
-/// `GET /nuevo?dato=V`: the original API's call. Stores V with the server's time.
+/// `GET /nuevo?dato=V`: the original API's call. Stores V with the server's time. Off unless
+/// enabled (API_LEGACY_QUERY); takes the token like any write.
 async fn nuevo(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    if !state.legacy_query {
+        return Err(ApiError::NotFound(
+            "the original API's write GET /nuevo?dato= is off: start the API with API_LEGACY_QUERY=true (--legacy-query) for agents with format = \"query\"".into(),
+        ));
+    }
     state.authorize(&headers)?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let raw = params.get("dato").ok_or_else(|| {

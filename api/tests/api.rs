@@ -454,6 +454,7 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", redis.url())
         .env_remove("API_TOKEN")
+        .env("API_ALLOW_ANONYMOUS_WRITES", "true")
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start fleetmeter-api");
@@ -499,4 +500,151 @@ async fn the_binary_explains_a_bad_listen_address() {
     assert_eq!(output.status.code(), Some(2));
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("--listen"), "{err}");
+}
+
+/// The binary's secure defaults: no start without a write token (unless anonymous writes
+/// are allowed on purpose), the legacy GET write off, the token file read, and no password
+/// of the Redis URL in its log.
+#[tokio::test]
+async fn the_binary_needs_a_token_and_serves_no_legacy_write_by_default() {
+    let redis = RedisServer::start();
+    let refused = std::process::Command::new(support::api_binary())
+        .env("API_LISTEN", "127.0.0.1:0")
+        .env("REDIS_URL", redis.url())
+        .env_remove("API_TOKEN")
+        .env_remove("API_TOKEN_FILE")
+        .env_remove("API_ALLOW_ANONYMOUS_WRITES")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("no write token") && err.contains("API_ALLOW_ANONYMOUS_WRITES"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token-31337\n").unwrap();
+    let port = support::free_port();
+    let log = dir.path().join("api.log");
+    let _api = Killed(
+        std::process::Command::new(support::api_binary())
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REDIS_URL", redis.url())
+            .env("API_TOKEN_FILE", &token_file)
+            .env_remove("API_TOKEN")
+            .env_remove("API_LEGACY_QUERY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let client = Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("the binary to serve", Duration::from_secs(15), || async {
+        client.get(format!("{base}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let nuevo = client
+        .get(format!("{base}/nuevo?dato=1"))
+        .bearer_auth("file-token-31337")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nuevo.status(), StatusCode::NOT_FOUND);
+    assert!(nuevo.text().await.unwrap().contains("API_LEGACY_QUERY"));
+    let anonymous = client
+        .post(format!("{base}/api/v1/rounds"))
+        .json(&round_json(1, 80.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let with = client
+        .post(format!("{base}/api/v1/rounds"))
+        .bearer_auth("file-token-31337")
+        .json(&round_json(1, 80.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), StatusCode::CREATED, "the token file's token");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("fleetmeter-api serving"), "{logged}");
+    assert!(!logged.contains("31337"), "{logged}");
+}
+
+/// A password in the Redis URL never reaches the log (here Redis is not even up: the API
+/// says so, with the URL, without the password).
+#[tokio::test]
+async fn the_redis_password_is_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("api.log");
+    let port = support::free_port();
+    let _api = Killed(
+        std::process::Command::new(support::api_binary())
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "REDIS_URL",
+                format!("redis://:hunter2-31337@127.0.0.1:{}/", support::free_port()),
+            )
+            .env("API_ALLOW_ANONYMOUS_WRITES", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let client = Client::new();
+    wait_until("the binary to answer", Duration::from_secs(15), || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("redis://:***@127.0.0.1"), "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
+}
+
+/// A child process killed when the test ends, passing or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Clients cannot multiply the request metric's series: made-up methods and paths fold into
+/// one label each.
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(&redis, None).await;
+    let client = Client::new();
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let _ = client
+            .request(method, api.url(&format!("/nope/{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("fleetmeter_api_http_requests_total{"))
+        .count();
+    assert!(series <= 3, "{text}");
+    assert!(!text.contains("X1") && !text.contains("/nope/"), "{text}");
 }

@@ -25,9 +25,14 @@ pub struct ZkServer {
 impl ZkServer {
     /// tickTime 500 ms: sessions may last 1 to 10 s.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`ZkServer::start`] with `extra` lines in zoo.cfg (e.g. `enforce.auth.enabled=true`).
+    pub fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        write_config(dir.path(), port, "");
+        write_config(dir.path(), port, extra);
         let mut server = Self {
             port,
             dir,

@@ -62,6 +62,9 @@ pub struct RunArgs {
         value_name = keys::API_TOKEN.value()
     )]
     pub api_token: Option<String>,
+    /// A file whose first line is the API token (a secret shared with the API).
+    #[arg(long = keys::API_TOKEN_FILE.long(), env = keys::API_TOKEN_FILE.var(), value_name = keys::API_TOKEN_FILE.value())]
+    pub api_token_file: Option<PathBuf>,
     /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
     #[arg(long = keys::PUBLISH_FORMAT.long(), env = keys::PUBLISH_FORMAT.var(), value_name = keys::PUBLISH_FORMAT.value())]
     pub publish_format: Option<String>,
@@ -88,6 +91,7 @@ impl RunArgs {
             aggregator: self.aggregator.clone(),
             plugin_dir: self.plugin_dir.clone(),
             token: self.api_token.clone(),
+            token_file: self.api_token_file.clone(),
             format: self.publish_format.clone(),
             metrics_listen: self.metrics_listen.clone(),
             // The environment only: a flag would put the password in every `ps`.

@@ -118,6 +118,8 @@ pub struct PublishSection {
     pub format: PublishFormat,
     /// Bearer token for the API's writes (its API_TOKEN).
     pub token: Option<super::Secret>,
+    /// A file whose first line is the token.
+    pub token_file: Option<PathBuf>,
     /// Seconds per request.
     pub timeout: f64,
     /// First retry delay, seconds; doubled up to `retry_max`, with jitter.
@@ -137,6 +139,7 @@ impl Default for PublishSection {
             api_url: "http://127.0.0.1:4000/".into(),
             format: PublishFormat::Json,
             token: None,
+            token_file: None,
             timeout: 5.0,
             retry_initial: 0.5,
             retry_max: 30.0,

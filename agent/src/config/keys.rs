@@ -207,6 +207,10 @@ pub const API_TOKEN: Key = Key::file("[publish] token", "[publish] token", "")
     .flag("api-token", "TOKEN")
     .env("FLEETMETER_API_TOKEN")
     .note("bearer token for the API's writes; none by default; sent only to the API URL's origin and `allowed_origins`");
+pub const API_TOKEN_FILE: Key = Key::file("[publish] token_file", "[publish] token_file", "")
+    .flag("api-token-file", "PATH")
+    .env("FLEETMETER_API_TOKEN_FILE")
+    .note("a file whose first line is the token (instead of `token`; what compose uses)");
 pub const ALLOWED_ORIGINS: Key = Key::file("[publish] allowed_origins", "[publish] allowed_origins", "[]")
     .note("origins (`https://host:port`) the fleet's `api_url` node may point to besides the configured API URL's own; any other is refused, so rounds and the token never go elsewhere");
 pub const PUBLISH_TIMEOUT: Key =
@@ -353,6 +357,7 @@ pub const ALL: &[Key] = &[
     API_URL,
     PUBLISH_FORMAT,
     API_TOKEN,
+    API_TOKEN_FILE,
     ALLOWED_ORIGINS,
     PUBLISH_TIMEOUT,
     RETRY_INITIAL,

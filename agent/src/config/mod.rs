@@ -120,6 +120,10 @@ pub enum InvalidSetting {
     },
     #[error("set either `[zookeeper] auth` or `[zookeeper] auth_file`, not both")]
     AuthTwice,
+    #[error("set either `[publish] token` or `[publish] token_file`, not both")]
+    TokenTwice,
+    #[error("{path} holds no token (its first line is empty)")]
+    TokenEmpty { path: PathBuf },
     #[error("{0:?} is not an origin like https://api.example:443 ({1})")]
     Origin(String, &'static str),
 }
@@ -148,6 +152,7 @@ pub struct Overrides {
     pub aggregator: Option<String>,
     pub plugin_dir: Option<PathBuf>,
     pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
     pub format: Option<String>,
     pub metrics_listen: Option<String>,
     /// FLEETMETER_ZK_AUTH (the environment only: never a flag).

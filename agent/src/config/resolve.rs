@@ -221,6 +221,54 @@ fn zk_auth(
     }
 }
 
+/// The API token: --api-token / FLEETMETER_API_TOKEN, else the file named by
+/// --api-token-file / FLEETMETER_API_TOKEN_FILE, else `[publish] token`, else
+/// `[publish] token_file`. An empty token is none.
+fn api_token(
+    origin: Origin<'_>,
+    file: &PublishSection,
+    o: &Overrides,
+) -> Result<Option<Secret>, ConfigError> {
+    let read = |overridden: bool, path: &Path| {
+        let key = &keys::API_TOKEN_FILE;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            origin.invalid(
+                key,
+                overridden,
+                InvalidSetting::AuthFile {
+                    path: path.to_owned(),
+                    error,
+                },
+            )
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(origin.invalid(
+                key,
+                overridden,
+                InvalidSetting::TokenEmpty {
+                    path: path.to_owned(),
+                },
+            ));
+        }
+        Ok(Some(Secret::new(token)))
+    };
+    if let Some(token) = o.token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Some(Secret::new(token.clone())));
+    }
+    if let Some(path) = &o.token_file {
+        return read(true, path);
+    }
+    match (&file.token, &file.token_file) {
+        (Some(_), Some(_)) => {
+            Err(origin.invalid(&keys::API_TOKEN, false, InvalidSetting::TokenTwice))
+        }
+        (Some(token), None) => Ok(Some(token.clone()).filter(|t| !t.expose().is_empty())),
+        (None, Some(path)) => read(false, path),
+        (None, None) => Ok(None),
+    }
+}
+
 /// `scheme://host[:port]` as the URL standard serializes an origin.
 fn parse_origin(raw: &str) -> Result<String, InvalidSetting> {
     let url = url::Url::parse(raw.trim())
@@ -279,12 +327,7 @@ fn publish(
     let publish = PublishSettings {
         api_url,
         format,
-        token: o
-            .token
-            .clone()
-            .map(Secret::new)
-            .or(file.token)
-            .filter(|t| !t.expose().is_empty()),
+        token: api_token(origin, &file, o)?,
         allowed_origins,
         timeout: seconds(origin, &keys::PUBLISH_TIMEOUT, file.timeout)?,
         retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,

@@ -51,9 +51,15 @@ pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: C
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(address = %addr, "serving /metrics and /healthz");
-    let served = axum::serve(listener, router(telemetry))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    // Bounded: a connection limit and header/request timeouts (a port reachable from a
+    // network must not be held open by idle or slow clients).
+    let served = fleetmeter_serve::serve(
+        listener,
+        router(telemetry),
+        fleetmeter_serve::Limits::TELEMETRY,
+        async move { shutdown.cancelled().await },
+    )
+    .await;
     if let Err(err) = served {
         tracing::error!(error = %err, "the metrics endpoint stopped");
     }

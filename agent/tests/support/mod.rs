@@ -5,6 +5,7 @@
 #[allow(unused_imports)] // each test binary uses its own part of the support module
 pub use fleetmeter_testkit::{free_port, prometheus, proxy, redis, wait_until, zk};
 
+pub mod compose;
 pub mod fleet;
 
 use std::path::PathBuf;

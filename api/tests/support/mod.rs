@@ -21,7 +21,8 @@ pub struct TestApi {
 impl TestApi {
     pub async fn start(redis: &RedisServer, token: Option<&str>) -> Self {
         let store = Store::new(&redis.url(), "fleetmeter").expect("store");
-        let state = Arc::new(AppState::new(store, token.map(str::to_owned)));
+        let state =
+            Arc::new(AppState::new(store, token.map(str::to_owned)).with_legacy_query(true));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
