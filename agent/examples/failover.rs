@@ -129,6 +129,7 @@ async fn main() -> Result<()> {
         connect_timeout: Duration::from_secs(30),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await?;

@@ -51,6 +51,7 @@ pub async fn connect(
     hosts: &str,
     root: &str,
     auth: Option<crate::coord::ZkAuth>,
+    tls: Option<crate::coord::access::ZkTls>,
 ) -> Result<Session, CoordError> {
     Session::connect(ZkSettings {
         hosts: hosts.to_owned(),
@@ -63,6 +64,7 @@ pub async fn connect(
         auth,
         // A tool never creates the root with its own policy: it follows the root's.
         public_read: false,
+        tls,
     })
     .await
 }

@@ -23,6 +23,7 @@ async fn session(zk: &ZkServer, timeout: Duration) -> Session {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await
@@ -554,6 +555,7 @@ async fn connection_loss_while_creating_our_nodes_leaves_no_orphan() {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await
@@ -624,6 +626,7 @@ async fn a_frozen_leader_stops_leading_before_its_successor_starts() {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await
@@ -715,6 +718,7 @@ async fn an_interrupted_close_is_finished_by_the_next_one() {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     };
     // A process of its own, as far as the runtime goes: it ends when `close` returns.

@@ -42,6 +42,7 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await

@@ -21,6 +21,7 @@ async fn session(zk: &ZkServer) -> Session {
         connect_timeout: Duration::from_secs(20),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await

@@ -22,6 +22,7 @@ async fn losing_one_node_keeps_working_and_losing_quorum_suspends() {
         connect_timeout: Duration::from_secs(30),
         auth: None,
         public_read: false,
+        tls: None,
         mark_key: None,
     })
     .await

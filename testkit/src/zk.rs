@@ -18,8 +18,12 @@ const CONF_DIR: &str = "/etc/zookeeper/conf";
 #[derive(Debug)]
 pub struct ZkServer {
     pub port: u16,
+    /// The TLS port (`secureClientPort`) of a server started with [`ZkServer::start_tls`].
+    pub secure_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra JVM options (a JAAS file for SASL).
+    jvm: Vec<String>,
 }
 
 impl ZkServer {
@@ -35,11 +39,74 @@ impl ZkServer {
         write_config(dir.path(), port, extra);
         let mut server = Self {
             port,
+            secure_port: None,
             dir,
             child: None,
+            jvm: Vec::new(),
         };
         server.spawn();
         server
+    }
+
+    /// With TLS: `secureClientPort` on a second free port (see `secure_port`), served by
+    /// Netty with `keystore` (PEM: key, then certificate) and `truststore` (PEM CA), client
+    /// certificates required. The plain port stays for the four-letter commands.
+    pub fn start_tls(keystore: &Path, truststore: &Path) -> Self {
+        let secure = free_port();
+        let mut server = Self::start_with(&format!(
+            "secureClientPort={secure}\nsecureClientPortAddress=127.0.0.1\n\
+             serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+             ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+             ssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth=need\n",
+            keystore.display(),
+            truststore.display()
+        ));
+        server.secure_port = Some(secure);
+        server
+    }
+
+    /// With SASL DIGEST-MD5 for `users` (name, password), as a JAAS `Server` section with
+    /// ZooKeeper's DigestLoginModule.
+    pub fn start_sasl(users: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jaas = dir.path().join("jaas.conf");
+        let entries: String = users
+            .iter()
+            .map(|(user, password)| format!("  user_{user}=\"{password}\"\n"))
+            .collect();
+        std::fs::write(
+            &jaas,
+            format!(
+                "Server {{\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n{entries};\n}};\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        write_config(
+            dir.path(),
+            port,
+            "authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider\n",
+        );
+        let mut server = Self {
+            port,
+            secure_port: None,
+            dir,
+            child: None,
+            jvm: vec![format!(
+                "-Djava.security.auth.login.config={}",
+                jaas.display()
+            )],
+        };
+        server.spawn();
+        server
+    }
+
+    /// `127.0.0.1:PORT` of the TLS port.
+    pub fn secure_hosts(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.secure_port.expect("a server started with start_tls")
+        )
     }
 
     pub fn hosts(&self) -> String {
@@ -50,6 +117,7 @@ impl ZkServer {
         self.child = Some(spawn_java(
             self.dir.path(),
             "org.apache.zookeeper.server.ZooKeeperServerMain",
+            &self.jvm,
         ));
         let started = Instant::now();
         while four_letter(self.port, "ruok").as_deref() != Some("imok") {
@@ -122,7 +190,11 @@ fn write_config(dir: &Path, port: u16, extra: &str) {
 }
 
 /// Starts `main_class` on `dir/zoo.cfg`, logging to `dir/server.log`.
-fn spawn_java(dir: &Path, main_class: &str) -> Child {
+/// Netty's codec and resolver, which the TLS server needs and the zookeeper jar's manifest
+/// does not list (Debian's libnetty-java ships them).
+const NETTY_EXTRA: &str = "/usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar";
+
+fn spawn_java(dir: &Path, main_class: &str, jvm: &[String]) -> Child {
     assert!(
         Path::new(JAR).exists(),
         "{JAR} not found: scripts/test installs Debian's zookeeper package"
@@ -130,7 +202,12 @@ fn spawn_java(dir: &Path, main_class: &str) -> Child {
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     Command::new("java")
         .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
-        .args(["-Xmx256m", "-cp", &format!("{CONF_DIR}:{JAR}")])
+        .args([
+            "-Xmx256m",
+            "-cp",
+            &format!("{CONF_DIR}:{JAR}:{NETTY_EXTRA}"),
+        ])
+        .args(jvm)
         .arg(main_class)
         .arg(dir.join("zoo.cfg"))
         .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -205,6 +282,7 @@ impl ZkEnsemble {
         self.children[i] = Some(spawn_java(
             &node,
             "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            &[],
         ));
     }
 

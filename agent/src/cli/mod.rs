@@ -58,7 +58,7 @@ pub enum Command {
     /// Configuration: built-in defaults < agent.toml (./agent.toml, or --config) <
     /// environment < flags. SIGTERM or ctrl-c closes the ZooKeeper session (the next leader
     /// takes over at once) and exits 0.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the fleet: leader, members with their latest reading, round, counter, outbox
     /// backlog and dynamic configuration.
     Status {
@@ -136,9 +136,35 @@ pub struct FleetArgs {
         value_name = keys::ZK_AUTH_FILE.value()
     )]
     pub zk_auth_file: Option<PathBuf>,
+    /// PEM CA of the ZooKeeper servers: connect with TLS.
+    #[arg(long = keys::ZK_TLS_CA.long(), env = keys::ZK_TLS_CA.var(), value_name = keys::ZK_TLS_CA.value())]
+    pub zk_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for ZooKeeper TLS (with --zk-tls-key).
+    #[arg(long = keys::ZK_TLS_CERT.long(), env = keys::ZK_TLS_CERT.var(), value_name = keys::ZK_TLS_CERT.value())]
+    pub zk_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = keys::ZK_TLS_KEY.long(), env = keys::ZK_TLS_KEY.var(), value_name = keys::ZK_TLS_KEY.value())]
+    pub zk_tls_key: Option<PathBuf>,
 }
 
 impl FleetArgs {
+    /// TLS to ZooKeeper, when --zk-tls-ca is given.
+    pub fn tls(&self) -> Result<Option<crate::coord::access::ZkTls>> {
+        match &self.zk_tls_ca {
+            Some(ca) => Ok(Some(crate::coord::access::ZkTls::read(
+                ca,
+                self.zk_tls_cert.as_deref(),
+                self.zk_tls_key.as_deref(),
+            )?)),
+            None if self.zk_tls_cert.is_some() || self.zk_tls_key.is_some() => {
+                anyhow::bail!(
+                    "--zk-tls-cert/--zk-tls-key without --zk-tls-ca: set the CA to turn TLS on"
+                )
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The credentials: FLEETMETER_ZK_AUTH, else the --zk-auth-file file.
     pub fn auth(&self) -> Result<Option<crate::coord::ZkAuth>> {
         if let Some(raw) = std::env::var_os(keys::ZK_AUTH.var()) {
@@ -160,7 +186,7 @@ impl FleetArgs {
 
     /// A short session on the fleet, with the credentials.
     pub async fn connect(&self) -> Result<crate::coord::Session> {
-        Ok(crate::status::connect(&self.zk, &self.root, self.auth()?).await?)
+        Ok(crate::status::connect(&self.zk, &self.root, self.auth()?, self.tls()?).await?)
     }
 }
 
@@ -243,7 +269,7 @@ impl Command {
 /// Runs a parsed command line. Errors are returned for `main` to print on one line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Status { fleet, json } => block_on(status::run(fleet, json)),
         Command::Config(command) => block_on(config::run(command)),
         Command::Outbox(command) => block_on(outbox::run(command)),

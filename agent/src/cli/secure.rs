@@ -25,13 +25,17 @@ pub(super) async fn run(fleet: FleetArgs, public_read: bool) -> Result<ExitCode>
             "secure-root needs the fleet's credentials, the ones its agents will use: set FLEETMETER_ZK_AUTH=digest:USER:PASSWORD or pass --zk-auth-file PATH"
         );
     };
+    let tls = fleet.tls()?.map(|tls| tls.options()).transpose()?;
     let client = tokio::time::timeout(Duration::from_secs(10), async {
-        Client::connector()
-            .with_session_timeout(Duration::from_secs(10))
-            .with_fail_eagerly()
-            .with_auth("digest", &auth.digest_bytes())
-            .connect(&fleet.zk)
-            .await
+        let connector = auth.apply(
+            Client::connector()
+                .with_session_timeout(Duration::from_secs(10))
+                .with_fail_eagerly(),
+        );
+        match tls {
+            Some(options) => connector.with_tls(options).secure_connect(&fleet.zk).await,
+            None => connector.connect(&fleet.zk).await,
+        }
     })
     .await
     .map_err(|_| anyhow::anyhow!("cannot reach ZooKeeper at {} within 10 s", fleet.zk))?

@@ -41,6 +41,9 @@ pub struct ZookeeperSection {
     /// A file holding `digest:USER:PASSWORD`.
     pub auth_file: Option<PathBuf>,
     pub public_read: bool,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ZookeeperSection {
@@ -53,6 +56,9 @@ impl Default for ZookeeperSection {
             auth: None,
             auth_file: None,
             public_read: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -159,7 +159,7 @@ pub const ZK_ROOT: Key = Key::file("[zookeeper] root", "[zookeeper] root", "\"/f
     .note("the fleet's root node; several fleets can share an ensemble");
 pub const ZK_AUTH: Key = Key::file("[zookeeper] auth", "[zookeeper] auth", "")
     .env("FLEETMETER_ZK_AUTH")
-    .note("the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (no flag: a password on a command line is visible to every user of the host); none by default: an open fleet (README, \"Security\")");
+    .note("the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or `sasl:USER:PASSWORD` for SASL DIGEST-MD5) (no flag: a password on a command line is visible to every user of the host); none by default: an open fleet (README, \"Security\")");
 pub const ZK_AUTH_FILE: Key = Key::file("[zookeeper] auth_file", "[zookeeper] auth_file", "")
     .flag("zk-auth-file", "PATH")
     .env("FLEETMETER_ZK_AUTH_FILE")
@@ -170,6 +170,18 @@ pub const ZK_PUBLIC_READ: Key = Key::file(
     "false",
 )
 .note("with credentials: a root this agent creates (or `secure-root` secures) may be read by anyone (dashboards, kazoo without credentials)");
+pub const ZK_TLS_CA: Key = Key::file("[zookeeper] tls_ca", "[zookeeper] tls_ca", "")
+    .flag("zk-tls-ca", "PATH")
+    .env("FLEETMETER_ZK_TLS_CA")
+    .note("PEM CA certificates of the ZooKeeper servers: with it, every connection is TLS (the servers' `secureClientPort`)");
+pub const ZK_TLS_CERT: Key = Key::file("[zookeeper] tls_cert", "[zookeeper] tls_cert", "")
+    .flag("zk-tls-cert", "PATH")
+    .env("FLEETMETER_ZK_TLS_CERT")
+    .note("PEM client certificate, for servers with `ssl.clientAuth=need` (with `tls_key`)");
+pub const ZK_TLS_KEY: Key = Key::file("[zookeeper] tls_key", "[zookeeper] tls_key", "")
+    .flag("zk-tls-key", "PATH")
+    .env("FLEETMETER_ZK_TLS_KEY")
+    .note("its PEM private key (keep it 0600)");
 pub const SESSION_TIMEOUT: Key = Key::file(
     "[zookeeper] session_timeout",
     "[zookeeper] session_timeout",
@@ -350,6 +362,9 @@ pub const ALL: &[Key] = &[
     ZK_AUTH,
     ZK_AUTH_FILE,
     ZK_PUBLIC_READ,
+    ZK_TLS_CA,
+    ZK_TLS_CERT,
+    ZK_TLS_KEY,
     SESSION_TIMEOUT,
     CONNECT_TIMEOUT,
     SAMPLING_PERIOD,

@@ -118,6 +118,10 @@ pub enum InvalidSetting {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::coord::access::BadTls),
+    #[error("a client certificate or key without a CA: set `[zookeeper] tls_ca` to turn TLS on")]
+    TlsWithoutCa,
     #[error("set either `[zookeeper] auth` or `[zookeeper] auth_file`, not both")]
     AuthTwice,
     #[error("set either `[publish] token` or `[publish] token_file`, not both")]
@@ -158,6 +162,9 @@ pub struct Overrides {
     /// FLEETMETER_ZK_AUTH (the environment only: never a flag).
     pub zk_auth: Option<Secret>,
     pub zk_auth_file: Option<PathBuf>,
+    pub zk_tls_ca: Option<PathBuf>,
+    pub zk_tls_cert: Option<PathBuf>,
+    pub zk_tls_key: Option<PathBuf>,
 }
 
 /// The validated configuration the agent runs with.
@@ -265,6 +272,7 @@ pub fn describe(config: &AgentConfig) -> String {
          device id:        {}\n\
          zookeeper:        {} (root {}, session timeout {:?})\n\
          zk credentials:   {}\n\
+         zk tls:           {}\n\
          sampling period:  {:?}\n\
          api url:          {} (format {}, token {}; allowed origins {})\n\
          sensor:           {}\n\
@@ -286,6 +294,11 @@ pub fn describe(config: &AgentConfig) -> String {
                 }
             )
         ),
+        match &config.zookeeper.tls {
+            None => "off (plaintext)",
+            Some(tls) if tls.has_identity() => "on, with a client certificate",
+            Some(_) => "on",
+        },
         config.period,
         crate::text::redact_url(&config.publish.api_url),
         config.publish.format.name(),

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     coord::{
         ZkAuth, ZkSettings,
-        access::{BadAuth, MarkKey},
+        access::{BadAuth, MarkKey, ZkTls},
         dynconfig, membership,
     },
     plugin::{DirGrant, Grants, LimitsError, PluginSettings},
@@ -161,6 +161,7 @@ fn zookeeper(
     o: &Overrides,
 ) -> Result<ZkSettings, ConfigError> {
     let auth = zk_auth(origin, &file, o)?;
+    let tls = zk_tls(origin, &file, o)?;
     let settings = ZkSettings {
         hosts: o.zk_hosts.clone().unwrap_or(file.hosts),
         root: o.root.clone().unwrap_or(file.root),
@@ -168,6 +169,7 @@ fn zookeeper(
         connect_timeout: seconds(origin, &keys::CONNECT_TIMEOUT, file.connect_timeout)?,
         auth,
         public_read: file.public_read,
+        tls,
         // Derived once the token is known (`resolve`).
         mark_key: None,
     };
@@ -219,6 +221,32 @@ fn zk_auth(
         (None, Some(path)) => read(&keys::ZK_AUTH_FILE, false, path).map(Some),
         (None, None) => Ok(None),
     }
+}
+
+/// TLS to ZooKeeper: on when a CA is set (flag/variable over file, per key).
+fn zk_tls(
+    origin: Origin<'_>,
+    file: &ZookeeperSection,
+    o: &Overrides,
+) -> Result<Option<ZkTls>, ConfigError> {
+    let pick =
+        |over: &Option<PathBuf>, file: &Option<PathBuf>| over.clone().or_else(|| file.clone());
+    let ca = pick(&o.zk_tls_ca, &file.tls_ca);
+    let cert = pick(&o.zk_tls_cert, &file.tls_cert);
+    let key = pick(&o.zk_tls_key, &file.tls_key);
+    let Some(ca) = ca else {
+        if cert.is_some() || key.is_some() {
+            return Err(origin.invalid(
+                &keys::ZK_TLS_CA,
+                o.zk_tls_cert.is_some() || o.zk_tls_key.is_some(),
+                InvalidSetting::TlsWithoutCa,
+            ));
+        }
+        return Ok(None);
+    };
+    ZkTls::read(&ca, cert.as_deref(), key.as_deref())
+        .map(Some)
+        .map_err(|e| origin.invalid(&keys::ZK_TLS_CA, o.zk_tls_ca.is_some(), e.into()))
 }
 
 /// The API token: --api-token / FLEETMETER_API_TOKEN, else the file named by

@@ -19,12 +19,32 @@ use super::CoordError;
 /// The most bytes of a credential line (user and password together).
 const MAX_AUTH_BYTES: usize = 1024;
 
-/// ZooKeeper digest credentials (`digest:USER:PASSWORD`). `Debug` and `Display` never show
-/// the password.
+/// ZooKeeper credentials: `digest:USER:PASSWORD` (ZooKeeper's digest scheme, sent with
+/// `addauth`) or `sasl:USER:PASSWORD` (SASL DIGEST-MD5, checked by the server against its
+/// JAAS configuration). `Debug` and `Display` never show the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ZkAuth {
+    scheme: AuthScheme,
     user: String,
     password: String,
+}
+
+/// How the credentials are presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `addauth digest USER:PASSWORD`: the identity `digest:USER:<hash>`.
+    Digest,
+    /// SASL DIGEST-MD5 at connect: the identity `sasl:USER`.
+    Sasl,
+}
+
+impl AuthScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthScheme::Digest => "digest",
+            AuthScheme::Sasl => "sasl",
+        }
+    }
 }
 
 /// Credentials not of the form `digest:USER:PASSWORD`. The message never quotes the value: it
@@ -32,10 +52,12 @@ pub struct ZkAuth {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BadAuth {
     #[error(
-        "must be digest:USER:PASSWORD (the scheme `digest`, a user without `:`, a password), got a value of another form"
+        "must be digest:USER:PASSWORD or sasl:USER:PASSWORD (a scheme, a user without `:`, a password), got a value of another form"
     )]
     Form,
-    #[error("the scheme must be `digest` (ZooKeeper's user:password scheme), got {0:?}")]
+    #[error(
+        "the scheme must be `digest` (ZooKeeper's user:password scheme) or `sasl` (SASL DIGEST-MD5), got {0:?}"
+    )]
     Scheme(String),
     #[error("is longer than {MAX_AUTH_BYTES} bytes")]
     TooLong,
@@ -53,11 +75,15 @@ impl std::str::FromStr for ZkAuth {
             return Err(BadAuth::TooLong);
         }
         let (scheme, rest) = raw.split_once(':').ok_or(BadAuth::Form)?;
-        if scheme != "digest" {
-            // The scheme is not secret; cut it so a password pasted in its place is not shown.
-            let shown: String = scheme.chars().take(16).collect();
-            return Err(BadAuth::Scheme(shown));
-        }
+        let scheme = match scheme {
+            "digest" => AuthScheme::Digest,
+            "sasl" => AuthScheme::Sasl,
+            other => {
+                // Cut, so that a password pasted in the scheme's place is not shown.
+                let shown: String = other.chars().take(16).collect();
+                return Err(BadAuth::Scheme(shown));
+            }
+        };
         let (user, password) = rest.split_once(':').ok_or(BadAuth::Form)?;
         if user.is_empty() || password.is_empty() {
             return Err(BadAuth::Form);
@@ -70,6 +96,7 @@ impl std::str::FromStr for ZkAuth {
             return Err(BadAuth::Characters);
         }
         Ok(Self {
+            scheme,
             user: user.to_owned(),
             password: password.to_owned(),
         })
@@ -81,9 +108,35 @@ impl ZkAuth {
         &self.user
     }
 
+    pub fn scheme(&self) -> AuthScheme {
+        self.scheme
+    }
+
     /// What `addauth digest` takes: `USER:PASSWORD`.
     pub(crate) fn digest_bytes(&self) -> Vec<u8> {
         format!("{}:{}", self.user, self.password).into_bytes()
+    }
+
+    /// A connector that presents these credentials.
+    pub fn apply(&self, connector: zookeeper_client::Connector) -> zookeeper_client::Connector {
+        match self.scheme {
+            AuthScheme::Digest => connector.with_auth("digest", &self.digest_bytes()),
+            AuthScheme::Sasl => connector.with_sasl(zookeeper_client::SaslOptions::digest_md5(
+                self.user.clone(),
+                self.password.clone(),
+            )),
+        }
+    }
+
+    /// Whether `acl` names this identity (`digest:USER:<hash>` or `sasl:USER`).
+    fn is_ours(&self, acl: &Acl) -> bool {
+        match self.scheme {
+            AuthScheme::Digest => {
+                acl.scheme() == "digest"
+                    && acl.id().split_once(':').map(|(u, _)| u) == Some(self.user.as_str())
+            }
+            AuthScheme::Sasl => acl.scheme() == "sasl" && acl.id() == self.user,
+        }
     }
 
     /// The key of the outbox's commit marks: only holders of these credentials can derive
@@ -164,13 +217,88 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 impl std::fmt::Debug for ZkAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "digest:{}:<redacted>", self.user)
+        write!(f, "{}:{}:<redacted>", self.scheme.name(), self.user)
     }
 }
 
 impl std::fmt::Display for ZkAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// TLS to ZooKeeper: the CA that signs the servers' certificates and, when the servers ask
+/// for one (`ssl.clientAuth=need`), this client's certificate and key. PEM text, read when
+/// the configuration is read, so that a missing or unreadable file fails the start. `Debug`
+/// does not show the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkTls {
+    ca: String,
+    identity: Option<(String, String)>,
+}
+
+/// A TLS file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BadTls {
+    #[error("cannot read {path}: {error}")]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("a client certificate needs its key, and a key its certificate: set both")]
+    Half,
+}
+
+impl ZkTls {
+    pub fn read(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Self, BadTls> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|error| BadTls::Read {
+                path: path.to_owned(),
+                error,
+            })
+        };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => return Err(BadTls::Half),
+        };
+        Ok(Self {
+            ca: read(ca)?,
+            identity,
+        })
+    }
+
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// The client's TLS options; an error names what does not parse as PEM.
+    pub fn options(&self) -> Result<zookeeper_client::TlsOptions, CoordError> {
+        let options = zookeeper_client::TlsOptions::new()
+            .with_pem_ca(&self.ca)
+            .map_err(|e| {
+                CoordError::Settings(format!("the ZooKeeper TLS CA is not PEM certificates: {e}"))
+            })?;
+        match &self.identity {
+            Some((cert, key)) => options.with_pem_identity(cert, key).map_err(|e| {
+                CoordError::Settings(format!(
+                    "the ZooKeeper TLS client certificate or key is not PEM: {e}"
+                ))
+            }),
+            None => Ok(options),
+        }
+    }
+}
+
+impl std::fmt::Debug for ZkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -378,11 +506,9 @@ pub async fn adopt_root(
                     Err(e) => return Err(CoordError::zk("read the ACL of", &path, e)),
                 }
             }
-            let ours = acls.iter().any(|acl| {
-                acl.permission() == Permission::ALL
-                    && acl.scheme() == "digest"
-                    && acl.id().split_once(':').map(|(u, _)| u) == Some(auth.user())
-            });
+            let ours = acls
+                .iter()
+                .any(|acl| acl.permission() == Permission::ALL && auth.is_ours(acl));
             if !ours {
                 return Err(no_access(root, Some(auth), "change"));
             }
@@ -414,13 +540,17 @@ mod tests {
         let auth: ZkAuth = "digest:fleet:s3cr3t!\n".parse().unwrap();
         assert_eq!(auth.user(), "fleet");
         assert_eq!(auth.digest_bytes(), b"fleet:s3cr3t!");
+        assert_eq!(auth.scheme(), AuthScheme::Digest);
+        let sasl: ZkAuth = "sasl:fleet:s3cr3t!".parse().unwrap();
+        assert_eq!(sasl.scheme(), AuthScheme::Sasl);
+        assert!(!format!("{sasl:?}").contains("s3cr3t"));
         assert!(!format!("{auth:?} {auth}").contains("s3cr3t"));
         for bad in [
             "fleet:s3cr3t",
             "digest:fleet",
             "digest::pw",
             "digest:fleet:",
-            "sasl:fleet:pw",
+            "kerberos:fleet:pw",
             "digest:fle et:pw",
             "digest:fleet:pw\u{1b}",
         ] {

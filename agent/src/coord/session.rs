@@ -43,6 +43,8 @@ pub struct ZkSettings {
     /// With credentials, whether a root this agent creates may be read by anyone
     /// (dashboards, kazoo without credentials).
     pub public_read: bool,
+    /// TLS to every server (`None`: plaintext).
+    pub tls: Option<access::ZkTls>,
     /// The key of the outbox's commit marks ([`access::MarkKey::for_fleet`]): entries
     /// without a valid mark are set aside, never sent. `None`: entries are not marked.
     pub mark_key: Option<access::MarkKey>,
@@ -342,12 +344,18 @@ async fn open(settings: &ZkSettings) -> Result<FleetClient, CoordError> {
         .with_connection_timeout(settings.session_timeout.min(Duration::from_secs(5)))
         .with_fail_eagerly();
     if let Some(auth) = &settings.auth {
-        connector = connector.with_auth("digest", &auth.digest_bytes());
+        connector = auth.apply(connector);
     }
-    let base = connector
-        .connect(&settings.hosts)
-        .await
-        .map_err(|e| CoordError::zk("connect", &settings.hosts, e))?;
+    let base = match &settings.tls {
+        Some(tls) => {
+            connector
+                .with_tls(tls.options()?)
+                .secure_connect(&settings.hosts)
+                .await
+        }
+        None => connector.connect(&settings.hosts).await,
+    }
+    .map_err(|e| CoordError::zk("connect", &settings.hosts, e))?;
     let acl = access::adopt_root(
         &base,
         &settings.root,

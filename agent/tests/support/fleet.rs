@@ -255,6 +255,7 @@ impl Fleet {
             connect_timeout: Duration::from_secs(20),
             auth: self.zk_auth(),
             public_read: false,
+            tls: None,
             mark_key: MarkKey::for_fleet(self.zk_auth().as_ref(), self.api_token.as_deref()),
         })
         .await
