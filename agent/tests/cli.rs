@@ -322,7 +322,7 @@ fn run_check_prints_the_configuration_and_connects_to_nothing() {
         .env_remove("FLEETMETER_METRICS_LISTEN")
         .env("FLEETMETER_ZK_AUTH", "digest:fleet:zk-pass-4711")
         .env("FLEETMETER_API_TOKEN", "api-token-4711")
-        .env("API_URL", "https://meter:url-pass-4711@api.example/")
+        .env("API_URL", "https://api.example/")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -333,10 +333,22 @@ fn run_check_prints_the_configuration_and_connects_to_nothing() {
         "zookeeper:        zk-a:2181,zk-b:2181",
         "zk credentials:   user \"fleet\" (password hidden)",
         "sampling period:  2.5s",
-        "api url:          https://meter:***@api.example/ (format json, token set, hidden;",
+        "api url:          https://api.example/ (format json, token set, hidden;",
         "metrics, health:  127.0.0.1:9464",
     ] {
         assert!(text.contains(expected), "{expected:?} in {text}");
     }
     assert!(!text.contains("4711"), "no secret is printed: {text}");
+    // A password in the API URL would be seeded into ZooKeeper: refused, and not echoed.
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args(["run", "4", "--check"])
+        .current_dir(repo_root())
+        .env_remove("FLEETMETER_CONFIG")
+        .env("API_URL", "https://meter:url-pass-4711@api.example/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("carries a password"), "{err}");
+    assert!(!err.contains("4711"), "{err}");
 }

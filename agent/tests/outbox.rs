@@ -250,3 +250,80 @@ async fn orphaned_parts_are_collected_and_damaged_parts_are_detected() {
     drop(client);
     s.close().await;
 }
+
+/// On a fleet with credentials every entry carries the leader's commit mark: one without a
+/// valid mark (forged, or written before the fleet had credentials) does not load, and an
+/// operator's `resend` (with the credentials) vouches for it with a fresh mark. A key
+/// derived from other credentials accepts neither. Inline and in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_need_the_fleets_commit_mark_and_resend_vouches_for_them() {
+    use fleetmeter::coord::{ZkAuth, access::MarkKey};
+    let zk = ZkServer::start();
+    let with = |auth: &str| {
+        let auth: ZkAuth = auth.parse().unwrap();
+        ZkSettings {
+            hosts: zk.hosts(),
+            root: "/fleetmeter".into(),
+            session_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(20),
+            mark_key: MarkKey::for_fleet(Some(&auth), None),
+            auth: Some(auth),
+            public_read: false,
+            tls: None,
+        }
+    };
+    let fleet = Session::connect(with("digest:fleet:right")).await.unwrap();
+    let client = fleet.client().unwrap();
+    set_round(&client, 10).await;
+    // The leader's own entries load.
+    commit(&client, &round(1, 3), "/election/a__lock__0000000001").await;
+    commit(
+        &client,
+        &round(2, MAX_DEVICES),
+        "/election/a__lock__0000000001",
+    )
+    .await;
+    for n in [1, 2] {
+        let loaded = outbox::load(&client, &outbox::result_path(n))
+            .await
+            .unwrap();
+        assert_eq!(loaded.round.round, n);
+    }
+    // An unmarked entry, as the API's JSON itself, does not.
+    let forged = serde_json::to_vec(&round(3, 3)).unwrap();
+    client
+        .create(&outbox::result_path(3), &forged, &client.persistent())
+        .await
+        .unwrap();
+    let err = outbox::load(&client, &outbox::result_path(3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::Corrupt { reason, .. } if reason.contains("commit mark")),
+        "{err}"
+    );
+    // Set aside, as the publisher does, then vouched for by an operator.
+    let rejected = Rejected::new(None, &err.to_string(), None, &forged);
+    outbox::reject(&client, &format!("{:020}", 3), &rejected)
+        .await
+        .unwrap();
+    assert_eq!(outbox::resend(&client, 3).await.unwrap(), Handled::Done);
+    let loaded = outbox::load(&client, &outbox::result_path(3))
+        .await
+        .unwrap();
+    assert_eq!(loaded.round, round(3, 3));
+    // Another password derives another key: the fleet's entries do not load under it.
+    let stranger = client.clone().with_mark(Some(
+        "digest:fleet:wrong".parse::<ZkAuth>().unwrap().mark_key(),
+    ));
+    for n in [1, 2, 3] {
+        assert!(
+            outbox::load(&stranger, &outbox::result_path(n))
+                .await
+                .is_err(),
+            "round {n} under another key"
+        );
+    }
+    drop((client, stranger));
+    fleet.close().await;
+}

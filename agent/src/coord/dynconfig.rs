@@ -75,6 +75,10 @@ pub enum InvalidValue {
     #[error("api_url must be an http:// or https:// URL with a host, got {0:?}")]
     UrlNotHttp(String),
     #[error(
+        "api_url {0:?} carries a password: it would be written to ZooKeeper and logged; give the API's token as [publish] token or token_file instead"
+    )]
+    UrlHasPassword(String),
+    #[error(
         "api_url {raw:?} points to {origin}, which this agent's configuration does not allow (its API URL's origin and [publish] allowed_origins): rounds and the token are never sent there"
     )]
     UrlOriginNotAllowed { raw: String, origin: String },
@@ -103,13 +107,24 @@ pub fn parse_period(raw: &str) -> Result<Duration, InvalidValue> {
 }
 
 /// An `http(s)://host[:port]/path` URL for the measurements API.
+/// No password in it (`https://user:PASSWORD@host/`): the URL is seeded into ZooKeeper and
+/// logged; the API's credential is the token.
 pub fn parse_api_url(raw: &str) -> Result<url::Url, InvalidValue> {
     let url = url::Url::parse(raw.trim()).map_err(|source| InvalidValue::UrlMalformed {
-        raw: raw.to_owned(),
+        // Not a URL, so nothing to redact by structure: cut at an `@` that may end a
+        // password.
+        raw: raw
+            .rsplit_once('@')
+            .map_or_else(|| raw.to_owned(), |(_, host)| format!("…@{host}")),
         source,
     })?;
+    if url.password().is_some() {
+        return Err(InvalidValue::UrlHasPassword(crate::text::redact_url(
+            raw.trim(),
+        )));
+    }
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(InvalidValue::UrlNotHttp(raw.to_owned()));
+        return Err(InvalidValue::UrlNotHttp(crate::text::redact_url(raw)));
     }
     Ok(url)
 }
@@ -375,6 +390,13 @@ mod tests {
         for bad in ["localhost:4000", "ftp://x/", "http://", "not a url", ""] {
             assert!(parse_api_url(bad).is_err(), "{bad}");
         }
+        let err = parse_api_url("https://meter:hunter2@api.example/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("carries a password") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

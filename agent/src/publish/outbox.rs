@@ -319,9 +319,12 @@ async fn decode_unchecked(
     match checked_round(&data) {
         Ok(round) => Ok((
             Loaded {
+                // What a mark would cover: the round as it serializes (a record kept in
+                // `/rejected` holds it re-serialized, with its keys in another order).
+                digest: Sha256::digest(serde_json::to_vec(&round).expect("a round serializes"))
+                    .into(),
                 round,
                 bytes: data.len() as u64,
-                digest: Sha256::digest(&data).into(),
                 parts: None,
                 data,
             },
