@@ -95,6 +95,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Small answers go out at once (no Nagle delay waiting for more to send).
+        let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let router = router.clone();

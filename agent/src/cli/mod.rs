@@ -136,6 +136,13 @@ pub struct FleetArgs {
         value_name = keys::ZK_AUTH_FILE.value()
     )]
     pub zk_auth_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ZkTlsArgs,
+}
+
+/// TLS to ZooKeeper, for `run` and the tools.
+#[derive(Debug, Args)]
+pub struct ZkTlsArgs {
     /// PEM CA of the ZooKeeper servers: connect with TLS.
     #[arg(long = keys::ZK_TLS_CA.long(), env = keys::ZK_TLS_CA.var(), value_name = keys::ZK_TLS_CA.value())]
     pub zk_tls_ca: Option<PathBuf>,
@@ -150,13 +157,18 @@ pub struct FleetArgs {
 impl FleetArgs {
     /// TLS to ZooKeeper, when --zk-tls-ca is given.
     pub fn tls(&self) -> Result<Option<crate::coord::access::ZkTls>> {
-        match &self.zk_tls_ca {
+        let ZkTlsArgs {
+            zk_tls_ca,
+            zk_tls_cert,
+            zk_tls_key,
+        } = &self.tls;
+        match zk_tls_ca {
             Some(ca) => Ok(Some(crate::coord::access::ZkTls::read(
                 ca,
-                self.zk_tls_cert.as_deref(),
-                self.zk_tls_key.as_deref(),
+                zk_tls_cert.as_deref(),
+                zk_tls_key.as_deref(),
             )?)),
-            None if self.zk_tls_cert.is_some() || self.zk_tls_key.is_some() => {
+            None if zk_tls_cert.is_some() || zk_tls_key.is_some() => {
                 anyhow::bail!(
                     "--zk-tls-cert/--zk-tls-key without --zk-tls-ca: set the CA to turn TLS on"
                 )

@@ -42,15 +42,8 @@ pub struct RunArgs {
     /// FLEETMETER_ZK_AUTH with that value; never the password on the command line).
     #[arg(long = keys::ZK_AUTH_FILE.long(), env = keys::ZK_AUTH_FILE.var(), value_name = keys::ZK_AUTH_FILE.value())]
     pub zk_auth_file: Option<PathBuf>,
-    /// PEM CA of the ZooKeeper servers: connect with TLS.
-    #[arg(long = keys::ZK_TLS_CA.long(), env = keys::ZK_TLS_CA.var(), value_name = keys::ZK_TLS_CA.value())]
-    pub zk_tls_ca: Option<PathBuf>,
-    /// PEM client certificate for ZooKeeper TLS (with --zk-tls-key).
-    #[arg(long = keys::ZK_TLS_CERT.long(), env = keys::ZK_TLS_CERT.var(), value_name = keys::ZK_TLS_CERT.value())]
-    pub zk_tls_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long = keys::ZK_TLS_KEY.long(), env = keys::ZK_TLS_KEY.var(), value_name = keys::ZK_TLS_KEY.value())]
-    pub zk_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::ZkTlsArgs,
     /// Root node of this fleet in ZooKeeper.
     #[arg(long = keys::ZK_ROOT.long(), env = keys::ZK_ROOT.var(), value_name = keys::ZK_ROOT.value())]
     pub root: Option<String>,
@@ -108,9 +101,9 @@ impl RunArgs {
                 .ok()
                 .map(crate::config::Secret::new),
             zk_auth_file: self.zk_auth_file.clone(),
-            zk_tls_ca: self.zk_tls_ca.clone(),
-            zk_tls_cert: self.zk_tls_cert.clone(),
-            zk_tls_key: self.zk_tls_key.clone(),
+            zk_tls_ca: self.tls.zk_tls_ca.clone(),
+            zk_tls_cert: self.tls.zk_tls_cert.clone(),
+            zk_tls_key: self.tls.zk_tls_key.clone(),
         }
     }
 }

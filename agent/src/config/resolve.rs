@@ -50,6 +50,25 @@ impl Origin<'_> {
         }
     }
 
+    /// The text of a file holding a secret (credentials, a token), named by `key`.
+    fn read_secret(
+        self,
+        key: &'static Key,
+        overridden: bool,
+        path: &Path,
+    ) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|error| {
+            self.invalid(
+                key,
+                overridden,
+                InvalidSetting::AuthFile {
+                    path: path.to_owned(),
+                    error,
+                },
+            )
+        })
+    }
+
     fn invalid(self, key: &'static Key, overridden: bool, error: InvalidSetting) -> ConfigError {
         ConfigError::Invalid {
             key: key.label,
@@ -188,16 +207,7 @@ fn zk_auth(
     o: &Overrides,
 ) -> Result<Option<ZkAuth>, ConfigError> {
     let read = |key: &'static Key, overridden: bool, path: &Path| {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            origin.invalid(
-                key,
-                overridden,
-                InvalidSetting::AuthFile {
-                    path: path.to_owned(),
-                    error,
-                },
-            )
-        })?;
+        let text = origin.read_secret(key, overridden, path)?;
         text.parse::<ZkAuth>()
             .map_err(|e| origin.invalid(key, overridden, e.into()))
     };
@@ -259,16 +269,7 @@ fn api_token(
 ) -> Result<Option<Secret>, ConfigError> {
     let read = |overridden: bool, path: &Path| {
         let key = &keys::API_TOKEN_FILE;
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            origin.invalid(
-                key,
-                overridden,
-                InvalidSetting::AuthFile {
-                    path: path.to_owned(),
-                    error,
-                },
-            )
-        })?;
+        let text = origin.read_secret(key, overridden, path)?;
         let token = text.lines().next().unwrap_or_default().trim();
         if token.is_empty() {
             return Err(origin.invalid(

@@ -4,7 +4,7 @@
 //! The leader adds each round's readings in its commit multi ([`add_increment`]) instead of
 //! every device incrementing it: one conditional write per round, no compare-and-set storm.
 
-use zookeeper_client::{Client, Error, MultiWriter, Stat};
+use zookeeper_client::{Client, Error, MultiWriter};
 
 use super::{CoordError, FleetClient, NodeAcl, paths::COUNTER};
 
@@ -52,28 +52,26 @@ pub fn checked_add(value: i64, delta: i64) -> Result<i64, CoordError> {
 
 /// Reads the counter, creating it at 0 if absent.
 pub async fn read(client: &FleetClient) -> Result<CounterValue, CoordError> {
-    loop {
-        match client.get_data(COUNTER).await {
-            Ok((data, stat)) => return from_node(&data, &stat),
-            Err(Error::NoNode) => match client
-                .create(COUNTER, &encode(0), &client.persistent())
-                .await
-            {
-                Ok(_) | Err(Error::NodeExists) => continue,
-                Err(e) => return Err(CoordError::zk("create", COUNTER, e)),
-            },
-            Err(e) => return Err(CoordError::zk("read", COUNTER, e)),
-        }
-    }
+    let (data, version) = read_node(client).await?;
+    Ok(CounterValue {
+        value: decode(&data)?,
+        version,
+    })
 }
 
 /// The counter's value (`None` when the node holds something that is not a counter) and its
 /// node version, creating it at 0 if absent. For the leader, which refuses a bad value
 /// instead of stopping on it.
 pub async fn read_lenient(client: &FleetClient) -> Result<(Option<i64>, i32), CoordError> {
+    let (data, version) = read_node(client).await?;
+    Ok((decode(&data).ok(), version))
+}
+
+/// The counter node's data and version, creating it at 0 if absent.
+async fn read_node(client: &FleetClient) -> Result<(Vec<u8>, i32), CoordError> {
     loop {
         match client.get_data(COUNTER).await {
-            Ok((data, stat)) => return Ok((decode(&data).ok(), stat.version)),
+            Ok((data, stat)) => return Ok((data, stat.version)),
             Err(Error::NoNode) => match client
                 .create(COUNTER, &encode(0), &client.persistent())
                 .await
@@ -104,13 +102,6 @@ pub fn add_create(
     writer
         .add_create(COUNTER, &encode(value), &acl.persistent())
         .map_err(|e| CoordError::zk("create (in multi)", COUNTER, e))
-}
-
-fn from_node(data: &[u8], stat: &Stat) -> Result<CounterValue, CoordError> {
-    Ok(CounterValue {
-        value: decode(data)?,
-        version: stat.version,
-    })
 }
 
 /// Adds `delta` to the counter inside a multi: the write only applies if nobody changed the

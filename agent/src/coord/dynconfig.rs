@@ -379,7 +379,7 @@ mod tests {
             "http://127.0.0.1:4001/",
             "https://127.0.0.1:4000/",
             "http://attacker.example:4000/",
-            "http://127.0.0.1:4000@attacker.example/",
+            "http://127.0.0.1@attacker.example:4000/",
         ] {
             let err = parse_allowed_api_url(elsewhere, &allowed).unwrap_err();
             assert!(
