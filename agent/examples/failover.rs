@@ -122,12 +122,25 @@ async fn main() -> Result<()> {
     let mut fleet = Agents::new(binary, work.path())
         .env("ZK_HOST", zk.hosts())
         .env("FLEETMETER_METRICS_LISTEN", "off");
+    // With FLEETMETER_ZK_AUTH set (the agents inherit it), the fleet runs with credentials
+    // and ACLs: the observer creates the root secured.
+    let auth: Option<fleetmeter::coord::ZkAuth> = std::env::var("FLEETMETER_ZK_AUTH")
+        .ok()
+        .map(|raw| raw.parse())
+        .transpose()
+        .context("FLEETMETER_ZK_AUTH")?;
+    if let Some(auth) = &auth {
+        println!(
+            "with ZooKeeper credentials (user {:?}) and ACLs",
+            auth.user()
+        );
+    }
     let observer = Session::connect(ZkSettings {
         hosts: zk.hosts(),
         root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(30),
-        auth: None,
+        auth,
         public_read: false,
         tls: None,
         mark_key: None,
@@ -198,7 +211,12 @@ async fn main() -> Result<()> {
         let (data, _) = client
             .get_data(&format!("{}/{name}", paths::RESULTS))
             .await?;
-        let result: serde_json::Value = serde_json::from_slice(&data)?;
+        let entry: serde_json::Value = serde_json::from_slice(&data)?;
+        // A fleet with credentials marks its entries: {"mark":…,"round":{…}}.
+        let result = entry
+            .get("round")
+            .filter(|r| r.is_object())
+            .unwrap_or(&entry);
         committed += result["count"].as_i64().context("a result has a count")?;
     }
     let counted = counter::read(&client).await?.value;
