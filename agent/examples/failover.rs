@@ -136,14 +136,10 @@ async fn main() -> Result<()> {
         );
     }
     let observer = Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(30),
         auth,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     })
     .await?;
     let client = observer.client()?;

@@ -54,17 +54,15 @@ pub async fn connect(
     tls: Option<crate::coord::access::ZkTls>,
 ) -> Result<Session, CoordError> {
     Session::connect(ZkSettings {
-        hosts: hosts.to_owned(),
-        root: root.to_owned(),
-        session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(10),
         // The key of the fleet's commit marks, so that `outbox resend` vouches for what it
         // puts back: from the credentials, else the API token in the environment.
         mark_key: crate::coord::access::MarkKey::for_fleet(auth.as_ref(), env_token().as_deref()),
         auth,
-        // A tool never creates the root with its own policy: it follows the root's.
-        public_read: false,
         tls,
+        // A tool never creates the root with its own policy (`public_read` stays off): it
+        // follows the root's.
+        ..ZkSettings::new(hosts, root)
     })
     .await
 }
@@ -78,7 +76,7 @@ fn env_token() -> Option<String> {
     }
     let path = std::env::var_os(keys::API_TOKEN_FILE.var())?;
     let text = std::fs::read_to_string(path).ok()?;
-    Some(text.lines().next()?.trim().to_owned()).filter(|t| !t.is_empty())
+    crate::config::token_line(&text).map(str::to_owned)
 }
 
 pub async fn read(session: &Session) -> Result<Status, CoordError> {

@@ -17,14 +17,9 @@ use tokio::sync::watch;
 
 async fn session(zk: &ZkServer, timeout: Duration) -> Session {
     Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
         session_timeout: timeout,
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     })
     .await
     .expect("connect to the test ZooKeeper")
@@ -549,14 +544,9 @@ async fn connection_loss_while_creating_our_nodes_leaves_no_orphan() {
     let zk = ZkServer::start();
     let proxy = FaultProxy::start(zk.port).await;
     let s = Session::connect(ZkSettings {
-        hosts: proxy.addr.to_string(),
-        root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(proxy.addr.to_string(), "/fleetmeter")
     })
     .await
     .unwrap();
@@ -620,14 +610,9 @@ async fn a_frozen_leader_stops_leading_before_its_successor_starts() {
     let proxy = FaultProxy::start(zk.port).await;
     let timeout = Duration::from_secs(2);
     let a = Session::connect(ZkSettings {
-        hosts: proxy.addr.to_string(),
-        root: "/fleetmeter".into(),
         session_timeout: timeout,
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(proxy.addr.to_string(), "/fleetmeter")
     })
     .await
     .unwrap();
@@ -712,14 +697,9 @@ async fn an_interrupted_close_is_finished_by_the_next_one() {
     let zk = ZkServer::start();
     let observer = session(&zk, Duration::from_secs(10)).await;
     let settings = ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     };
     // A process of its own, as far as the runtime goes: it ends when `close` returns.
     std::thread::spawn(move || {

@@ -36,14 +36,8 @@ async fn three_devices_in_one_process_lead_and_commit_rounds_exactly_once() {
     )
     .unwrap();
     let observer = Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
-        session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     })
     .await
     .unwrap();

@@ -64,14 +64,9 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, what: &str) -> Str
 
 async fn session(zk: &ZkServer) -> Session {
     Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     })
     .await
     .unwrap()

@@ -15,14 +15,8 @@ use support::zk::ZkServer;
 
 async fn session(zk: &ZkServer) -> Session {
     Session::connect(ZkSettings {
-        hosts: zk.hosts(),
-        root: "/fleetmeter".into(),
-        session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(20),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(zk.hosts(), "/fleetmeter")
     })
     .await
     .unwrap()
@@ -262,14 +256,10 @@ async fn entries_need_the_fleets_commit_mark_and_resend_vouches_for_them() {
     let with = |auth: &str| {
         let auth: ZkAuth = auth.parse().unwrap();
         ZkSettings {
-            hosts: zk.hosts(),
-            root: "/fleetmeter".into(),
-            session_timeout: Duration::from_secs(4),
             connect_timeout: Duration::from_secs(20),
             mark_key: MarkKey::for_fleet(Some(&auth), None),
             auth: Some(auth),
-            public_read: false,
-            tls: None,
+            ..ZkSettings::new(zk.hosts(), "/fleetmeter")
         }
     };
     let fleet = Session::connect(with("digest:fleet:right")).await.unwrap();

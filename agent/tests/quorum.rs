@@ -16,14 +16,9 @@ use support::{wait_until, zk::ZkEnsemble};
 async fn losing_one_node_keeps_working_and_losing_quorum_suspends() {
     let mut ensemble = ZkEnsemble::start(3);
     let session = Session::connect(ZkSettings {
-        hosts: ensemble.hosts(),
-        root: "/fleetmeter".into(),
         session_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(30),
-        auth: None,
-        public_read: false,
-        tls: None,
-        mark_key: None,
+        ..ZkSettings::new(ensemble.hosts(), "/fleetmeter")
     })
     .await
     .unwrap();

@@ -11,7 +11,7 @@ use fleetmeter::coord::{counter, paths};
 use serde_json::Value;
 use support::{
     compose::{Compose, environment, runtime_env, with_secrets_at},
-    fleet::{Fleet, PERIOD, SERIAL, api_binary, final_check, fleetmeter, leader_of, metric},
+    fleet::{Fleet, SERIAL, api_binary, final_check, fleetmeter, leader_of, metric},
     free_port,
     redis::RedisServer,
     repo_root, wait_until,
@@ -107,7 +107,7 @@ async fn a_fleet_with_credentials_is_closed_to_everyone_else_and_runs_fails_over
         );
     }
 
-    let (auth_arg, _) = (AUTH.trim_start_matches("digest:"), ());
+    let auth_arg = AUTH.trim_start_matches("digest:");
     let output = std::process::Command::new(python())
         .arg("-c")
         .arg(INSIDER)
@@ -328,46 +328,51 @@ async fn what_an_outsider_writes_to_zookeeper_is_refused_and_the_fleet_goes_on()
         "{kept}"
     );
 
-    // 4. The round moved ahead, then backwards; the counter overwritten.
+    // 4. The round moved ahead, then backwards; the counter overwritten. Each write waits
+    // until the leader (the same one since the election attack) has refused it, so that the
+    // next one does not overwrite it unseen.
+    let leader = leader_of(fleet.rounds().await.last().unwrap());
+    let refused = |what: &'static str| {
+        let (fleet, leader) = (&fleet, leader.clone());
+        async move {
+            fleet
+                .metrics(&leader)
+                .await
+                .get(&format!("fleetmeter_zk_refused_total{{what=\"{what}\"}}"))
+                .copied()
+                .unwrap_or(0.0)
+        }
+    };
     let now = fleetmeter::coord::barrier::current(&client)
         .await
         .unwrap()
         .unwrap();
-    client
-        .set_data(
-            paths::ROUND,
-            (now.round + 1000).to_string().as_bytes(),
-            None,
+    let forged_rounds = [(now.round + 1000).to_string().into_bytes(), b"1".to_vec()];
+    for (k, data) in forged_rounds.into_iter().enumerate() {
+        client.set_data(paths::ROUND, &data, None).await.unwrap();
+        wait_until(
+            "the leader to refuse the forged round",
+            Duration::from_secs(30),
+            || async { refused("round").await >= (k + 1) as f64 },
         )
-        .await
-        .unwrap();
-    tokio::time::sleep(PERIOD * 3).await;
-    client.set_data(paths::ROUND, b"1", None).await.unwrap();
-    tokio::time::sleep(PERIOD * 3).await;
-    client
-        .set_data(paths::COUNTER, b"not a number", None)
-        .await
-        .unwrap();
-    tokio::time::sleep(PERIOD * 3).await;
-    client
-        .set_data(paths::COUNTER, i64::MAX.to_string().as_bytes(), None)
-        .await
-        .unwrap();
+        .await;
+    }
+    let forged_counters = [b"not a number".to_vec(), i64::MAX.to_string().into_bytes()];
+    for (k, data) in forged_counters.into_iter().enumerate() {
+        client.set_data(paths::COUNTER, &data, None).await.unwrap();
+        wait_until(
+            "the leader to refuse the forged counter",
+            Duration::from_secs(30),
+            || async { refused("counter").await >= (k + 1) as f64 },
+        )
+        .await;
+    }
     let stored = fleet.rounds().await.len();
     fleet
         .wait_for_rounds(stored + 3, Duration::from_secs(30))
         .await;
-    let leader = leader_of(fleet.rounds().await.last().unwrap());
-    let metrics = fleet.metrics(&leader).await;
-    let refused = |what: &str| {
-        metrics
-            .get(&format!("fleetmeter_zk_refused_total{{what=\"{what}\"}}"))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    // The same leader since the election attack: it refused both moves and both writes.
-    assert!(refused("round") >= 2.0, "{metrics:?}");
-    assert!(refused("counter") >= 2.0, "{metrics:?}");
+    assert!(refused("round").await >= 2.0);
+    assert!(refused("counter").await >= 2.0);
     assert!(
         counter::read(&client).await.unwrap().value < i64::MAX / 2,
         "the counter was written back"

@@ -131,14 +131,11 @@ fn certificates(dir: &Path) {
 fn settings(hosts: String, auth: Option<&str>, tls: Option<ZkTls>) -> ZkSettings {
     let auth: Option<ZkAuth> = auth.map(|a| a.parse().unwrap());
     ZkSettings {
-        hosts,
-        root: "/fleetmeter".into(),
-        session_timeout: Duration::from_secs(4),
         connect_timeout: Duration::from_secs(5),
         mark_key: MarkKey::for_fleet(auth.as_ref(), None),
         auth,
-        public_read: false,
         tls,
+        ..ZkSettings::new(hosts, "/fleetmeter")
     }
 }
 

@@ -62,19 +62,21 @@ pub(super) async fn run(fleet: FleetArgs, public_read: bool) -> Result<ExitCode>
             Err(e) => return Err(e).with_context(|| format!("listing {path}")),
         }
         match client.set_acl(&path, policy.acls(), None).await {
-            Ok(_) => secured += 1,
+            Ok(_) => {
+                secured += 1;
+                if secured % PROGRESS_EVERY == 0 {
+                    eprintln!(
+                        "secure-root: {secured} nodes secured, {} to go",
+                        queue.len()
+                    );
+                }
+            }
             Err(ZkError::NoNode) => gone += 1,
             Err(ZkError::NoAuth) => bail!(
                 "ZooKeeper refused to change the ACL of {path}: it is protected for other credentials than user {:?}",
                 auth.user()
             ),
             Err(e) => return Err(e).with_context(|| format!("setting the ACL of {path}")),
-        }
-        if secured % PROGRESS_EVERY == 0 {
-            eprintln!(
-                "secure-root: {secured} nodes secured, {} to go",
-                queue.len()
-            );
         }
     }
     let (acls, _) = client

@@ -53,6 +53,11 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The token a token file holds: its first line, trimmed; `None` when that is empty.
+pub fn token_line(text: &str) -> Option<&str> {
+    Some(text.lines().next()?.trim()).filter(|t| !t.is_empty())
+}
+
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_FILE: &str = "agent.toml";
 

@@ -270,8 +270,7 @@ fn api_token(
     let read = |overridden: bool, path: &Path| {
         let key = &keys::API_TOKEN_FILE;
         let text = origin.read_secret(key, overridden, path)?;
-        let token = text.lines().next().unwrap_or_default().trim();
-        if token.is_empty() {
+        let Some(token) = super::token_line(&text) else {
             return Err(origin.invalid(
                 key,
                 overridden,
@@ -279,7 +278,7 @@ fn api_token(
                     path: path.to_owned(),
                 },
             ));
-        }
+        };
         Ok(Some(Secret::new(token)))
     };
     if let Some(token) = o.token.as_ref().filter(|t| !t.is_empty()) {

@@ -142,8 +142,7 @@ impl ZkAuth {
     /// The key of the outbox's commit marks: only holders of these credentials can derive
     /// it (HMAC-SHA256 of a fixed label and the user, keyed by the password).
     pub fn mark_key(&self) -> MarkKey {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.password.as_bytes())
-            .expect("HMAC takes a key of any length");
+        let mut mac = hmac(self.password.as_bytes());
         mac.update(b"fleetmeter outbox commit mark v1\0");
         mac.update(self.user.as_bytes());
         MarkKey(mac.finalize().into_bytes().into())
@@ -159,8 +158,7 @@ impl MarkKey {
     /// The key of a fleet whose ZooKeeper is open but whose API takes a token: every agent
     /// has the token, an outsider with only ZooKeeper access does not.
     pub fn from_token(token: &str) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes())
-            .expect("HMAC takes a key of any length");
+        let mut mac = hmac(token.as_bytes());
         mac.update(b"fleetmeter outbox commit mark v1 (API token)");
         MarkKey(mac.finalize().into_bytes().into())
     }
@@ -177,8 +175,7 @@ impl MarkKey {
 
     /// The mark of a round whose JSON has SHA-256 `digest`: hex HMAC-SHA256.
     pub fn mark(&self, digest: &[u8]) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        let mut mac = hmac(&self.0);
         mac.update(digest);
         mac.finalize()
             .into_bytes()
@@ -192,8 +189,7 @@ impl MarkKey {
         let Some(bytes) = unhex(mark) else {
             return false;
         };
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        let mut mac = hmac(&self.0);
         mac.update(digest);
         mac.verify_slice(&bytes).is_ok()
     }
@@ -203,6 +199,10 @@ impl std::fmt::Debug for MarkKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MarkKey(<redacted>)")
     }
+}
+
+fn hmac(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length")
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -218,12 +218,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 impl std::fmt::Debug for ZkAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}:<redacted>", self.scheme.name(), self.user)
-    }
-}
-
-impl std::fmt::Display for ZkAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -401,11 +395,6 @@ impl FleetClient {
         self.mark.as_deref()
     }
 
-    /// A client on an open fleet (tests, tools on a fleet without credentials).
-    pub fn open(client: Client) -> Self {
-        Self::new(client, NodeAcl::open())
-    }
-
     pub fn acl(&self) -> &NodeAcl {
         &self.acl
     }
@@ -491,9 +480,18 @@ pub async fn adopt_root(
                     user: auth.user().to_owned(),
                 });
             }
-            for child in children {
-                let path = format!("{root}/{child}");
-                match base.get_acl(&path).await {
+            // Asked all at once (the client sends a request when it is made): one round
+            // trip, not one per child.
+            let asked: Vec<_> = children
+                .iter()
+                .map(|child| {
+                    let path = format!("{root}/{child}");
+                    let answer = base.get_acl(&path);
+                    (path, answer)
+                })
+                .collect();
+            for (path, answer) in asked {
+                match answer.await {
                     Ok((child_acls, _)) if is_open(&child_acls) => {
                         return Err(CoordError::OpenRoot {
                             root: root.to_owned(),
@@ -544,7 +542,7 @@ mod tests {
         let sasl: ZkAuth = "sasl:fleet:s3cr3t!".parse().unwrap();
         assert_eq!(sasl.scheme(), AuthScheme::Sasl);
         assert!(!format!("{sasl:?}").contains("s3cr3t"));
-        assert!(!format!("{auth:?} {auth}").contains("s3cr3t"));
+        assert!(!format!("{auth:?}").contains("s3cr3t"));
         for bad in [
             "fleet:s3cr3t",
             "digest:fleet",

@@ -87,30 +87,46 @@ fn well_formed(name: &str) -> bool {
 /// kazoo's order. Other children are ignored, and logged.
 pub async fn sorted_nodes(client: &Client) -> Result<Vec<String>, Error> {
     let mut children = client.list_children(ELECTION).await?;
-    children.retain(|c| {
-        let ok = well_formed(c);
-        if !ok {
-            tracing::warn!(node = %crate::text::one_line_bounded(c, 128), "ignoring a node under election/ that no contender made (not <32 hex>__lock__<10 digits>)");
-        }
-        ok
-    });
+    let listed = children.len();
+    let ignored = children.iter().find(|c| !well_formed(c)).cloned();
+    children.retain(|c| well_formed(c));
+    // One line per look, however many were planted.
+    if let Some(first) = ignored {
+        tracing::warn!(
+            count = listed - children.len(),
+            first = %crate::text::one_line_bounded(&first, 128),
+            "ignoring nodes under election/ that no contender made (not <32 hex>__lock__<10 digits>)"
+        );
+    }
     children.sort_by(|a, b| sequence(a).cmp(&sequence(b)));
     Ok(children)
 }
 
-/// Whether the election node `name` is a live contender: it exists and is ephemeral (a
-/// session holds it). A persistent node would hold its place for ever: it is ignored, and
-/// logged. `Ok(false)` when gone.
-async fn is_contender(client: &Client, name: &str) -> Result<bool, Error> {
-    let path = format!("{ELECTION}/{name}");
-    match client.check_stat(&path).await? {
-        Some(stat) if stat.ephemeral_owner != 0 => Ok(true),
-        Some(_) => {
-            tracing::warn!(node = %path, "ignoring an election node that is not ephemeral (made by hand, not by a contender): it cannot lead and nobody waits for it");
-            Ok(false)
+/// The nearest live contender before ours (`nodes` in election order, ours excluded): a
+/// node that exists and is ephemeral (a session holds it). A persistent node would hold its
+/// place for ever: it is skipped, and the skipped ones are logged in one line. `None`: we
+/// lead.
+async fn predecessor(client: &Client, ahead: &[String]) -> Result<Option<String>, Error> {
+    let mut planted = Vec::new();
+    let mut found = None;
+    for name in ahead.iter().rev() {
+        match client.check_stat(&format!("{ELECTION}/{name}")).await? {
+            Some(stat) if stat.ephemeral_owner != 0 => {
+                found = Some(name.clone());
+                break;
+            }
+            Some(_) => planted.push(name),
+            None => {}
         }
-        None => Ok(false),
     }
+    if let Some(first) = planted.first() {
+        tracing::warn!(
+            count = planted.len(),
+            first = %first,
+            "ignoring election nodes that are not ephemeral (made by hand, not by a contender): they cannot lead and nobody waits for them"
+        );
+    }
+    Ok(found)
 }
 
 /// The most of an election node's data kept as its device id.
@@ -241,30 +257,16 @@ async fn contend(session: Session, id: String, tx: watch::Sender<Leadership>) {
                 continue 'join;
             };
             // The nearest live contender ahead of us; none: we lead.
-            let mut predecessor = None;
-            let mut looked = Ok(());
-            for ahead in nodes[..position].iter().rev() {
-                match is_contender(&client, ahead).await {
-                    Ok(true) => {
-                        predecessor = Some(ahead.clone());
-                        break;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        looked = Err(e);
-                        break;
+            let predecessor = match predecessor(&client, &nodes[..position]).await {
+                Ok(found) => found,
+                Err(Error::SessionExpired | Error::ClientClosed) => continue 'join,
+                Err(_) => {
+                    tokio::select! {
+                        () = closing.cancelled() => { tx.send_replace(Leadership::Stopped); return; }
+                        _ = status.changed() => continue,
                     }
                 }
-            }
-            if let Err(err) = looked {
-                if matches!(err, Error::SessionExpired | Error::ClientClosed) {
-                    continue 'join;
-                }
-                tokio::select! {
-                    () = closing.cancelled() => { tx.send_replace(Leadership::Stopped); return; }
-                    _ = status.changed() => continue,
-                }
-            }
+            };
             let Some(predecessor) = predecessor else {
                 match hold(&session, &client, &node, generation, &tx).await {
                     Held::NodeGone => {

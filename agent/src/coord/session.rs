@@ -51,6 +51,21 @@ pub struct ZkSettings {
 }
 
 impl ZkSettings {
+    /// An open fleet at `hosts` and `root` with the default timeouts (4 s session, 60 s to
+    /// connect): no credentials, no TLS, no commit marks. Set the rest by struct update.
+    pub fn new(hosts: impl Into<String>, root: impl Into<String>) -> Self {
+        Self {
+            hosts: hosts.into(),
+            root: root.into(),
+            session_timeout: Duration::from_secs(4),
+            connect_timeout: Duration::from_secs(60),
+            auth: None,
+            public_read: false,
+            tls: None,
+            mark_key: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), CoordError> {
         Self::validate_hosts(&self.hosts)?;
         Self::validate_root(&self.root)?;

@@ -249,14 +249,10 @@ impl Fleet {
 
     pub async fn admin(&self) -> Session {
         Session::connect(ZkSettings {
-            hosts: self.zk.hosts(),
-            root: "/fleetmeter".into(),
-            session_timeout: Duration::from_secs(4),
             connect_timeout: Duration::from_secs(20),
             auth: self.zk_auth(),
-            public_read: false,
-            tls: None,
             mark_key: MarkKey::for_fleet(self.zk_auth().as_ref(), self.api_token.as_deref()),
+            ..ZkSettings::new(self.zk.hosts(), "/fleetmeter")
         })
         .await
         .unwrap()
