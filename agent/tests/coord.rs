@@ -9,8 +9,9 @@ use fleetmeter::coord::{
     Session, SessionStatus, ZkSettings, barrier, counter,
     dynconfig::{self, Key, Local},
     election::{self, Election, Leadership},
-    membership::{Membership, watch_members},
+    membership::Membership,
     paths,
+    roster::Roster,
 };
 use support::{proxy::FaultProxy, wait_until, zk::ZkServer};
 use tokio::sync::watch;
@@ -293,19 +294,53 @@ async fn a_duplicate_device_id_waits_until_the_live_one_is_gone() {
     second.close().await;
 }
 
+/// Waits until the roster lists exactly `members`.
+async fn roster_sees(roster: &mut Roster, members: &[&str], deadline: Duration) {
+    let start = std::time::Instant::now();
+    while !(roster.refresh().await.is_ok() && roster.members() == members) {
+        assert!(
+            start.elapsed() < deadline,
+            "the roster lists {:?}, not {members:?}",
+            roster.members()
+        );
+        roster
+            .wait(tokio::time::Instant::now() + Duration::from_millis(200))
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn membership_recreates_a_deleted_node_and_reports_joins_and_leaves() {
-    let zk = ZkServer::start();
+async fn membership_recreates_a_deleted_node_and_the_roster_sees_joins_writes_and_leaves() {
+    let mut zk = ZkServer::start();
     let watcher = session(&zk, Duration::from_secs(4)).await;
-    let (members, _task) = watch_members(&watcher);
+    let mut roster = Roster::new(&watcher);
+    roster.refresh().await.unwrap();
+    assert!(roster.is_empty());
     let d1 = session(&zk, Duration::from_secs(4)).await;
     let m1 = Membership::join(&d1, "1", b"{}".to_vec()).await.unwrap();
     let d2 = session(&zk, Duration::from_secs(4)).await;
     let _m2 = Membership::join(&d2, "2", b"{}".to_vec()).await.unwrap();
-    wait_until("members 1 and 2", Duration::from_secs(10), || async {
-        *members.borrow() == ["1", "2"]
-    })
-    .await;
+    let (one, two) = ("1".to_owned(), "2".to_owned());
+    roster_sees(&mut roster, &["1", "2"], Duration::from_secs(10)).await;
+    assert_eq!(
+        roster.read_changed(&[&one, &two]).await.unwrap(),
+        [Some(b"{}".to_vec()), Some(b"{}".to_vec())],
+        "joined devices count as changed"
+    );
+    assert_eq!(
+        roster.read_changed(&[&one, &two]).await.unwrap(),
+        [None, None],
+        "read once, unchanged until written"
+    );
+    m1.publish(b"{\"round\":3}".to_vec()).await.unwrap();
+    roster
+        .wait(tokio::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        roster.read_changed(&[&one, &two]).await.unwrap(),
+        [Some(b"{\"round\":3}".to_vec()), None],
+        "only the written node is read again"
+    );
 
     // Removed behind its back (the original's NoNodeError case): the next write re-creates it.
     watcher
@@ -314,27 +349,31 @@ async fn membership_recreates_a_deleted_node_and_reports_joins_and_leaves() {
         .delete(m1.path(), None)
         .await
         .unwrap();
-    wait_until("member 1 gone", Duration::from_secs(10), || async {
-        *members.borrow() == ["2"]
-    })
-    .await;
+    roster_sees(&mut roster, &["2"], Duration::from_secs(10)).await;
     m1.publish(br#"{"round":4,"value":80.5}"#.to_vec())
         .await
         .unwrap();
     let (data, stat) = watcher.client().unwrap().get_data(m1.path()).await.unwrap();
     assert_eq!(data, br#"{"round":4,"value":80.5}"#);
     assert_eq!(Some(stat.ephemeral_owner), d1.session_id());
-    wait_until("member 1 back", Duration::from_secs(10), || async {
-        *members.borrow() == ["1", "2"]
-    })
-    .await;
+    roster_sees(&mut roster, &["1", "2"], Duration::from_secs(10)).await;
 
     d2.close().await;
-    wait_until("member 2 left", Duration::from_secs(10), || async {
-        *members.borrow() == ["1"]
-    })
-    .await;
+    roster_sees(&mut roster, &["1"], Duration::from_secs(10)).await;
+
+    // A new session (the old one expired): the roster sets its watch again and re-reads.
+    let before = watcher.session_id();
+    zk.restart();
     d1.close().await;
+    let d3 = session(&zk, Duration::from_secs(4)).await;
+    let _m3 = Membership::join(&d3, "3", b"{}".to_vec()).await.unwrap();
+    roster_sees(&mut roster, &["3"], Duration::from_secs(20)).await;
+    assert_eq!(
+        watcher.session_id(),
+        before,
+        "the same session, reconnected"
+    );
+    d3.close().await;
     watcher.close().await;
 }
 

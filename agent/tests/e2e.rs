@@ -488,7 +488,12 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
             expected_leader,
             "agent {id}"
         );
-        assert_eq!(metric(&m, "fleetmeter_members"), 3.0, "agent {id}");
+        // Only the leader keeps the member list (followers watch nothing under devices/).
+        assert_eq!(
+            metric(&m, "fleetmeter_members"),
+            3.0 * expected_leader,
+            "agent {id}"
+        );
         assert_eq!(metric(&m, "fleetmeter_sampling_period_seconds"), 1.0);
         assert_eq!(
             metric(

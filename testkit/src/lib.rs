@@ -8,10 +8,12 @@
 //! - [`prometheus`]: Debian's Prometheus server, to scrape a fleet and run the dashboard's
 //!   queries.
 //! - [`fleet`]: real `fleetmeter run` processes, started and stopped by signal.
+//! - [`api`]: the real `fleetmeter-api` binary.
 //!
 //! The crate lives at the repository's top level so that every crate's tests (the agent's,
 //! the API's) and the benchmarks share one set of fixtures.
 
+pub mod api;
 pub mod fleet;
 pub mod gateway;
 pub mod prometheus;

@@ -22,7 +22,7 @@ pub struct ZkServer {
     pub secure_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// Extra JVM options (a JAAS file for SASL).
+    /// Extra JVM options (a JAAS file for SASL, a larger heap).
     jvm: Vec<String>,
 }
 
@@ -46,6 +46,29 @@ impl ZkServer {
         };
         server.spawn();
         server
+    }
+
+    /// For many clients from one address: no per-address connection cap
+    /// (`maxClientCnxns=0`; the default, 60, refuses the 61st session from 127.0.0.1) and
+    /// a heap of `heap_mib` MiB.
+    pub fn start_for_fleet(heap_mib: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        write_config(dir.path(), port, "maxClientCnxns=0\n");
+        let mut server = Self {
+            port,
+            secure_port: None,
+            dir,
+            child: None,
+            jvm: vec![format!("-Xmx{heap_mib}m")],
+        };
+        server.spawn();
+        server
+    }
+
+    /// The server's process id (for its CPU time and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// With TLS: `secureClientPort` on a second free port (see `secure_port`), served by
@@ -165,6 +188,17 @@ impl ZkServer {
     pub fn is_watched(&self, path: &str) -> bool {
         four_letter(self.port, "wchp").is_some_and(|out| out.lines().any(|l| l.trim() == path))
     }
+
+    /// How many sessions hold a watch on `path` (absolute), from `wchp`: the path's line is
+    /// followed by one indented line per session.
+    pub fn watchers_of(&self, path: &str) -> usize {
+        let out = four_letter(self.port, "wchp").unwrap_or_default();
+        out.lines()
+            .skip_while(|l| l.trim() != path)
+            .skip(1)
+            .take_while(|l| l.starts_with(char::is_whitespace))
+            .count()
+    }
 }
 
 impl Drop for ZkServer {
@@ -182,7 +216,7 @@ fn write_config(dir: &Path, port: u16, extra: &str) {
         dir.join("zoo.cfg"),
         format!(
             "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,wchp\n{extra}",
+             admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,wchp,mntr\n{extra}",
             dir.join("data").display()
         ),
     )
@@ -202,6 +236,7 @@ fn spawn_java(dir: &Path, main_class: &str, jvm: &[String]) -> Child {
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     Command::new("java")
         .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+        // A later -Xmx (in `jvm`) wins over this default.
         .args([
             "-Xmx256m",
             "-cp",

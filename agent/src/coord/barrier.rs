@@ -14,10 +14,10 @@
 //! For kazoo users, the same multi removes and re-creates `{root}/barrier`: a kazoo
 //! `Barrier(client, path).wait()` returns at every release.
 
-use zookeeper_client::{Client, Error, MultiWriter, Stat};
+use zookeeper_client::{Client, Error, MultiWriter, OneshotWatcher, Stat};
 
 use super::{
-    CoordError, FleetClient, NodeAcl, Session,
+    CoordError, FleetClient, NodeAcl, Session, SessionStatus,
     paths::{BARRIER, ROUND},
     wait_for_change,
 };
@@ -110,31 +110,80 @@ pub async fn wait_for_round(
     session: &Session,
     after: Option<RoundState>,
 ) -> Result<RoundState, CoordError> {
-    let mut status = session.status();
-    let closing = session.closing();
-    loop {
-        session.connected().await?;
-        let client = session.client()?;
-        let watched = match client.get_and_watch_data(ROUND).await {
-            Ok((data, stat, watcher)) => {
-                let state = RoundState::read(&data, &stat)?;
-                if after.is_none_or(|a| state.is_after(&a)) {
-                    return Ok(state);
+    RoundWatch::new(session, after).next().await
+}
+
+/// A device's view of `{root}/round`, round after round. It keeps the watch set by its last
+/// read, so that waiting for the next round reads the node once, when it changed — not once
+/// to find it unchanged and set a watch, then again when the watch fires.
+pub struct RoundWatch {
+    session: Session,
+    last: Option<RoundState>,
+    /// The watch set by the last read, and the session generation it belongs to.
+    pending: Option<(OneshotWatcher, u64)>,
+}
+
+impl std::fmt::Debug for RoundWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundWatch")
+            .field("last", &self.last)
+            .field("watching", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoundWatch {
+    /// Rounds after `after` (any round when `None`).
+    pub fn new(session: &Session, after: Option<RoundState>) -> Self {
+        Self {
+            session: session.clone(),
+            last: after,
+            pending: None,
+        }
+    }
+
+    /// The next round after the last one returned (see [`RoundState::is_after`]). Waits for
+    /// `{root}/round` to exist when it does not. Survives disconnections and session
+    /// rebuilds; `Err(Closed)` when the session closes.
+    pub async fn next(&mut self) -> Result<RoundState, CoordError> {
+        let mut status = self.session.status();
+        let closing = self.session.closing();
+        loop {
+            if let Some((watcher, generation)) = self.pending.take() {
+                // A watch from an older session never fires: read again instead.
+                if self.session.current_status() == (SessionStatus::Connected { generation })
+                    && !wait_for_change(Some(watcher), &mut status, &closing).await
+                {
+                    return Err(CoordError::Closed);
                 }
-                Some(watcher)
             }
-            Err(Error::NoNode) => match client.check_and_watch_stat(ROUND).await {
-                Ok((Some(_), _)) => continue,
-                Ok((None, watcher)) => Some(watcher),
+            let generation = self.session.connected().await?;
+            let client = self.session.client()?;
+            let watched = match client.get_and_watch_data(ROUND).await {
+                Ok((data, stat, watcher)) => {
+                    let state = RoundState::read(&data, &stat)?;
+                    self.pending = Some((watcher, generation));
+                    if self.last.is_none_or(|a| state.is_after(&a)) {
+                        self.last = Some(state);
+                        return Ok(state);
+                    }
+                    continue;
+                }
+                Err(Error::NoNode) => match client.check_and_watch_stat(ROUND).await {
+                    Ok((Some(_), _)) => continue,
+                    Ok((None, watcher)) => Some(watcher),
+                    Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => {
+                        None
+                    }
+                    Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
+                },
                 Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => None,
                 Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
-            },
-            Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => None,
-            Err(e) => return Err(CoordError::zk("watch", ROUND, e)),
-        };
-        drop(client);
-        if !wait_for_change(watched, &mut status, &closing).await {
-            return Err(CoordError::Closed);
+            };
+            drop(client);
+            if !wait_for_change(watched, &mut status, &closing).await {
+                return Err(CoordError::Closed);
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use tokio::{sync::watch, task::JoinHandle};
-use zookeeper_client::Error;
+use zookeeper_client::{Error, MultiReadResult};
 
 use super::{CoordError, Session, paths::CONFIG, wait_for_change};
 use crate::text;
@@ -197,21 +197,42 @@ pub async fn start(
     known: KnownAggregators,
 ) -> Result<(DynConfig, Vec<JoinHandle<()>>), CoordError> {
     let client = session.client()?;
-    client
-        .mkdir(CONFIG, &client.persistent())
-        .await
-        .map_err(|e| CoordError::zk("create", CONFIG, e))?;
-    for (key, seed) in [
+    let seeds = [
         (Key::SamplingPeriod, format_period(local.sampling_period)),
         (Key::ApiUrl, local.api_url.clone()),
         (Key::Aggregator, local.aggregator.clone()),
-    ] {
-        match client
-            .create(&key.path(), seed.as_bytes(), &client.persistent())
-            .await
-        {
+    ];
+    // One read finds the nodes that exist (every start but a fleet's first): a start storm
+    // of a thousand devices then costs a thousand reads, not four thousand failed creates.
+    let mut reader = client.new_multi_reader();
+    for (key, _) in &seeds {
+        reader
+            .add_get_data(&key.path())
+            .map_err(|e| CoordError::zk("read (in multi)", CONFIG, e))?;
+    }
+    let present = reader
+        .commit()
+        .await
+        .map_err(|e| CoordError::zk("read", CONFIG, e))?;
+    for ((key, seed), found) in seeds.iter().zip(present) {
+        if matches!(found, MultiReadResult::Data { .. }) {
+            continue;
+        }
+        let (path, acl) = (key.path(), client.persistent());
+        let create = || client.create(&path, seed.as_bytes(), &acl);
+        let created = match create().await {
+            Err(Error::NoNode) => {
+                client
+                    .mkdir(CONFIG, &client.persistent())
+                    .await
+                    .map_err(|e| CoordError::zk("create", CONFIG, e))?;
+                create().await
+            }
+            other => other,
+        };
+        match created {
             Ok(_) => {
-                tracing::info!(key = key.name(), value = %text::one_line(&seed), "seeded dynamic configuration")
+                tracing::info!(key = key.name(), value = %text::one_line(seed), "seeded dynamic configuration")
             }
             Err(Error::NodeExists) => {}
             Err(e) => return Err(CoordError::zk("create", &key.path(), e)),

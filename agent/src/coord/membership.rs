@@ -1,14 +1,14 @@
-//! The device's ephemeral node `{root}/devices/{id}`, holding its latest reading, and the
-//! fleet's member list.
+//! The device's ephemeral node `{root}/devices/{id}`, holding its latest reading.
 //!
 //! - A device started with the id of a live device waits, logging why, until that node is
 //!   gone (the original crashed or silently shared the node).
 //! - A write that finds the node gone re-creates it (the original's NoNodeError handling),
 //!   and after a session is rebuilt the node is re-created with the latest data.
-//! - [`watch_members`] follows the children of `{root}/devices`, logging joins and leaves.
+//!
+//! The member list is the leader's alone (`super::roster`): followers set no watch on
+//! `{root}/devices`.
 
 use std::{
-    collections::BTreeSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -19,9 +19,7 @@ use zookeeper_client::Error;
 use super::{
     CoordError, Session, SessionStatus,
     paths::{self, DEVICES},
-    wait_for_change,
 };
-use crate::text;
 
 /// Checks a device id can name a node: 1–128 characters, no `/`, not `.` or `..`.
 pub fn validate_id(id: &str) -> Result<(), CoordError> {
@@ -126,16 +124,18 @@ async fn claim(session: &Session, path: &str, data: &[u8]) -> Result<u64, CoordE
                 Ok((None, _)) => {}
                 Err(_) => wait_a_moment(&mut status).await,
             },
-            Err(Error::ConnectionLoss | Error::SessionExpired | Error::ClientClosed) => {
-                wait_a_moment(&mut status).await;
-            }
+            // A start storm (a site powered on at once) or a server away: wait, never exit.
+            Err(e) if super::transient(&e) => wait_a_moment(&mut status).await,
             Err(e) => return Err(CoordError::zk("create", path, e)),
         }
     }
 }
 
+/// Until the session changes, or 100–300 ms (jittered: devices that failed together do not
+/// retry together).
 async fn wait_a_moment(status: &mut watch::Receiver<SessionStatus>) {
-    let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+    let pause = Duration::from_millis(rand::random_range(100..300));
+    let _ = tokio::time::timeout(pause, status.changed()).await;
 }
 
 /// Re-creates the node after each session rebuild.
@@ -163,75 +163,5 @@ async fn keep(session: Session, path: String, latest: Arc<Mutex<Vec<u8>>>, mut g
             }
             _ => {}
         }
-    }
-}
-
-/// Follows `{root}/devices`: the sorted member ids, updated on every join and leave (logged,
-/// like the original's "Dispositivos conectados").
-pub fn watch_members(session: &Session) -> (watch::Receiver<Vec<String>>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(Vec::new());
-    let task = tokio::spawn(follow_members(session.clone(), tx));
-    (rx, task)
-}
-
-async fn follow_members(session: Session, tx: watch::Sender<Vec<String>>) {
-    let mut status = session.status();
-    let closing = session.closing();
-    let mut known: Option<BTreeSet<String>> = None;
-    loop {
-        if session.connected().await.is_err() {
-            return;
-        }
-        let Ok(client) = session.client() else { return };
-        let watcher = match client.list_and_watch_children(DEVICES).await {
-            Ok((children, watcher)) => {
-                let now: BTreeSet<String> = children.into_iter().collect();
-                if let Some(before) = &known {
-                    log_changes("joined", now.difference(before).collect());
-                    log_changes("left", before.difference(&now).collect());
-                }
-                if known.as_ref() != Some(&now) {
-                    let members: Vec<String> = now.iter().cloned().collect();
-                    if members.len() <= LOG_EACH {
-                        tracing::info!(members = %text::one_line(&members.join(", ")), count = members.len(), "devices connected");
-                    } else {
-                        tracing::info!(count = members.len(), "devices connected");
-                    }
-                    tx.send_replace(members);
-                    known = Some(now);
-                }
-                Some(watcher)
-            }
-            Err(Error::NoNode) => {
-                if let Err(err) = session.mkdir(DEVICES).await {
-                    tracing::warn!(error = %err, "cannot create the devices node");
-                    drop(client);
-                    tokio::select! {
-                        () = closing.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    }
-                }
-                continue;
-            }
-            Err(_) => None,
-        };
-        drop(client);
-        if !wait_for_change(watcher, &mut status, &closing).await {
-            return;
-        }
-    }
-}
-
-/// Joins and leaves up to this many at a time are logged one by one; more are summarised
-/// (a fleet of thousands starting or reconnecting would otherwise fill the log).
-const LOG_EACH: usize = 20;
-
-fn log_changes(what: &str, devices: Vec<&String>) {
-    if devices.len() <= LOG_EACH {
-        for device in devices {
-            tracing::info!(device = %text::one_line(device), "device {what}");
-        }
-    } else {
-        tracing::info!(count = devices.len(), "{} devices {what}", devices.len());
     }
 }

@@ -4,7 +4,8 @@
 //! - [`session`]: the connection, its state as the rest of the agent sees it
 //!   (connected / suspended / lost), rebuilt by itself after expiry.
 //! - [`election`]: kazoo-compatible leader election with fencing.
-//! - [`membership`]: the device's ephemeral node and the fleet's member list.
+//! - [`membership`]: the device's ephemeral node.
+//! - [`roster`]: the leader's view of the fleet: live devices, changed readings.
 //! - [`barrier`]: the round number and the kazoo-compatible barrier node.
 //! - [`counter`]: the kazoo-compatible global counter.
 //! - [`dynconfig`]: watched, validated configuration nodes.
@@ -18,6 +19,7 @@ pub mod counter;
 pub mod dynconfig;
 pub mod election;
 pub mod membership;
+pub mod roster;
 pub mod session;
 
 pub use access::{FleetClient, NodeAcl, ZkAuth};
@@ -99,6 +101,30 @@ impl CoordError {
             source,
         }
     }
+
+    /// Whether trying again later may succeed: the connection or the session failed, or the
+    /// server is overloaded — never a refusal (ACL, bad data, settings) or a closed session.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CoordError::Zk { source, .. } if transient(source))
+    }
+}
+
+/// Whether a ZooKeeper error says "not now" rather than "no": a lost or slow connection
+/// (the client reports a server that does not answer in time as a custom error), an
+/// expiring session, or a server shedding load.
+pub(crate) fn transient(error: &zk::Error) -> bool {
+    matches!(
+        error,
+        zk::Error::ConnectionLoss
+            | zk::Error::Timeout
+            | zk::Error::Throttled
+            | zk::Error::SessionExpired
+            | zk::Error::SessionMoved
+            | zk::Error::ClientClosed
+            | zk::Error::NoHosts
+            | zk::Error::Custom(_)
+            | zk::Error::UnexpectedError(_)
+    )
 }
 
 /// Waits for the node watch to fire (when there is one) or the session status to change.

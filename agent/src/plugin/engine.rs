@@ -4,10 +4,11 @@
 //! running plugin yield to the runtime.
 
 use std::{
+    collections::HashMap,
     fs,
     hash::{DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
     time::Duration,
 };
@@ -34,7 +35,8 @@ pub struct EngineOptions {
     /// Count fuel, so that plugins with a `fuel` limit can be stopped by it.
     pub fuel: bool,
     /// Period of the epoch clock: a running plugin yields to the async runtime at least
-    /// this often, so that its call's deadline can fire.
+    /// this often, so that its call's deadline can fire. The clock only ticks while a plugin
+    /// call runs: an idle agent is not woken by it.
     pub epoch_tick: Duration,
     /// Live plugin instances the engine can hold at once (an agent needs 2, plus one
     /// briefly while loading).
@@ -66,6 +68,7 @@ pub struct PluginEngine {
 
 struct Inner {
     engine: Engine,
+    clock: Arc<EpochClock>,
     /// WASI 0.2 as granted (sensors).
     sensor_linker: Linker<HostState>,
     /// WASI 0.2 with clocks that stand still, sleeps included (aggregators).
@@ -74,6 +77,10 @@ struct Inner {
     /// Part of every cache file name: a cached artifact from another wasmtime version or
     /// other settings is never even opened.
     compat: String,
+    /// Components compiled or loaded by this engine, by the SHA-256 of their file: an agent
+    /// swapping aggregators back and forth, or a simulator loading one sensor for each of
+    /// a thousand devices, reuses the code (and its memory) instead of loading it again.
+    loaded: Mutex<HashMap<String, Component>>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -142,20 +149,29 @@ impl PluginEngine {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
 
-        spawn_epoch_clock(&engine, options.epoch_tick);
+        let clock = EpochClock::spawn(&engine, options.epoch_tick);
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
+                clock,
                 sensor_linker,
                 aggregator_linker,
                 options,
                 compat,
+                loaded: Mutex::new(HashMap::new()),
             }),
         })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Keeps the epoch clock ticking until the guard is dropped: hold it across every entry
+    /// into a guest (instantiation, `init`, each export call).
+    pub(crate) fn running(&self) -> Running {
+        self.inner.clock.start();
+        Running(self.inner.clock.clone())
     }
 
     pub(crate) fn linker(&self, kind: PluginKind) -> &Linker<HostState> {
@@ -195,24 +211,60 @@ impl PluginEngine {
         check_component_header(path, &bytes)?;
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         let size = bytes.len() as u64;
+        if let Some(component) = self.loaded(&sha256) {
+            tracing::debug!(path = %path.display(), "plugin already loaded by this agent");
+            return Ok(Compiled {
+                component,
+                path: path.to_owned(),
+                size,
+                sha256,
+                from_cache: true,
+            });
+        }
+        let compiled = self.compile_new(path, &bytes, &sha256)?;
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sha256.clone(), compiled.0.clone());
+        Ok(Compiled {
+            component: compiled.0,
+            path: path.to_owned(),
+            size,
+            sha256,
+            from_cache: compiled.1,
+        })
+    }
 
+    fn loaded(&self, sha256: &str) -> Option<Component> {
+        self.inner
+            .loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha256)
+            .cloned()
+    }
+
+    /// Loads the component from the disk cache or compiles it (and caches it); `true` when
+    /// it came from the cache.
+    fn compile_new(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        let size = bytes.len();
         let cache = self.open_cache();
         if let Some(cache) = &cache {
-            match cache.lookup(&self.inner.engine, &sha256, &self.inner.compat) {
+            match cache.lookup(&self.inner.engine, sha256, &self.inner.compat) {
                 Lookup::Hit(component) => {
                     tracing::debug!(path = %path.display(), cache = %cache.path().display(), "plugin loaded from the compile cache");
-                    return Ok(Compiled {
-                        component,
-                        path: path.to_owned(),
-                        size,
-                        sha256,
-                        from_cache: true,
-                    });
+                    return Ok((component, true));
                 }
                 Lookup::Miss => {}
                 Lookup::Refused(why) => tracing::warn!(
                     path = %path.display(),
-                    entry = %cache.path().join(CacheDir::entry_name(&sha256, &self.inner.compat)).display(),
+                    entry = %cache.path().join(CacheDir::entry_name(sha256, &self.inner.compat)).display(),
                     problem = %text::one_line(&why.to_string()),
                     "refusing a compile cache entry; recompiling the plugin and replacing it"
                 ),
@@ -220,7 +272,7 @@ impl PluginEngine {
         }
 
         let started = std::time::Instant::now();
-        let component = Component::from_binary(&self.inner.engine, &bytes).map_err(|e| {
+        let component = Component::from_binary(&self.inner.engine, bytes).map_err(|e| {
             let reason = format!("{e:#}");
             // The pool's per-component caps (`STORE_CAPS`) are checked here, before any
             // instance exists; wasmtime reports them as a compile error.
@@ -243,7 +295,7 @@ impl PluginEngine {
             "compiled plugin"
         );
         if let Some(cache) = &cache
-            && let Err(err) = cache.store(&component, &sha256, &self.inner.compat)
+            && let Err(err) = cache.store(&component, sha256, &self.inner.compat)
         {
             tracing::warn!(
                 cache = %cache.path().display(),
@@ -251,13 +303,7 @@ impl PluginEngine {
                 "cannot write the compile cache; the plugin will be recompiled at next start"
             );
         }
-        Ok(Compiled {
-            component,
-            path: path.to_owned(),
-            size,
-            sha256,
-            from_cache: false,
-        })
+        Ok((component, false))
     }
 
     /// Compiles `path` and checks that it implements `kind` at the supported contract version.
@@ -385,21 +431,88 @@ fn check_world(path: &Path, kind: PluginKind, exports: &[String]) -> Result<(), 
     })
 }
 
-/// Advances the engine's epoch every `tick`, until the engine is dropped.
-fn spawn_epoch_clock(engine: &Engine, tick: Duration) {
-    let weak = engine.weak();
-    let spawned = thread::Builder::new()
-        .name("fleetmeter-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                thread::sleep(tick);
-            }
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.clock.stop();
+    }
+}
+
+/// Advances the engine's epoch every `tick` while at least one plugin call runs, and sleeps
+/// on a condition variable otherwise. A clock that ticked all the time woke every agent 100
+/// times a second whether or not a plugin ran (measured with `strace -c -f` on an idle
+/// follower: 962 `clock_nanosleep` calls in 10 s).
+struct EpochClock {
+    state: Mutex<ClockState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct ClockState {
+    /// Plugin calls in progress.
+    running: usize,
+    /// The engine is gone: the thread ends.
+    stopped: bool,
+}
+
+impl EpochClock {
+    fn spawn(engine: &Engine, tick: Duration) -> Arc<Self> {
+        let clock = Arc::new(Self {
+            state: Mutex::new(ClockState::default()),
+            wake: Condvar::new(),
         });
-    if let Err(err) = spawned {
-        // Without the clock no deadline fires; fuel (if configured) still bounds calls.
-        tracing::error!(error = %err, "cannot start the epoch clock thread: plugin call deadlines are not enforced");
+        let weak = engine.weak();
+        let thread_clock = clock.clone();
+        let spawned = thread::Builder::new()
+            .name("fleetmeter-epoch".into())
+            .spawn(move || {
+                while thread_clock.wait_for_calls() {
+                    let Some(engine) = weak.upgrade() else { return };
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(tick);
+                }
+            });
+        if let Err(err) = spawned {
+            // Without the clock no deadline fires; fuel (if configured) still bounds calls.
+            tracing::error!(error = %err, "cannot start the epoch clock thread: plugin call deadlines are not enforced");
+        }
+        clock
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClockState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks while no call runs; `false` once the engine is gone.
+    fn wait_for_calls(&self) -> bool {
+        let mut state = self.lock();
+        while state.running == 0 && !state.stopped {
+            state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        !state.stopped
+    }
+
+    fn start(&self) {
+        let mut state = self.lock();
+        state.running += 1;
+        if state.running == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_one();
+    }
+}
+
+/// A plugin call in progress (see [`PluginEngine::running`]).
+pub(crate) struct Running(Arc<EpochClock>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.running = state.running.saturating_sub(1);
     }
 }
 

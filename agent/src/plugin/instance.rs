@@ -250,6 +250,7 @@ impl<W: World> Runner<W> {
 
     /// `describe` on a fresh instance, within the time limit.
     async fn describe(&mut self) -> Result<Metadata, Failure> {
+        let _running = self.engine.running();
         self.logs().begin_call();
         let mut store = self.new_store()?;
         let limit = self.settings.limits.timeout();
@@ -307,6 +308,7 @@ impl<W: World> Runner<W> {
             self.backoff_until = None;
         }
         let started = Instant::now();
+        let _running = self.engine.running();
         self.logs().begin_call();
         let live = match self.live.take() {
             Some(live) => Ok(live),
@@ -402,6 +404,7 @@ impl<W: World> Runner<W> {
     /// A new instance, initialised with the plugin's configuration; instantiation and `init`
     /// share one time limit.
     async fn instantiate_ready(&mut self) -> Result<Live<W::Instance>, StartError> {
+        let _running = self.engine.running();
         let mut store = self.new_store().map_err(StartError::Failed)?;
         let limit = self.settings.limits.timeout();
         let (pre, config) = (&self.pre, &self.settings.config);

@@ -1,34 +1,27 @@
 //! The leader's collection of a round's readings: it waits for every live device until the
 //! collection deadline, then goes on without the stragglers (counted).
 //!
-//! Where readings come from is a [`ReadingSource`]: ZooKeeper in the agent
-//! ([`ZkReadings`]), a scripted source in the tests below, which run under paused time.
+//! Where readings come from is a [`ReadingSource`]: ZooKeeper in the agent ([`ZkReadings`],
+//! driven by the leader's [`Roster`] watch: it reads only the nodes that changed, when they
+//! change), a scripted source in the tests below, which run under paused time.
 //! Every reading is hostile input: a node that does not parse, or holds another round's
 //! reading, counts as no reading.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use tokio::time::Instant;
-use zookeeper_client::MultiReadResult;
 
-use crate::{
-    coord::{
-        Session,
-        paths::{self, DEVICES},
-    },
-    plugin::Reading,
-    wire::DeviceReading,
-};
-
-/// How often the leader looks for readings it is still missing.
-pub const POLL: Duration = Duration::from_millis(25);
+use crate::{coord::roster::Roster, plugin::Reading, wire::DeviceReading};
 
 /// Where the leader reads the fleet from.
 pub(crate) trait ReadingSource {
     /// The live devices now; `None` when they cannot be listed (the last list stands).
     async fn members(&mut self) -> Option<Vec<String>>;
-    /// The raw node data of each of `devices`, in order (`None`: absent or unreadable).
+    /// The raw node data of each of `devices`, in order (`None`: absent, unreadable, or
+    /// unchanged since the source last returned it).
     async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>>;
+    /// Waits until a reading may have arrived, or until `until`.
+    async fn wait(&mut self, until: Instant);
 }
 
 /// What a collection found.
@@ -76,7 +69,7 @@ pub(crate) async fn collect(
         if (everyone && !members.is_empty()) || Instant::now() >= until {
             break;
         }
-        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+        source.wait(until).await;
     }
     let missed = members
         .iter()
@@ -92,45 +85,39 @@ pub(crate) async fn collect(
     }
 }
 
-/// Paths per multi-read: with 128-byte ids a batch's request stays near 150 KiB and its
-/// answer (readings of ~60 bytes) smaller still, far below ZooKeeper's 1 MB packet limit
-/// (`jute.maxbuffer`) at any fleet size.
-const READ_BATCH: usize = 1000;
-
-/// The device nodes under `{root}/devices`, read in multis of [`READ_BATCH`] per poll.
+/// The device nodes under `{root}/devices`, as the leader's roster sees them change.
 pub(crate) struct ZkReadings<'a> {
-    pub session: &'a Session,
+    pub roster: &'a mut Roster,
 }
 
 impl ReadingSource for ZkReadings<'_> {
     async fn members(&mut self) -> Option<Vec<String>> {
-        let client = self.session.client().ok()?;
-        client.list_children(DEVICES).await.ok()
+        match self.roster.refresh().await {
+            Ok(()) => Some(self.roster.members()),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot refresh the member list; the last one stands");
+                None
+            }
+        }
     }
 
     async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>> {
-        let client = self.session.client().ok()?;
-        let mut all = Vec::with_capacity(devices.len());
-        for batch in devices.chunks(READ_BATCH) {
-            let mut reader = client.new_multi_reader();
-            for device in batch {
-                reader.add_get_data(&paths::device(device)).ok()?;
-            }
-            let results = reader.commit().await.ok()?;
-            all.extend(results.into_iter().map(|result| match result {
-                MultiReadResult::Data { data, .. } => Some(data),
-                _ => None,
-            }));
-        }
-        Some(all)
+        self.roster.read_changed(devices).await.ok()
+    }
+
+    async fn wait(&mut self, until: Instant) {
+        self.roster.wait(until).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::{collections::HashMap, time::Duration};
 
     use super::*;
+
+    /// How often the scripted source is looked at.
+    const POLL: Duration = Duration::from_millis(25);
 
     /// Devices whose readings appear at given times after the start.
     struct Scripted {
@@ -189,6 +176,10 @@ mod tests {
                     })
                     .collect(),
             )
+        }
+
+        async fn wait(&mut self, until: Instant) {
+            tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
         }
     }
 

@@ -18,11 +18,12 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Samples once per round until `stop`.
 pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: CancellationToken) {
     let id = &ctx.id;
+    let mut rounds = barrier::RoundWatch::new(&ctx.session, None);
     let mut last = None;
     loop {
         let round = tokio::select! {
             () = stop.cancelled() => return,
-            r = barrier::wait_for_round(&ctx.session, last) => match r {
+            r = rounds.next() => match r {
                 Ok(round) => round,
                 Err(CoordError::Closed) => return,
                 Err(err) => {

@@ -35,6 +35,7 @@ use crate::{
         self, CoordError, barrier, counter,
         election::Leadership,
         paths::{RESULTS, ROUND},
+        roster::Roster,
     },
     publish::outbox::{self, Ledger},
     telemetry::CommittedRound,
@@ -134,6 +135,8 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
     let settings = ctx.publisher.settings();
     let mut starting = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut committer = Committer::new(node, settings.outbox_max);
+    // Set up on the first collection; its watch goes with the term.
+    let mut roster = Roster::new(&ctx.session);
     loop {
         let client = match ctx.session.client() {
             Ok(client) => client,
@@ -184,16 +187,17 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
         }
         let round = state.round;
         let collect_started = Instant::now();
-        let members = ctx.members.borrow().clone();
+        let members = roster.members();
         let mut collected = collect::collect(
             &mut ZkReadings {
-                session: &ctx.session,
+                roster: &mut roster,
             },
             members,
             round,
             schedule.collect_until(),
         )
         .await;
+        ctx.telemetry.members(roster.len());
         let collect_time = collect_started.elapsed();
         if collected.readings.len() > MAX_DEVICES {
             tracing::error!(
@@ -229,7 +233,10 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
             unit: ctx.plugins.unit().map(str::to_owned),
             counter: None,
         });
-        match committer.commit(ctx, state, result.as_ref()).await {
+        let commit_started = Instant::now();
+        let commit = committer.commit(ctx, state, result.as_ref()).await;
+        let commit_time = commit_started.elapsed();
+        match commit {
             Ok(committed) => {
                 if let Some(ledger) = committed.ledger {
                     ctx.telemetry.outbox(ledger, committer.max);
@@ -258,6 +265,8 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
                     value,
                     aggregator = %aggregated.aggregator,
                     counter = committed.counter,
+                    collect_ms = %format_args!("{:.1}", collect_time.as_secs_f64() * 1000.0),
+                    commit_ms = %format_args!("{:.1}", commit_time.as_secs_f64() * 1000.0),
                     "round committed; next round released"
                 );
                 if committed.stored {

@@ -23,20 +23,24 @@ pub mod plugins;
 mod resume;
 pub mod schedule;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use plugins::{Aggregated, Plugins, PluginsError};
 
 use crate::{
+    backoff::Backoff,
     config::AgentConfig,
     coord::{
         CoordError, Session,
         dynconfig::{self, DynConfig, KnownAggregators, Local},
         election::Election,
-        membership::{self, Membership},
+        membership::Membership,
         paths::{self, DEVICES},
     },
     plugin::PluginEngine,
@@ -92,7 +96,6 @@ pub(crate) struct Ctx {
     session: Session,
     plugins: Plugins,
     dynconfig: DynConfig,
-    members: watch::Receiver<Vec<String>>,
     publisher: Publisher,
     telemetry: Arc<Telemetry>,
 }
@@ -120,30 +123,36 @@ pub async fn run(
         let (telemetry, status) = (telemetry.clone(), session.status());
         async move { telemetry.follow_session(status).await }
     });
-    let (dynconfig, config_tasks) = dynconfig::start(
+    let started = Instant::now();
+    let local = Local {
+        sampling_period: config.period,
+        api_url: config.publish.api_url.clone(),
+        allowed_origins: config.publish.allowed_origins.clone(),
+        aggregator: config.aggregator.clone(),
+    };
+    let known = known_aggregators(config.plugin_dir.clone());
+    let start = retry_start(
         session,
-        Local {
-            sampling_period: config.period,
-            api_url: config.publish.api_url.clone(),
-            allowed_origins: config.publish.allowed_origins.clone(),
-            aggregator: config.aggregator.clone(),
-        },
-        known_aggregators(config.plugin_dir.clone()),
-    )
-    .await?;
+        started,
+        &shutdown,
+        "read the configuration",
+        || dynconfig::start(session, local.clone(), known.clone()),
+    );
+    let Some((dynconfig, config_tasks)) = start.await? else {
+        return Ok(());
+    };
     let _config_tasks = AbortOnDrop(config_tasks);
     telemetry.set_dynconfig(dynconfig.clone());
-    check_fleet_size(session, &id).await?;
+    let check = retry_start(session, started, &shutdown, "count the fleet", || {
+        check_fleet_size(session, &id)
+    });
+    if check.await?.is_none() {
+        return Ok(());
+    }
     let membership = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         m = Membership::join(session, &id, b"{}".to_vec()) => m?,
     };
-    let (members, members_task) = membership::watch_members(session);
-    let members_follower = tokio::spawn({
-        let (telemetry, members) = (telemetry.clone(), members.clone());
-        async move { telemetry.follow_members(members).await }
-    });
-    let _members = AbortOnDrop(vec![members_task, members_follower]);
     let election = Election::start(session, &id);
 
     let ctx = Arc::new(Ctx {
@@ -152,7 +161,6 @@ pub async fn run(
         session: session.clone(),
         plugins,
         dynconfig,
-        members,
         publisher,
         telemetry,
     });
@@ -169,6 +177,43 @@ pub async fn run(
     let _ = tokio::join!(device, leader);
     drop(election);
     Ok(())
+}
+
+/// Runs a start step again after transient ZooKeeper errors — a start storm (every device
+/// of a site powered on at once) makes a busy server answer late — with jittered back-off,
+/// until the session's `connect_timeout` has passed since `started`: a device waits rather
+/// than exits. `None` when `shutdown` came first.
+async fn retry_start<T, F, Fut>(
+    session: &Session,
+    started: Instant,
+    shutdown: &CancellationToken,
+    what: &str,
+    mut step: F,
+) -> Result<Option<T>, CoordError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CoordError>>,
+{
+    let limit = session.settings().connect_timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        let err = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            done = step() => match done {
+                Ok(value) => return Ok(Some(value)),
+                Err(err) => err,
+            },
+        };
+        let delay = backoff.next_delay();
+        if !err.is_transient() || started.elapsed() + delay >= limit {
+            return Err(err);
+        }
+        tracing::warn!(error = %err, retry_in = ?delay, "cannot {what} yet; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
 /// Refuses to join a fleet that already has the most devices fleetmeter supports (a round

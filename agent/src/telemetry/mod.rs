@@ -108,15 +108,10 @@ impl Telemetry {
         }
     }
 
-    /// Follows the member list until the channel closes.
-    pub async fn follow_members(&self, mut members: watch::Receiver<Vec<String>>) {
-        loop {
-            let count = members.borrow_and_update().len();
-            self.metrics.members(count);
-            if members.changed().await.is_err() {
-                return;
-            }
-        }
+    /// The live devices the leader saw in its last collection. Followers keep no member
+    /// list (see `coord::roster`): they report 0.
+    pub fn members(&self, count: usize) {
+        self.metrics.members(count);
     }
 
     /// Round `round` opened (so the one before it closed).
@@ -128,6 +123,7 @@ impl Telemetry {
     pub fn leadership(&self, leading: bool) {
         self.metrics.leadership(leading);
         if !leading {
+            self.metrics.members(0);
             self.health_tracker().outbox(None);
         }
     }
