@@ -306,7 +306,18 @@ async fn measure(
         ..ZkSettings::new(&spec.zk_hosts, &spec.root)
     })
     .await?;
-    let client = observer.client()?;
+    // A fresh client for each look: the observer's session may be rebuilt under load.
+    let joined = || async {
+        match observer.client() {
+            Ok(client) => client
+                .check_stat(paths::DEVICES)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |s| s.num_children as u64),
+            Err(_) => 0,
+        }
+    };
     let zk_hosts = spec.zk_hosts.as_str();
     let n = spec.devices as u64;
 
@@ -314,12 +325,7 @@ async fn measure(
     let started = Instant::now();
     let mut last_print = Instant::now();
     let warm_round = loop {
-        let joined = client
-            .check_stat(paths::DEVICES)
-            .await
-            .ok()
-            .flatten()
-            .map_or(0, |s| s.num_children as u64);
+        let joined = joined().await;
         let full = seen
             .lock()
             .unwrap()
@@ -347,10 +353,13 @@ async fn measure(
             );
         }
         if last_print.elapsed() >= Duration::from_secs(2) {
-            let round = seen.lock().unwrap().committed.last().map_or(0, |c| c.round);
+            let last = seen.lock().unwrap().committed.last().cloned();
+            let last = last.unwrap_or_default();
             println!(
-                "  {:>5.1} s: {joined}/{n} devices joined, last round committed {round}",
-                started.elapsed().as_secs_f64()
+                "  {:>5.1} s: {joined}/{n} devices joined, last round committed {} with {} readings",
+                started.elapsed().as_secs_f64(),
+                last.round,
+                last.readings
             );
             last_print = Instant::now();
         }
@@ -388,11 +397,7 @@ async fn measure(
     let after_cpu = cpu_and_rss(&me);
     let after_zk = zk_pid.as_deref().and_then(cpu_and_rss);
     let after_mntr = mntr(zk_hosts);
-    let members_now = client
-        .check_stat(paths::DEVICES)
-        .await?
-        .map_or(0, |s| s.num_children as u64);
-    drop(client);
+    let members_now = joined().await;
     observer.close().await;
 
     let rounds: Vec<Committed> = seen

@@ -100,11 +100,15 @@ async fn claim(session: &Session, path: &str, data: &[u8]) -> Result<u64, CoordE
                 Ok((Some(stat), watcher)) => {
                     if stat.ephemeral_owner == client.session_id().0 {
                         // Ours: a create that was retried after a lost reply.
-                        client
-                            .set_data(path, data, None)
-                            .await
-                            .map_err(|e| CoordError::zk("set", path, e))?;
-                        return Ok(generation);
+                        match client.set_data(path, data, None).await {
+                            Ok(_) => return Ok(generation),
+                            Err(e) if super::transient(&e) => {
+                                drop(client);
+                                wait_a_moment(&mut status).await;
+                                continue;
+                            }
+                            Err(e) => return Err(CoordError::zk("set", path, e)),
+                        }
                     }
                     if !warned {
                         tracing::warn!(

@@ -124,6 +124,16 @@ pub async fn run(
         async move { telemetry.follow_session(status).await }
     });
     let started = Instant::now();
+    // Devices powered on together connect together; their first writes (configuration,
+    // device node) are spread over up to half a period (at most 1 s).
+    let spread = config
+        .period
+        .min(Duration::from_secs(2))
+        .mul_f64(rand::random_range(0.0..0.5));
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        () = tokio::time::sleep(spread) => {}
+    }
     let local = Local {
         sampling_period: config.period,
         api_url: config.publish.api_url.clone(),
