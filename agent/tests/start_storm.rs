@@ -34,6 +34,7 @@ async fn a_few_hundred_devices_started_at_once_all_join_and_contribute() {
         devices: DEVICES,
         period: 1.0,
         session_timeout: 4.0,
+        connect_timeout: 60.0,
         zk_hosts: zk.hosts(),
         root: "/storm".into(),
         api_url: api.url(),

@@ -49,12 +49,17 @@ impl ZkServer {
     }
 
     /// For many clients from one address: no per-address connection cap
-    /// (`maxClientCnxns=0`; the default, 60, refuses the 61st session from 127.0.0.1) and
-    /// a heap of `heap_mib` MiB.
+    /// (`maxClientCnxns=0`; the default, 60, refuses the 61st session from 127.0.0.1), an
+    /// accept backlog of 4,096 instead of 50 (a storm of connects overflows 50 and the
+    /// kernel drops the rest, to be retried seconds later), and a heap of `heap_mib` MiB.
     pub fn start_for_fleet(heap_mib: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        write_config(dir.path(), port, "maxClientCnxns=0\n");
+        write_config(
+            dir.path(),
+            port,
+            "maxClientCnxns=0\nclientPortListenBacklog=4096\n",
+        );
         let mut server = Self {
             port,
             secure_port: None,

@@ -50,6 +50,11 @@ struct Args {
     /// Devices' ZooKeeper session timeout, seconds (1 to 10 with the started server).
     #[arg(long, default_value_t = 4.0)]
     session_timeout: f64,
+    /// How long a device may take to connect and start before it gives up, seconds (the
+    /// agent's `connect_timeout`; a storm of thousands of sessions on a small machine may
+    /// need more than the default).
+    #[arg(long, default_value_t = 60.0)]
+    connect_timeout: f64,
     /// How long every device may take to join, seconds.
     #[arg(long, default_value_t = 120.0)]
     join_within: f64,
@@ -214,6 +219,21 @@ async fn main() -> Result<()> {
         args.period >= 0.1 && args.seconds >= args.period,
         "--period must be at least 0.1 s and --seconds at least one period"
     );
+    // Each device's two plugin instances take ~14 memory mappings; Linux's default limit
+    // (65,530) ends a simulation near 4,600 devices with "Cannot allocate memory".
+    let maps_needed = args.devices * 14 + 10_000;
+    if let Some(limit) = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|limit| *limit < maps_needed)
+    {
+        eprintln!(
+            "bench-fleet: vm.max_map_count is {limit}; {} devices need about {maps_needed} \
+             memory mappings: `sysctl -w vm.max_map_count={}` first",
+            args.devices,
+            maps_needed.next_power_of_two()
+        );
+    }
     let seen = Arc::new(Mutex::new(Seen::default()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -244,6 +264,7 @@ async fn main() -> Result<()> {
         devices: args.devices,
         period: args.period,
         session_timeout: args.session_timeout,
+        connect_timeout: args.connect_timeout,
         zk_hosts: zk_hosts.clone(),
         root: format!("/bench-fleet-{}", uuid::Uuid::new_v4().simple()),
         api_url: api.url(),

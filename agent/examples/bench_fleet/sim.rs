@@ -30,6 +30,8 @@ pub struct Spec {
     /// Sampling period, seconds.
     pub period: f64,
     pub session_timeout: f64,
+    /// How long a device may take to connect and start, seconds (`connect_timeout`).
+    pub connect_timeout: f64,
     pub zk_hosts: String,
     /// The fleet's root node.
     pub root: String,
@@ -49,7 +51,7 @@ impl Spec {
     /// The agent.toml every device reads (its id and hosts come as overrides, as flags
     /// would).
     fn agent_toml(&self, token_file: &Path) -> String {
-        fleetmeter_testkit::fleet::agent_toml(
+        let toml = fleetmeter_testkit::fleet::agent_toml(
             self.session_timeout,
             self.period,
             &format!(
@@ -60,6 +62,11 @@ impl Spec {
             &self.plugin_dir,
             &self.cache_dir,
             "",
+        );
+        toml.replacen(
+            "[zookeeper]\n",
+            &format!("[zookeeper]\nconnect_timeout = {}\n", self.connect_timeout),
+            1,
         )
     }
 }

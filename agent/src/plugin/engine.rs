@@ -465,11 +465,12 @@ impl EpochClock {
         let spawned = thread::Builder::new()
             .name("fleetmeter-epoch".into())
             .spawn(move || {
+                // A tick after the call started, not at once: a call shorter than a tick
+                // (a sample takes microseconds) is never interrupted to yield.
                 while thread_clock.wait_for_calls() {
+                    thread::sleep(tick);
                     let Some(engine) = weak.upgrade() else { return };
                     engine.increment_epoch();
-                    drop(engine);
-                    thread::sleep(tick);
                 }
             });
         if let Err(err) = spawned {
