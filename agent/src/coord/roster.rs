@@ -66,6 +66,8 @@ pub struct Roster {
     listed: bool,
     /// The member list line is due.
     announce: bool,
+    /// The last refresh failed (logged once per run of failures).
+    failing: bool,
     /// Joined and left since the last log line.
     joined: Vec<String>,
     left: Vec<String>,
@@ -98,6 +100,7 @@ impl Roster {
             relist: true,
             listed: false,
             announce: false,
+            failing: false,
             joined: Vec::new(),
             left: Vec::new(),
         }
@@ -105,8 +108,29 @@ impl Roster {
 
     /// Brings the view up to date: sets the watch (again, in a rebuilt session), lists the
     /// devices when events may have been missed, and applies the events received so far.
-    /// On an error the last view stands and the next call tries again.
+    /// On an error the last view stands and the next call tries again; the first error of a
+    /// run of them is logged, and the recovery.
     pub async fn refresh(&mut self) -> Result<(), CoordError> {
+        let result = self.try_refresh().await;
+        match (&result, self.failing) {
+            (Err(CoordError::Closed), _) => {}
+            (Err(err), false) => {
+                self.failing = true;
+                tracing::warn!(error = %err, "cannot follow the member list; collecting with the last one known until it works again");
+            }
+            (Ok(()), true) => {
+                self.failing = false;
+                tracing::info!(
+                    members = self.members.len(),
+                    "following the member list again"
+                );
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn try_refresh(&mut self) -> Result<(), CoordError> {
         let generation = match self.session.current_status() {
             SessionStatus::Connected { generation } => generation,
             SessionStatus::Closed => return Err(CoordError::Closed),
@@ -123,10 +147,18 @@ impl Roster {
             self.watch = None;
             let client = self.session.client()?;
             // The watch first, then the list: nothing that happens between is missed.
-            let watcher = client
+            let watcher = match client
                 .watch(DEVICES, AddWatchMode::PersistentRecursive)
                 .await
-                .map_err(|e| CoordError::zk("watch", DEVICES, e))?;
+            {
+                Ok(watcher) => watcher,
+                Err(zookeeper_client::Error::Unimplemented) => {
+                    return Err(CoordError::Settings(
+                        "this ZooKeeper has no persistent watches: fleetmeter needs ZooKeeper 3.6 or later".into(),
+                    ));
+                }
+                Err(e) => return Err(CoordError::zk("watch", DEVICES, e)),
+            };
             self.watch = Some(Watch {
                 watcher,
                 generation,

@@ -92,13 +92,9 @@ pub(crate) struct ZkReadings<'a> {
 
 impl ReadingSource for ZkReadings<'_> {
     async fn members(&mut self) -> Option<Vec<String>> {
-        match self.roster.refresh().await {
-            Ok(()) => Some(self.roster.members()),
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot refresh the member list; the last one stands");
-                None
-            }
-        }
+        // Errors are logged by the roster, once per run of them.
+        self.roster.refresh().await.ok()?;
+        Some(self.roster.members())
     }
 
     async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>> {
