@@ -34,6 +34,22 @@ impl ZkServer {
 
     /// [`ZkServer::start`] with `extra` lines in zoo.cfg (e.g. `enforce.auth.enabled=true`).
     pub fn start_with(extra: &str) -> Self {
+        Self::launch(extra, Vec::new())
+    }
+
+    /// For many clients from one address: no per-address connection cap
+    /// (`maxClientCnxns=0`; the default, 60, refuses the 61st session from 127.0.0.1), an
+    /// accept backlog of 4,096 instead of 50 (a storm of connects overflows 50 and the
+    /// kernel drops the rest, to be retried seconds later), and a heap of `heap_mib` MiB.
+    pub fn start_for_fleet(heap_mib: u32) -> Self {
+        Self::launch(
+            "maxClientCnxns=0\nclientPortListenBacklog=4096\n",
+            vec![format!("-Xmx{heap_mib}m")],
+        )
+    }
+
+    /// A server on a free port with `extra` zoo.cfg lines and `jvm` options.
+    fn launch(extra: &str, jvm: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         write_config(dir.path(), port, extra);
@@ -42,30 +58,7 @@ impl ZkServer {
             secure_port: None,
             dir,
             child: None,
-            jvm: Vec::new(),
-        };
-        server.spawn();
-        server
-    }
-
-    /// For many clients from one address: no per-address connection cap
-    /// (`maxClientCnxns=0`; the default, 60, refuses the 61st session from 127.0.0.1), an
-    /// accept backlog of 4,096 instead of 50 (a storm of connects overflows 50 and the
-    /// kernel drops the rest, to be retried seconds later), and a heap of `heap_mib` MiB.
-    pub fn start_for_fleet(heap_mib: u32) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        write_config(
-            dir.path(),
-            port,
-            "maxClientCnxns=0\nclientPortListenBacklog=4096\n",
-        );
-        let mut server = Self {
-            port,
-            secure_port: None,
-            dir,
-            child: None,
-            jvm: vec![format!("-Xmx{heap_mib}m")],
+            jvm,
         };
         server.spawn();
         server
