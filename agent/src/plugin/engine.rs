@@ -450,6 +450,9 @@ struct EpochClock {
 struct ClockState {
     /// Plugin calls in progress.
     running: usize,
+    /// The clock thread waits on the condition variable: only then does a call's start
+    /// wake it (a wake is a futex syscall, which would cost each call about a microsecond).
+    parked: bool,
     /// The engine is gone: the thread ends.
     stopped: bool,
 }
@@ -488,15 +491,18 @@ impl EpochClock {
     fn wait_for_calls(&self) -> bool {
         let mut state = self.lock();
         while state.running == 0 && !state.stopped {
+            state.parked = true;
             state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+        state.parked = false;
         !state.stopped
     }
 
     fn start(&self) {
         let mut state = self.lock();
         state.running += 1;
-        if state.running == 1 {
+        if state.parked {
+            state.parked = false;
             self.wake.notify_one();
         }
     }
