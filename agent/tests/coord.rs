@@ -323,12 +323,12 @@ async fn membership_recreates_a_deleted_node_and_the_roster_sees_joins_writes_an
     let (one, two) = ("1".to_owned(), "2".to_owned());
     roster_sees(&mut roster, &["1", "2"], Duration::from_secs(10)).await;
     assert_eq!(
-        roster.read_changed(&[&one, &two]).await.unwrap(),
+        roster.read(&[&one, &two], false).await.unwrap(),
         [Some(b"{}".to_vec()), Some(b"{}".to_vec())],
         "joined devices count as changed"
     );
     assert_eq!(
-        roster.read_changed(&[&one, &two]).await.unwrap(),
+        roster.read(&[&one, &two], false).await.unwrap(),
         [None, None],
         "read once, unchanged until written"
     );
@@ -337,9 +337,14 @@ async fn membership_recreates_a_deleted_node_and_the_roster_sees_joins_writes_an
         .wait(tokio::time::Instant::now() + Duration::from_secs(10))
         .await;
     assert_eq!(
-        roster.read_changed(&[&one, &two]).await.unwrap(),
+        roster.read(&[&one, &two], false).await.unwrap(),
         [Some(b"{\"round\":3}".to_vec()), None],
         "only the written node is read again"
+    );
+    assert_eq!(
+        roster.read(&[&one, &two], true).await.unwrap(),
+        [Some(b"{\"round\":3}".to_vec()), Some(b"{}".to_vec())],
+        "everything known, without reading it again"
     );
 
     // Removed behind its back (the original's NoNodeError case): the next write re-creates it.

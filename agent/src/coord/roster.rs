@@ -15,7 +15,7 @@
 //! [ZOOKEEPER-4698]: https://issues.apache.org/jira/browse/ZOOKEEPER-4698
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     panic::AssertUnwindSafe,
     time::Duration,
 };
@@ -59,6 +59,8 @@ pub struct Roster {
     members: BTreeSet<String>,
     /// Devices whose node may have changed since it was last read.
     changed: HashSet<String>,
+    /// What each device's node held when last read.
+    data: HashMap<String, Vec<u8>>,
     /// The member list must be read again (first use, or events may have been lost).
     relist: bool,
     /// Whether the member list was read at least once (the first list's devices are not
@@ -97,6 +99,7 @@ impl Roster {
             watch: None,
             members: BTreeSet::new(),
             changed: HashSet::new(),
+            data: HashMap::new(),
             relist: true,
             listed: false,
             announce: false,
@@ -186,26 +189,26 @@ impl Roster {
         self.members.is_empty()
     }
 
-    /// The node data of each of `devices`, in order, read in multis of [`READ_BATCH`] —
-    /// only for the nodes that changed since they were last read; `None` for the others,
-    /// and for a node that is gone. A failed read marks its devices changed again.
-    pub async fn read_changed(
+    /// The node data of each of `devices`, in order. Nodes that changed since the roster
+    /// last read them are read again, in multis of [`READ_BATCH`]; the others come from
+    /// what it read before. With `all`, every device's latest data is returned; without,
+    /// only the data just read (`None` for the rest). `None` also for a node that is gone or
+    /// was never read. A failed read marks its devices changed again.
+    pub async fn read(
         &mut self,
         devices: &[&String],
+        all: bool,
     ) -> Result<Vec<Option<Vec<u8>>>, CoordError> {
         self.drain();
-        let wanted: Vec<(usize, &String)> = devices
+        let wanted: Vec<&String> = devices
             .iter()
-            .enumerate()
-            .filter(|(_, d)| self.changed.remove(d.as_str()))
-            .map(|(i, d)| (i, *d))
+            .filter(|d| self.changed.remove(d.as_str()))
+            .copied()
             .collect();
-        let mut out = vec![None; devices.len()];
         let client = match self.session.client() {
             Ok(client) => client,
             Err(err) => {
-                self.changed
-                    .extend(wanted.iter().map(|(_, d)| (*d).clone()));
+                self.changed.extend(wanted.iter().map(|d| (*d).clone()));
                 return Err(err);
             }
         };
@@ -213,28 +216,40 @@ impl Roster {
             let mut reader = client.new_multi_reader();
             let added = batch
                 .iter()
-                .try_for_each(|(_, device)| reader.add_get_data(&paths::device(device)));
+                .try_for_each(|device| reader.add_get_data(&paths::device(device)));
             let read = match added {
                 Ok(()) => reader.commit().await,
                 Err(e) => Err(e),
             };
             match read {
                 Ok(results) => {
-                    for ((i, _), result) in batch.iter().zip(results) {
-                        if let MultiReadResult::Data { data, .. } = result {
-                            out[*i] = Some(data);
+                    for (device, result) in batch.iter().zip(results) {
+                        match result {
+                            MultiReadResult::Data { data, .. } => {
+                                self.data.insert((*device).clone(), data);
+                            }
+                            _ => {
+                                self.data.remove(device.as_str());
+                            }
                         }
                     }
                 }
                 Err(e) => {
                     // Nothing of this call is returned: every node stays to be read.
-                    self.changed
-                        .extend(wanted.iter().map(|(_, d)| (*d).clone()));
+                    self.changed.extend(wanted.iter().map(|d| (*d).clone()));
                     return Err(CoordError::zk("read", DEVICES, e));
                 }
             }
         }
-        Ok(out)
+        let fresh: HashSet<&str> = wanted.iter().map(|d| d.as_str()).collect();
+        Ok(devices
+            .iter()
+            .map(|d| {
+                (all || fresh.contains(d.as_str()))
+                    .then(|| self.data.get(d.as_str()).cloned())
+                    .flatten()
+            })
+            .collect())
     }
 
     /// Waits for the next change (a device joined, left or wrote its node) or until `until`,
@@ -311,6 +326,7 @@ impl Roster {
                     self.left.push(id.to_owned());
                 }
                 self.changed.remove(id);
+                self.data.remove(id);
             }
             // `{root}/devices` itself deleted or created (a root deleted by hand).
             (EventType::NodeDeleted | EventType::NodeCreated, None) => self.relist = true,
@@ -336,6 +352,7 @@ impl Roster {
         self.listed = true;
         self.announce = true;
         self.changed = now.iter().cloned().collect();
+        self.data.retain(|id, _| now.contains(id));
         self.members = now;
         self.relist = false;
         Ok(())

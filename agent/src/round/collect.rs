@@ -85,9 +85,22 @@ pub(crate) async fn collect(
     }
 }
 
-/// The device nodes under `{root}/devices`, as the leader's roster sees them change.
+/// The device nodes under `{root}/devices`, as the leader's roster sees them change. The
+/// first look of a collection sees every device's latest data (a node read during an
+/// earlier round may hold this round's reading by now, or a reading written ahead); later
+/// looks see only the nodes that changed since.
 pub(crate) struct ZkReadings<'a> {
-    pub roster: &'a mut Roster,
+    roster: &'a mut Roster,
+    first: bool,
+}
+
+impl<'a> ZkReadings<'a> {
+    pub fn new(roster: &'a mut Roster) -> Self {
+        Self {
+            roster,
+            first: true,
+        }
+    }
 }
 
 impl ReadingSource for ZkReadings<'_> {
@@ -98,7 +111,10 @@ impl ReadingSource for ZkReadings<'_> {
     }
 
     async fn readings(&mut self, devices: &[&String]) -> Option<Vec<Option<Vec<u8>>>> {
-        self.roster.read_changed(devices).await.ok()
+        let all = self.first;
+        let read = self.roster.read(devices, all).await.ok()?;
+        self.first = false;
+        Some(read)
     }
 
     async fn wait(&mut self, until: Instant) {

@@ -189,9 +189,7 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
         let collect_started = Instant::now();
         let members = roster.members();
         let mut collected = collect::collect(
-            &mut ZkReadings {
-                roster: &mut roster,
-            },
+            &mut ZkReadings::new(&mut roster),
             members,
             round,
             schedule.collect_until(),

@@ -125,11 +125,10 @@ pub async fn run(
     });
     let started = Instant::now();
     // Devices powered on together connect together; their first writes (configuration,
-    // device node) are spread over up to half a period (at most 1 s).
-    let spread = config
-        .period
-        .min(Duration::from_secs(2))
-        .mul_f64(rand::random_range(0.0..0.5));
+    // device node) are spread over up to a quarter period (at most 250 ms).
+    let spread = (config.period / 4)
+        .min(Duration::from_millis(250))
+        .mul_f64(rand::random_range(0.0..1.0));
     tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         () = tokio::time::sleep(spread) => {}
