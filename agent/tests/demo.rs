@@ -68,6 +68,8 @@ async fn the_demo_runs_the_fleet_and_stops_everything_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the demo's fleet running: stop it as ctrl-c would.
+    let _stop_on_panic = StopDemo(child.id());
     let output = Arc::new(Mutex::new(String::new()));
     for stream in [
         Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -183,4 +185,22 @@ async fn the_demo_runs_the_fleet_and_stops_everything_on_ctrl_c() {
         text.contains(&format!("logs are in {}", dir.path().display())),
         "{text}"
     );
+}
+
+/// Sends the demo script the signal ctrl-c would when dropped (a no-op once it has exited).
+struct StopDemo(u32);
+
+impl Drop for StopDemo {
+    fn drop(&mut self) {
+        // Only while it is still the demo (its pid is not reused by then).
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("scripts/demo") {
+            return;
+        }
+        let signal = if sigint_ignored() { "-TERM" } else { "-INT" };
+        let _ = Command::new("kill")
+            .args([signal, &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
