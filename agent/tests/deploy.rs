@@ -251,6 +251,39 @@ fn ignored(path: &str) -> bool {
         })
 }
 
+/// What `scripts/compose-check` found when the image was first built for real: Compose v1
+/// (Debian 12's `docker-compose`) refuses a top-level `name:`, and its classic builder knows
+/// neither `RUN --mount` nor a `# syntax=` line (which BuildKit would pull from a registry).
+/// The project name lives in `.env`, which both Compose versions read.
+#[test]
+fn the_files_build_and_start_with_compose_v1_and_the_classic_builder() {
+    let compose = yaml("docker-compose.yml");
+    assert!(
+        compose.get("name").is_none(),
+        "docker-compose.yml: no top-level `name:` (Compose v1 refuses it); see .env"
+    );
+    let env = read(".env");
+    assert!(
+        env.lines()
+            .any(|l| l.trim() == "COMPOSE_PROJECT_NAME=fleetmeter"),
+        ".env names the project: {env}"
+    );
+    let text = read("Dockerfile");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("# syntax=")),
+        "Dockerfile: no `# syntax=` line"
+    );
+    for instruction in dockerfile() {
+        assert!(
+            !(instruction.keyword == "RUN" && instruction.args.contains("--mount")),
+            "Dockerfile: RUN --mount needs BuildKit: {}",
+            instruction.args
+        );
+    }
+}
+
 #[test]
 fn every_path_the_dockerfile_copies_exists_and_every_manifest_reaches_the_dependency_layer() {
     let copies = context_copies();
