@@ -1,0 +1,139 @@
+"""Shared by scripts/compose-check and scripts/fault-check: running docker and compose,
+waiting for containers, reading the API's stored rounds, and the checks every run ends with
+(stored rounds strictly increasing, none doubled, none missing, the counter equal to the
+readings in them).
+
+Standard library only: both scripts run on a fresh machine before anything is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CheckFailed(Exception):
+    """A check that did not hold; the message says what was expected and what was seen."""
+
+
+def log(prefix: str, message: str) -> None:
+    print(f"[{prefix}] {message}", flush=True)
+
+
+def run(args: list[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
+        input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Runs a command; on failure raises CheckFailed with the command and its output."""
+    try:
+        done = subprocess.run(args, cwd=ROOT, text=True, capture_output=capture, timeout=timeout,
+                              input=input_text)
+    except subprocess.TimeoutExpired as e:
+        raise CheckFailed(f"`{' '.join(args)}` did not finish within {timeout} s") from e
+    if check and done.returncode != 0:
+        output = ((done.stdout or "") + (done.stderr or "")).strip()[-3000:]
+        raise CheckFailed(f"`{' '.join(args)}` exited {done.returncode}:\n{output}")
+    return done
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2) where it exists, else `docker-compose` (v1, as Debian 12 ships)."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise CheckFailed("neither `docker compose` nor `docker-compose` is installed "
+                      "(Debian: apt-get install docker-compose)")
+
+
+def inspect(container: str) -> dict:
+    out = run(["docker", "inspect", container]).stdout
+    return json.loads(out)[0]
+
+
+def wait_until(what: str, predicate, timeout: float, interval: float = 0.5):
+    """Polls `predicate` until it returns something truthy; CheckFailed after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except CheckFailed as e:
+            last_error = e
+        time.sleep(interval)
+    detail = f" (last: {last_error})" if last_error else ""
+    raise CheckFailed(f"{what}: not within {timeout:.0f} s{detail}")
+
+
+def http_json(url: str, timeout: float = 5.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise CheckFailed(f"GET {url}: {e}") from e
+
+
+def stored_rounds(api: str) -> list[dict]:
+    """Every stored round the API lists (newest first there), oldest first."""
+    rounds = http_json(f"{api}/api/v1/rounds?limit=1000")
+    return sorted(rounds, key=lambda r: r["round"])
+
+
+def check_rounds(rounds: list[dict], expected_devices: int | None = None) -> str:
+    """The checks every run ends with, on the API's stored rounds (oldest first, as listed):
+    round numbers strictly increasing with none doubled and none missing between the first
+    and the last, each round's count equal to its devices, and the counter equal to the
+    readings in them (each round's counter is the previous one's plus its count). Returns a
+    one-line summary."""
+    if len(rounds) < 2:
+        raise CheckFailed(f"only {len(rounds)} stored round(s); expected a run of them")
+    numbers = [r["round"] for r in rounds]
+    doubled = sorted({n for n in numbers if numbers.count(n) > 1})
+    if doubled:
+        raise CheckFailed(f"rounds stored more than once: {doubled}")
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+    if missing:
+        raise CheckFailed(f"rounds missing between {numbers[0]} and {numbers[-1]}: {missing}")
+    for r in rounds:
+        if r["count"] != len(r["devices"]):
+            raise CheckFailed(f"round {r['round']}: count {r['count']} but devices {r['devices']}")
+        if expected_devices is not None and r["count"] > expected_devices:
+            raise CheckFailed(f"round {r['round']}: {r['count']} readings from a fleet of "
+                              f"{expected_devices}")
+        if r.get("counter") is None:
+            raise CheckFailed(f"round {r['round']} has no counter")
+    for before, after in zip(rounds, rounds[1:]):
+        if after["counter"] != before["counter"] + after["count"]:
+            raise CheckFailed(
+                f"counter: round {before['round']} has {before['counter']}, round "
+                f"{after['round']} has {after['counter']} with {after['count']} readings "
+                f"(expected {before['counter'] + after['count']})")
+    readings = sum(r["count"] for r in rounds[1:])
+    full = sum(1 for r in rounds if expected_devices and r["count"] == expected_devices)
+    summary = (f"{len(rounds)} stored rounds {numbers[0]}..{numbers[-1]}: strictly increasing, "
+               f"none doubled, none missing; counter {rounds[0]['counter']} -> "
+               f"{rounds[-1]['counter']} = the {readings} readings after the first")
+    if expected_devices:
+        summary += f"; {full} with all {expected_devices} devices"
+    return summary
+
+
+def fail(prefix: str, error: Exception) -> None:
+    print(f"[{prefix}] FAILED: {error}", file=sys.stderr, flush=True)
