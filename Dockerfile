@@ -52,6 +52,9 @@ RUN find agent api wire serve sensor-sdk plugins -name '*.rs' -not -path '*/targ
  && scripts/build-plugins --locked \
  && mkdir -p /out \
  && for b in fleetmeter fleetmeter-api; do strip --strip-debug -o "/out/$b" "target/release/$b"; done
+# Marks this stage's last image (untagged, GBs of build output) so that scripts/compose-check can
+# remove the ones older builds left; here, after the long steps, it costs them no cache.
+LABEL io.fleetmeter.stage=build
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent fleetmeter \
