@@ -14,7 +14,7 @@ use crate::{
         paths::{self, DEVICES, RESULTS},
     },
     publish::outbox::{self, Ledger},
-    wire::DeviceReading,
+    wire::{DeviceReading, Shown},
 };
 
 /// One device as `status` shows it.
@@ -180,7 +180,7 @@ pub fn render(status: &Status) -> String {
             Some(r) => out.push_str(&format!(
                 "  {}{mark}: {} in round {}\n",
                 one_line(&m.id),
-                r.value,
+                Shown(r.value),
                 r.round
             )),
             None => out.push_str(&format!("  {}{mark}: no reading yet\n", one_line(&m.id))),
@@ -297,5 +297,33 @@ mod tests {
         assert!(text.contains(r"leader:   x\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m"));
         assert!(text.contains(r"  d\u{202e}1: no reading yet"));
         assert!(text.contains(r"  api_url = x\n2026"));
+    }
+
+    #[test]
+    fn readings_are_shown_without_float_noise() {
+        let status = Status {
+            root: "/fleetmeter".into(),
+            leader: Some("1".into()),
+            contenders: vec!["1".into()],
+            members: vec![Member {
+                id: "1".into(),
+                reading: Some(DeviceReading {
+                    round: 4,
+                    value: 78.66666666666667,
+                    ts: 1,
+                }),
+            }],
+            round: Some(4),
+            counter: Some(9),
+            backlog: 0,
+            rejected: vec![],
+            outbox: None,
+            config: BTreeMap::new(),
+        };
+        let text = render(&status);
+        assert!(
+            text.contains("  1 (leader): 78.6667 in round 4\n"),
+            "{text}"
+        );
     }
 }

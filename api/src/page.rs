@@ -1,7 +1,11 @@
 //! `GET /`: the latest rounds as a server-rendered HTML page with an SVG chart, the serving
-//! hostname (as the original page showed) and auto-refresh. No JavaScript at all.
+//! hostname (as the original page showed) and auto-refresh. No JavaScript at all. Values are
+//! shown as people read them ([`Shown`]: no binary-float noise); the API's JSON keeps them
+//! whole.
 
 use std::fmt::Write;
+
+use fleetmeter_wire::Shown;
 
 use crate::round::{LegacyValue, Round};
 
@@ -48,7 +52,12 @@ svg {{ border: 1px solid #ddd; background: #fafafa; }}
     if !values.is_empty() {
         html.push_str("<h2>Values from <code>GET /nuevo</code></h2>\n<ul id=\"values\">\n");
         for v in values {
-            let _ = writeln!(html, "<li>{} ----&gt; {} °C</li>", format_ts(v.ts), v.value);
+            let _ = writeln!(
+                html,
+                "<li>{} ----&gt; {} °C</li>",
+                format_ts(v.ts),
+                Shown(v.value)
+            );
         }
         html.push_str("</ul>\n");
     }
@@ -86,9 +95,9 @@ fn chart(html: &mut String, rounds: &[Round]) {
         html,
         r#"<text class="axis" x="4" y="{:.1}">{}</text><text class="axis" x="4" y="{:.1}">{}</text>"#,
         y(max) + 4.0,
-        trim(max),
+        Shown(max),
         y(min) + 4.0,
-        trim(min)
+        Shown(min)
     );
     let polyline: Vec<String> = points
         .iter()
@@ -108,7 +117,11 @@ fn chart(html: &mut String, rounds: &[Round]) {
             x(i),
             y(r.value),
             r.round,
-            escape(&format!("{} {}", r.value, r.unit.as_deref().unwrap_or("")))
+            escape(&format!(
+                "{} {}",
+                Shown(r.value),
+                r.unit.as_deref().unwrap_or("")
+            ))
         );
     }
     html.push_str("</svg>\n");
@@ -126,7 +139,7 @@ fn table(html: &mut String, rounds: &[Round]) {
              <td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             format_ts(r.ts),
             r.round,
-            r.value,
+            Shown(r.value),
             escape(r.unit.as_deref().unwrap_or("")),
             r.count,
             escape(&r.leader),
@@ -134,11 +147,6 @@ fn table(html: &mut String, rounds: &[Round]) {
         );
     }
     html.push_str("</tbody>\n</table>\n");
-}
-
-fn trim(v: f64) -> String {
-    let s = format!("{v:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Text from clients (device ids, leader, aggregator) goes through here before the page:

@@ -6,11 +6,15 @@
 //!   it commits it (a result the API would refuse is never produced) and the API checks every
 //!   body it is sent.
 //! - [`DeviceReading`]: what a device writes to its node, `{root}/devices/{id}`.
+//! - [`Shown`]: a value as people read it (the page, the demo, `fleetmeter status`, logs).
 //! - The limits ([`MAX_ID_BYTES`], [`MAX_DEVICES`], [`MAX_UNIT_CHARS`], [`MAX_ROUND_JSON`]):
 //!   device ids, plugin metadata and fleet size are checked against these at the agent's
 //!   start, so the agent and the API cannot disagree.
 
 use serde::{Deserialize, Serialize};
+
+mod shown;
+pub use shown::{SIGNIFICANT_DIGITS, Shown};
 
 /// Longest device id, leader id or aggregator label, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 128;

@@ -30,7 +30,7 @@ use crate::{
     backoff::Backoff,
     config::PublishSettings,
     coord::{CoordError, Session, paths::RESULTS},
-    wire::Round,
+    wire::{Round, Shown},
 };
 
 /// How long the publisher idles between drains when nothing nudges it.
@@ -156,7 +156,7 @@ impl Publisher {
                     self.report(|e| e.delivered(&delivery));
                     match &delivery {
                         Delivery::Stored => {
-                            tracing::info!(round = result.round, value = result.value, api = %url, "round published to the API");
+                            tracing::info!(round = result.round, value = %Shown(result.value), api = %url, "round published to the API");
                             outbox::remove_delivered(&client, &path, &loaded).await?;
                         }
                         Delivery::Duplicate => {

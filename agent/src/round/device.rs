@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use crate::{
     coord::{CoordError, barrier, membership::Membership},
-    wire::{DeviceReading, now_ms},
+    wire::{DeviceReading, Shown, now_ms},
 };
 
 /// Pause before re-reading the round after a ZooKeeper error.
@@ -61,7 +61,9 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
         };
         let data = serde_json::to_vec(&reading).expect("a reading serializes");
         match membership.publish(data).await {
-            Ok(()) => tracing::info!(device = %id, round, value, "reading sent to ZooKeeper"),
+            Ok(()) => {
+                tracing::info!(device = %id, round, value = %Shown(value), "reading sent to ZooKeeper")
+            }
             Err(CoordError::Closed) => return,
             Err(err) => {
                 tracing::warn!(device = %id, round, error = %err, "cannot write the reading")

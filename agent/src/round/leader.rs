@@ -39,7 +39,7 @@ use crate::{
     },
     publish::outbox::{self, Ledger},
     telemetry::CommittedRound,
-    wire::{InvalidRound, MAX_DEVICES, Round, now_ms},
+    wire::{InvalidRound, MAX_DEVICES, Round, Shown, now_ms},
 };
 
 /// Pause after a failed commit or a lost term, so that a persistent failure is no hot loop.
@@ -260,7 +260,7 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
                     members = collected.live,
                     readings = collected.readings.len(),
                     missed = collected.missed,
-                    value,
+                    value = value.map(|v| tracing::field::display(Shown(v))),
                     aggregator = %aggregated.aggregator,
                     counter = committed.counter,
                     collect_ms = %format_args!("{:.1}", collect_time.as_secs_f64() * 1000.0),
