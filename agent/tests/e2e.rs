@@ -40,6 +40,35 @@ async fn three_devices_publish_every_period_exactly_once() {
         assert_eq!(r["unit"], "°C");
         let v = r["value"].as_f64().unwrap();
         assert!((75.0..=85.0).contains(&v), "{v}");
+        // Contract version 2: each device's reading travels with the round, and the mean
+        // aggregator's value is their mean.
+        assert_eq!(r["version"], 2, "{r}");
+        let values: Vec<f64> = r["values"]
+            .as_array()
+            .unwrap_or_else(|| panic!("values in {r}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), 3, "{r}");
+        assert!(values.iter().all(|x| (75.0..=85.0).contains(x)), "{r}");
+        let mean = values.iter().sum::<f64>() / 3.0;
+        assert!(
+            (mean - v).abs() < 1e-9,
+            "value {v} is not the mean of {values:?}"
+        );
+    }
+    // The API keeps each device's readings.
+    let devices: Vec<Value> = reqwest::get(format!("{}api/v1/devices", fleet.api_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1", "2", "3"], "{devices:?}");
+    for d in &devices {
+        let last = d["last_value"].as_f64().unwrap_or_else(|| panic!("{d}"));
+        assert!((75.0..=85.0).contains(&last), "{d}");
     }
     // A fixed schedule: the median spacing of commits is the period.
     let mut gaps: Vec<u64> = rounds

@@ -23,6 +23,7 @@ async fn session(zk: &ZkServer) -> Session {
 }
 
 fn round(n: u64, devices: usize) -> Round {
+    let count = devices;
     let devices: Vec<String> = (0..devices)
         .map(|i| format!("{i:0>width$}", width = MAX_ID_BYTES))
         .collect();
@@ -36,6 +37,8 @@ fn round(n: u64, devices: usize) -> Round {
         ts: 1_764_201_600_000,
         unit: None,
         counter: Some(n as i64),
+        version: fleetmeter::wire::VERSION,
+        values: Some(vec![20.5; count]),
     }
 }
 

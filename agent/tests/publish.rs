@@ -94,6 +94,8 @@ fn result(round: u64, value: f64) -> Round {
         ts: 1_766_334_379_000,
         unit: Some("°C".into()),
         counter: Some(round as i64),
+        version: fleetmeter::wire::VERSION,
+        values: Some(vec![value - 0.5, value + 0.5]),
     }
 }
 

@@ -202,6 +202,8 @@ mod tests {
                 ts: 1_766_334_379_000,
                 unit: Some("°C".into()),
                 counter: None,
+                version: fleetmeter_wire::VERSION,
+                values: Some(vec![80.0 + n as f64]),
             })
             .collect();
         let html = render("host-1", &rounds, &[]);

@@ -18,6 +18,7 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
+use fleetmeter_wire::Shown;
 use serde_json::{Value, json};
 
 use crate::{
@@ -26,7 +27,7 @@ use crate::{
     metrics::{RequestLabels, RouteLabels},
     page,
     round::Round,
-    store::{PutOutcome, StoreError},
+    store::{PutOutcome, StoreError, StoredReading},
 };
 
 /// Largest accepted request body: the largest valid round (10,000 devices with the longest
@@ -37,6 +38,8 @@ pub const DEFAULT_LIMIT: usize = 20;
 pub const MAX_LIMIT: usize = 1000;
 /// Rounds shown on the HTML page.
 pub const PAGE_ROUNDS: usize = 50;
+/// The latest rounds `GET /api/v1/devices` counts a device's missed rounds in.
+pub const RECENT_ROUNDS: usize = 20;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -44,6 +47,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nuevo", get(nuevo))
         .route("/api/v1/rounds", post(post_round).get(list_rounds))
         .route("/api/v1/rounds/{n}", get(get_round))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}/readings", get(device_readings))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
@@ -211,7 +216,7 @@ async fn post_round(
     match outcome {
         PutOutcome::Stored => {
             state.metrics.round_stored(round.round, round.value);
-            tracing::info!(round = round.round, value = round.value, count = round.count, leader = %round.leader, "round stored");
+            tracing::info!(round = round.round, value = %Shown(round.value), count = round.count, leader = %round.leader, "round stored");
             Ok((
                 StatusCode::CREATED,
                 Json(json!({ "round": round.round, "stored": true, "duplicate": false })),
@@ -241,24 +246,84 @@ async fn list_rounds(
     State(state): State<Arc<AppState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<Round>>, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "`limit` must be an integer from 1 to {MAX_LIMIT}, got {raw:?}"
-                )));
-            }
-        },
-    };
+    let limit = limit(query)?;
     let rounds = state
         .store
         .rounds(limit)
         .await
         .map_err(|e| state.storage_failed(e))?;
     Ok(Json(rounds))
+}
+
+/// `?limit=N`: [`DEFAULT_LIMIT`] when absent, at most [`MAX_LIMIT`].
+fn limit(query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<usize, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    match params.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "`limit` must be an integer from 1 to {MAX_LIMIT}, got {raw:?}"
+            ))),
+        },
+    }
+}
+
+/// `GET /api/v1/devices`: every device seen in a stored round, by id, with its latest
+/// reading (from version 2 rounds; `null` when only older agents' rounds name it) and how
+/// many of the latest [`RECENT_ROUNDS`] stored rounds went without it.
+async fn list_devices(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+    let failed = |e| state.storage_failed(e);
+    let latest = state.store.devices().await.map_err(failed)?;
+    let recent = state.store.rounds(RECENT_ROUNDS).await.map_err(failed)?;
+    let mut ids: std::collections::BTreeSet<&str> = latest.keys().map(String::as_str).collect();
+    ids.extend(
+        recent
+            .iter()
+            .flat_map(|r| r.devices.iter().map(String::as_str)),
+    );
+    let devices = ids
+        .into_iter()
+        .map(|id| {
+            let missed = recent
+                .iter()
+                .filter(|r| !r.devices.iter().any(|d| d == id))
+                .count();
+            let last = latest.get(id);
+            json!({
+                "id": id,
+                "last_round": last.map(|r| r.round),
+                "last_seen": last.map(|r| r.ts),
+                "last_value": last.map(|r| r.value),
+                "recent_rounds": recent.len(),
+                "missed_recently": missed,
+            })
+        })
+        .collect();
+    Ok(Json(devices))
+}
+
+/// `GET /api/v1/devices/{id}/readings?limit=N`: the device's latest readings, newest first.
+async fn device_readings(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Vec<StoredReading>>, ApiError> {
+    let limit = limit(query)?;
+    fleetmeter_wire::validate_device_id(&id)
+        .map_err(|e| ApiError::BadRequest(format!("device id {e}")))?;
+    let readings = state
+        .store
+        .readings(&id, limit)
+        .await
+        .map_err(|e| state.storage_failed(e))?;
+    if readings.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no readings stored for device {:?} (only version 2 rounds carry them)",
+            id.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(Json(readings))
 }
 
 /// `GET /api/v1/rounds/{n}`.

@@ -5,16 +5,36 @@
 //! - `{p}:rounds` — sorted set of stored round numbers (score = round);
 //! - `{p}:values` — sorted set of `/nuevo` values (member = JSON with the server time);
 //! - `{p}:values:seq` — counter whose value is each `/nuevo` member's score: unique and
-//!   increasing, so values stored within the same millisecond keep their order.
+//!   increasing, so values stored within the same millisecond keep their order;
+//! - `{p}:device:{id}` — sorted set of the device's readings from version 2 rounds (member =
+//!   `{"round","value","ts"}` JSON, score = round), the latest [`READINGS_KEPT`] kept;
+//! - `{p}:devices` — hash of device id → its latest reading (the same JSON).
 //!
-//! Storing a round is one Lua script, so it is atomic: of any number of concurrent writers of
-//! the same round, exactly one stores it and the others see what was stored.
+//! Storing a round (with its devices' readings) is one Lua script, so it is atomic: of any
+//! number of concurrent writers of the same round, exactly one stores it and the others see
+//! what was stored.
+
+use std::collections::BTreeMap;
 
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::round::{LegacyValue, Round};
+
+/// Readings kept per device (older ones are dropped as new rounds arrive): a day of rounds
+/// every 10 s.
+pub const READINGS_KEPT: usize = 8640;
+
+/// One device's reading in one stored round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredReading {
+    pub round: u64,
+    pub value: f64,
+    /// The round's commit time, ms since the Unix epoch.
+    pub ts: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,13 +73,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
+// KEYS: the round's key, the round set, the devices hash. ARGV: the round's JSON, its number,
+// the per-device key prefix, the readings kept per device, then (device id, reading JSON)
+// pairs. (Per-device keys are built here, not declared: one Redis, not a cluster.) The
+// devices hash keeps a device's highest round: a late older round does not replace it.
 const PUT_ROUND: &str = r"
 local existing = redis.call('GET', KEYS[1])
 if existing then
   return existing
 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[2])
+local n = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], n, ARGV[2])
+local keep = tonumber(ARGV[4])
+for i = 5, #ARGV, 2 do
+  local id, reading = ARGV[i], ARGV[i + 1]
+  local key = ARGV[3] .. id
+  redis.call('ZADD', key, n, reading)
+  redis.call('ZREMRANGEBYRANK', key, 0, -keep - 1)
+  local latest = redis.call('HGET', KEYS[3], id)
+  if not latest or cjson.decode(latest).round < n then
+    redis.call('HSET', KEYS[3], id, reading)
+  end
+end
 return false
 ";
 
@@ -104,19 +140,31 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `round` unless that round number is already stored.
+    /// Stores `round` unless that round number is already stored, and with it each device's
+    /// reading (version 2 rounds).
     pub async fn put_round(&self, round: &Round) -> Result<PutOutcome, StoreError> {
         let key = self.round_key(round.round);
         let json = serde_json::to_string(round).expect("a Round always serializes");
         let mut conn = self.conn.clone();
-        let existing: Option<String> = self
-            .put_round
-            .key(&key)
+        let mut invocation = self.put_round.key(&key);
+        invocation
             .key(format!("{}:rounds", self.prefix))
+            .key(format!("{}:devices", self.prefix))
             .arg(&json)
             .arg(round.round)
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(format!("{}:device:", self.prefix))
+            .arg(READINGS_KEPT);
+        for (device, value) in round.readings() {
+            let reading = StoredReading {
+                round: round.round,
+                value,
+                ts: round.ts,
+            };
+            invocation
+                .arg(device)
+                .arg(serde_json::to_string(&reading).expect("a reading always serializes"));
+        }
+        let existing: Option<String> = invocation.invoke_async(&mut conn).await?;
         let Some(existing) = existing else {
             return Ok(PutOutcome::Stored);
         };
@@ -152,6 +200,25 @@ impl Store {
             .collect()
     }
 
+    /// Every device with a stored reading, and its latest one.
+    pub async fn devices(&self) -> Result<BTreeMap<String, StoredReading>, StoreError> {
+        let key = format!("{}:devices", self.prefix);
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(&key).await?;
+        all.into_iter()
+            .map(|(id, json)| Ok((id, parse_json(&key, &json)?)))
+            .collect()
+    }
+
+    /// Device `id`'s `limit` latest readings, newest first (empty for an unknown device).
+    pub async fn readings(&self, id: &str, limit: usize) -> Result<Vec<StoredReading>, StoreError> {
+        let key = format!("{}:device:{id}", self.prefix);
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let mut conn = self.conn.clone();
+        let jsons: Vec<String> = conn.zrevrange(&key, 0, stop).await?;
+        jsons.iter().map(|j| parse_json(&key, j)).collect()
+    }
+
     /// Stores a `/nuevo` value with the server's time.
     pub async fn add_value(&self, value: f64, ts: u64) -> Result<LegacyValue, StoreError> {
         let mut conn = self.conn.clone();
@@ -184,6 +251,10 @@ impl Store {
 }
 
 fn parse_round(key: &str, json: &str) -> Result<Round, StoreError> {
+    parse_json(key, json)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
         key: key.to_owned(),
         reason: e.to_string(),

@@ -78,6 +78,122 @@ async fn rounds_are_stored_listed_newest_first_and_fetched() {
     api.stop().await.expect("clean stop");
 }
 
+/// A version 2 round: each device's value in `values`, in the order of `devices`.
+fn round_v2(round: u64, readings: &[(&str, f64)]) -> Value {
+    let values: Vec<f64> = readings.iter().map(|(_, v)| *v).collect();
+    let mut body = round_json(round, values.iter().sum::<f64>() / values.len() as f64);
+    body["count"] = json!(readings.len());
+    body["devices"] = json!(readings.iter().map(|(d, _)| *d).collect::<Vec<_>>());
+    body["version"] = json!(2);
+    body["values"] = json!(values);
+    body
+}
+
+#[tokio::test]
+async fn devices_and_their_readings_come_from_the_stored_rounds() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(&redis, None).await;
+    let client = Client::new();
+    // Device 3 stops after round 2; round 4 comes from an older agent (version 1: no values)
+    // and names device 4, which no version 2 round has.
+    let bodies = [
+        round_v2(1, &[("1", 80.1), ("2", 79.5), ("3", 81.0)]),
+        round_v2(2, &[("1", 80.2), ("2", 79.6), ("3", 81.1)]),
+        round_v2(3, &[("1", 80.3), ("2", 79.7)]),
+        {
+            let mut old = round_json(4, 80.0);
+            old["devices"] = json!(["1", "2", "4"]);
+            old
+        },
+    ];
+    for body in &bodies {
+        let (status, answer) = post(&client, &api, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let rounds = stored_rounds(&client, &api).await;
+    assert_eq!(rounds[1], bodies[2], "a version 2 round is stored as sent");
+    assert_eq!(rounds[0], bodies[3], "so is a version 1 round");
+
+    let (status, devices) = get_json(&client, &api.url("/api/v1/devices")).await;
+    assert_eq!(status, StatusCode::OK, "{devices}");
+    let by_id = |id: &str| {
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("device {id} in {devices}"))
+            .clone()
+    };
+    assert_eq!(devices.as_array().unwrap().len(), 4, "{devices}");
+    assert_eq!(
+        by_id("1"),
+        json!({"id": "1", "last_round": 3, "last_seen": bodies[2]["ts"], "last_value": 80.3,
+               "recent_rounds": 4, "missed_recently": 0})
+    );
+    let stopped = by_id("3");
+    assert_eq!(stopped["last_round"], 2);
+    assert_eq!(stopped["last_value"], 81.1);
+    assert_eq!(
+        stopped["missed_recently"], 2,
+        "rounds 3 and 4 went without it"
+    );
+    let old_only = by_id("4");
+    assert_eq!(
+        old_only["last_value"],
+        Value::Null,
+        "only a version 1 round names it"
+    );
+    assert_eq!(old_only["missed_recently"], 3);
+
+    let (status, readings) =
+        get_json(&client, &api.url("/api/v1/devices/1/readings?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{readings}");
+    assert_eq!(
+        readings,
+        json!([
+            {"round": 3, "value": 80.3, "ts": bodies[2]["ts"]},
+            {"round": 2, "value": 80.2, "ts": bodies[1]["ts"]},
+        ]),
+        "newest first"
+    );
+    let (_, all) = get_json(&client, &api.url("/api/v1/devices/3/readings")).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (status, unknown) = get_json(&client, &api.url("/api/v1/devices/9/readings")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    let (status, bad) = get_json(&client, &api.url("/api/v1/devices/1/readings?limit=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("`limit`"), "{bad}");
+
+    // A replay of a stored round changes nothing; a version 2 round whose values do not
+    // match its devices is refused, naming the field.
+    let (status, _) = post(&client, &api, &bodies[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut short = round_v2(5, &[("1", 1.0), ("2", 2.0)]);
+    short["values"] = json!([1.0]);
+    let (status, refused) = post(&client, &api, &short).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("`values`"),
+        "{refused}"
+    );
+    let mut future = round_v2(5, &[("1", 1.0)]);
+    future["version"] = json!(3);
+    let (status, refused) = post(&client, &api, &future).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("`version` 3"),
+        "{refused}"
+    );
+    let (_, readings) = get_json(&client, &api.url("/api/v1/devices/1/readings")).await;
+    assert_eq!(
+        readings.as_array().unwrap().len(),
+        3,
+        "nothing stored twice or refused"
+    );
+    api.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn a_replay_is_a_duplicate_and_different_content_is_a_conflict() {
     let redis = RedisServer::start();

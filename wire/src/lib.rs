@@ -1,6 +1,6 @@
 //! The wire contract between the fleet and the measurements API, in one place.
 //!
-//! - [`Round`]: a committed round, as the leader stores it in its outbox
+//! - [`Round`]: a committed round (contract [`VERSION`]), as the leader stores it in its outbox
 //!   (`{root}/results/{n}`) and sends it to `POST /api/v1/rounds`, and as the API stores and
 //!   lists it. [`Round::validate`] is the one set of rules: the agent checks a result before
 //!   it commits it (a result the API would refuse is never produced) and the API checks every
@@ -23,9 +23,24 @@ pub const MAX_DEVICES: usize = 10_000;
 /// Longest unit, in characters.
 pub const MAX_UNIT_CHARS: usize = 16;
 /// The largest JSON a valid [`Round`] serializes to: every id at its longest and every byte
-/// of it escaped (`"` and `\` take two bytes in JSON; control characters are refused), plus
+/// of it escaped (`"` and `\` take two bytes in JSON; control characters are refused), each
+/// device's value at its longest (`-1.7976931348623157e308`, 24 bytes, and a comma), plus
 /// room for the other fields. The API accepts bodies up to this size.
-pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3) + 8 * 1024;
+pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3 + 25) + 8 * 1024;
+
+/// The contract's version, `"version"` in a [`Round`]. 1: the round's aggregate only (a round
+/// without `"version"` is a version 1 round, as agents before version 2 send them). 2: also
+/// each device's value, `"values"`, in the order of `"devices"`.
+pub const VERSION: u32 = 2;
+
+fn version_1() -> u32 {
+    1
+}
+
+/// A version 1 round serializes as older agents and APIs wrote it: without `"version"`.
+fn is_version_1(version: &u32) -> bool {
+    *version == 1
+}
 
 /// One committed round.
 ///
@@ -60,6 +75,13 @@ pub struct Round {
     /// existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counter: Option<i64>,
+    /// The contract's version this round follows ([`VERSION`]); 1 when absent.
+    #[serde(default = "version_1", skip_serializing_if = "is_version_1")]
+    pub version: u32,
+    /// Version 2: each device's reading, `values[i]` from `devices[i]` (finite). Absent in a
+    /// version 1 round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<f64>>,
 }
 
 /// Why a round is refused; the message names the field.
@@ -82,6 +104,18 @@ pub enum InvalidRound {
     Unit,
     #[error("`ts` must be the commit time in milliseconds since the Unix epoch")]
     Timestamp,
+    #[error(
+        "`version` {0} is not one this side knows (1 to {VERSION}): upgrade the API before the agents"
+    )]
+    Version(u32),
+    #[error("`values` must be present in a version 2 round, one per device")]
+    ValuesMissing,
+    #[error("`values` is only part of version 2 rounds; this round says version 1")]
+    ValuesInVersion1,
+    #[error("`values` lists {values} values for {devices} devices")]
+    ValuesMismatch { values: usize, devices: usize },
+    #[error("`values[{index}]` must be a finite number, got {value}")]
+    ValueNotFinite { index: usize, value: f64 },
 }
 
 /// Why an id is refused.
@@ -161,7 +195,34 @@ impl Round {
         if self.ts == 0 {
             return Err(InvalidRound::Timestamp);
         }
+        match (self.version, &self.values) {
+            (1, None) => {}
+            (1, Some(_)) => return Err(InvalidRound::ValuesInVersion1),
+            (2, None) => return Err(InvalidRound::ValuesMissing),
+            (2, Some(values)) => {
+                if values.len() != self.devices.len() {
+                    return Err(InvalidRound::ValuesMismatch {
+                        values: values.len(),
+                        devices: self.devices.len(),
+                    });
+                }
+                if let Some((index, &value)) =
+                    values.iter().enumerate().find(|(_, v)| !v.is_finite())
+                {
+                    return Err(InvalidRound::ValueNotFinite { index, value });
+                }
+            }
+            (other, _) => return Err(InvalidRound::Version(other)),
+        }
         Ok(())
+    }
+
+    /// Each device with its value (version 2), in the round's order; empty for version 1.
+    pub fn readings(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.devices
+            .iter()
+            .map(String::as_str)
+            .zip(self.values.iter().flatten().copied())
     }
 }
 
@@ -189,6 +250,8 @@ mod tests {
             ts: 1_764_201_600_000,
             unit: Some("°C".into()),
             counter: Some(14),
+            version: VERSION,
+            values: Some(vec![80.0, 81.0]),
         }
     }
 
@@ -260,6 +323,41 @@ mod tests {
             (Round { ts: 0, ..round() }, "`ts`"),
             (
                 Round {
+                    version: 3,
+                    ..round()
+                },
+                "`version` 3",
+            ),
+            (
+                Round {
+                    values: None,
+                    ..round()
+                },
+                "`values` must be present",
+            ),
+            (
+                Round {
+                    version: 1,
+                    ..round()
+                },
+                "`values` is only part of version 2",
+            ),
+            (
+                Round {
+                    values: Some(vec![1.0]),
+                    ..round()
+                },
+                "`values` lists 1 values for 2 devices",
+            ),
+            (
+                Round {
+                    values: Some(vec![1.0, f64::NAN]),
+                    ..round()
+                },
+                "`values[1]`",
+            ),
+            (
+                Round {
                     unit: Some("a very long unit name".into()),
                     ..round()
                 },
@@ -294,6 +392,36 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_round_from_an_older_agent_is_valid_and_has_no_readings() {
+        let old: Round = serde_json::from_str(
+            r#"{"round":1,"value":1.5,"count":2,"devices":["1","2"],"aggregator":"mean@0.1.0",
+               "leader":"1","ts":1,"counter":2}"#,
+        )
+        .unwrap();
+        assert_eq!((old.version, old.values.as_ref()), (1, None));
+        assert_eq!(old.validate(), Ok(()));
+        assert_eq!(old.readings().count(), 0);
+        let again = serde_json::to_string(&old).unwrap();
+        assert!(
+            !again.contains("version") && !again.contains("values"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn a_version_2_round_pairs_each_device_with_its_value() {
+        let r = round();
+        assert_eq!(r.readings().collect::<Vec<_>>(), [("1", 80.0), ("2", 81.0)]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""version":2,"values":[80.0,81.0]"#),
+            "{json}"
+        );
+        let back: Round = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn the_largest_valid_round_fits_max_round_json() {
         // Every id at the byte limit and made of the character JSON escapes.
         let devices: Vec<String> = (0..MAX_DEVICES)
@@ -309,6 +437,8 @@ mod tests {
             round: u64::MAX,
             ts: u64::MAX,
             counter: Some(i64::MIN),
+            version: VERSION,
+            values: Some(vec![-f64::MAX; MAX_DEVICES]),
         };
         assert_eq!(big.validate(), Ok(()));
         let json = serde_json::to_vec(&big).unwrap();

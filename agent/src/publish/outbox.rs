@@ -976,6 +976,7 @@ mod tests {
     use super::*;
 
     fn round(devices: usize, id_len: usize) -> Round {
+        let count = devices;
         let devices: Vec<String> = (0..devices)
             .map(|i| format!("{i:0width$}", width = id_len))
             .collect();
@@ -989,6 +990,8 @@ mod tests {
             ts: 1,
             unit: None,
             counter: Some(3),
+            version: crate::wire::VERSION,
+            values: Some(vec![-1.7976931348623157e308; count]),
         }
     }
 

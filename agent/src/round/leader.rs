@@ -39,7 +39,7 @@ use crate::{
     },
     publish::outbox::{self, Ledger},
     telemetry::CommittedRound,
-    wire::{InvalidRound, MAX_DEVICES, Round, Shown, now_ms},
+    wire::{InvalidRound, MAX_DEVICES, Round, Shown, VERSION, now_ms},
 };
 
 /// Pause after a failed commit or a lost term, so that a persistent failure is no hot loop.
@@ -230,6 +230,8 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
             ts: now_ms(),
             unit: ctx.plugins.unit().map(str::to_owned),
             counter: None,
+            version: VERSION,
+            values: Some(collected.readings.iter().map(|r| r.value).collect()),
         });
         let commit_started = Instant::now();
         let commit = committer.commit(ctx, state, result.as_ref()).await;
