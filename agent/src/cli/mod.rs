@@ -16,6 +16,7 @@ mod config;
 mod health;
 mod outbox;
 mod plugin;
+mod replay;
 mod run;
 mod secure;
 mod status;
@@ -107,6 +108,10 @@ pub enum Command {
     /// Work with plugin files: inspect them, try a sensor, try an aggregator.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Recompute stored rounds from the per-device readings stored with them (contract
+    /// version 2), with any aggregator plugin, in the same sandbox as the agents; prints the
+    /// stored and the recomputed value side by side. Reads the API only (no token).
+    Replay(Box<replay::ReplayArgs>),
 }
 
 /// Which fleet.
@@ -273,7 +278,7 @@ impl Command {
             | Command::SecureRoot { .. }
             | Command::Health { .. } => "warn",
             // Plugin authors want their plugin's own log lines, not the agent's chatter.
-            Command::Plugin(_) => "warn,plugin=info",
+            Command::Plugin(_) | Command::Replay(_) => "warn,plugin=info",
         }
     }
 }
@@ -288,6 +293,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::SecureRoot { fleet, public_read } => block_on(secure::run(fleet, public_read)),
         Command::Health { address, timeout } => block_on(health::run(address, timeout)),
         Command::Plugin(command) => plugin::run(command),
+        Command::Replay(args) => block_on(replay::run(*args)),
     }
 }
 

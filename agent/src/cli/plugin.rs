@@ -108,7 +108,7 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
-    fn limits(&self) -> Limits {
+    pub(super) fn limits(&self) -> Limits {
         Limits {
             timeout_ms: self.timeout_ms,
             fuel: self.fuel,
@@ -118,7 +118,7 @@ impl LimitArgs {
     }
 }
 
-fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+pub(super) fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.to_owned()))
@@ -127,7 +127,7 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     }
 }
 
-fn engine(args: &EngineArgs, fuel: bool) -> Result<PluginEngine> {
+pub(super) fn engine(args: &EngineArgs, fuel: bool) -> Result<PluginEngine> {
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -140,7 +140,7 @@ fn engine(args: &EngineArgs, fuel: bool) -> Result<PluginEngine> {
     })?)
 }
 
-fn locate(file: &str, args: &EngineArgs) -> Result<PathBuf> {
+pub(super) fn locate(file: &str, args: &EngineArgs) -> Result<PathBuf> {
     let path = plugin::resolve(file, &args.plugin_dir);
     if !path.exists() {
         if path.starts_with(&args.plugin_dir) {

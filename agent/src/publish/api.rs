@@ -215,7 +215,7 @@ const MAX_ANSWER: usize = 16 * 1024;
 
 /// The answer's first `max` bytes, as text; the rest is not read. A server that answers
 /// with an endless body cannot fill the agent's memory.
-async fn read_bounded(mut response: reqwest::Response, max: usize) -> String {
+pub(crate) async fn read_bounded(mut response: reqwest::Response, max: usize) -> String {
     let mut body = Vec::new();
     while body.len() < max {
         match response.chunk().await {

@@ -16,6 +16,8 @@
 //! this module depends on no metrics code.
 
 mod api;
+
+pub(crate) use api::read_bounded;
 pub mod outbox;
 
 use std::{future::Future, sync::Arc, time::Duration};
