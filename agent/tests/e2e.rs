@@ -86,6 +86,92 @@ async fn three_devices_publish_every_period_exactly_once() {
     fleet.stop_all().await;
 }
 
+/// The API's page in headless Chromium with a real fleet's data: the leader is stopped
+/// (SIGTERM), so there is a failover and a device that stops reporting. The page must mark the
+/// leader change, the rounds without that device and its card, show values without float
+/// noise, and log nothing to the console. The screenshots are for people to look at:
+/// `target/page-screenshot.png`, and 390 px wide as on a phone, `-phone.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_marks_a_failover_and_a_stopped_device() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    fleet.round_once_joined(&["1", "2", "3"]).await;
+    let rounds = fleet.wait_for_rounds(4, Duration::from_secs(60)).await;
+    let leader = leader_of(rounds.last().unwrap());
+    let status = fleet.signal(&leader, "TERM").wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    let new_leader = fleet
+        .wait_for_new_leader(&leader, "SIGTERM", Duration::from_secs(60))
+        .await;
+    let rounds = fleet.rounds().await;
+    let first_led = rounds
+        .iter()
+        .find(|r| leader_of(r) == new_leader && r["ts"].as_u64() > rounds[0]["ts"].as_u64())
+        .map(|r| r["round"].as_u64().unwrap())
+        .unwrap();
+    let last = rounds.last().unwrap()["round"].as_u64().unwrap();
+    wait_until(
+        "3 rounds without the stopped device",
+        Duration::from_secs(30),
+        || async { fleet.rounds_after(last).await.len() >= 3 },
+    )
+    .await;
+
+    let url = fleet.api_url();
+    let shot = repo_root().join("target/page-screenshot.png");
+    let phone = repo_root().join("target/page-screenshot-phone.png");
+    let (dom, log) = {
+        let (url, shot, phone) = (url.clone(), shot.clone(), phone.clone());
+        tokio::task::spawn_blocking(move || {
+            fleetmeter_testkit::chromium::screenshot(&url, &shot, 1000, 1400);
+            fleetmeter_testkit::chromium::screenshot(&url, &phone, 390, 1500);
+            fleetmeter_testkit::chromium::load(&url)
+        })
+        .await
+        .unwrap()
+    };
+    eprintln!(
+        "the page, as Chromium drew it: {} (and 390 px wide: {})",
+        shot.display(),
+        phone.display()
+    );
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains(&format!(
+            "<g class=\"mark-leader\" data-round=\"{first_led}\">"
+        )),
+        "the leader change at round {first_led}:\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!("leader {leader} → {new_leader}")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("class=\"point missing\""),
+        "rounds without the stopped device are marked:\n{dom}"
+    );
+    assert!(dom.contains(&format!("missing: {leader}")), "{dom}");
+    assert_eq!(dom.matches("<div class=\"device").count(), 3, "{dom}");
+    assert!(
+        dom.contains(&format!(
+            "<div class=\"device stale\" data-device=\"{leader}\">"
+        )),
+        "the stopped device's card:\n{dom}"
+    );
+    assert!(dom.contains("not in the latest round"), "{dom}");
+    for noise in ["00000", "99999"] {
+        assert!(
+            !dom.contains(noise),
+            "float noise {noise} on the page:\n{dom}"
+        );
+    }
+    fleet.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_after_sigkill_and_sigterm_loses_and_doubles_nothing() {
     let _serial = SERIAL.lock().await;
@@ -816,6 +902,27 @@ async fn the_dashboard_queries_return_data_from_prometheus_scraping_the_fleet() 
         devices.values().filter(|v| **v == 1.0).count(),
         1,
         "{devices:?}"
+    );
+    let samples = promql(
+        http,
+        &url,
+        "fleetmeter_sample_value * on(instance) group_left(device) fleetmeter_agent_info",
+    )
+    .await
+    .unwrap();
+    let per_device: BTreeMap<String, f64> = samples
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["device"].as_str().unwrap().to_owned(),
+                sample_value(s),
+            )
+        })
+        .collect();
+    assert_eq!(per_device.keys().collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert!(
+        per_device.values().all(|v| (75.0..=85.0).contains(v)),
+        "each device's own reading: {per_device:?}"
     );
     let readings = promql(
         http,

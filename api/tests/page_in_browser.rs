@@ -3,50 +3,9 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command};
-
+use fleetmeter_testkit::chromium;
 use reqwest::Client;
 use support::{RedisServer, TestApi, round_json};
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        path.exists(),
-        "{} not found: scripts/test installs Debian's chromium (or set CHROMIUM)",
-        path.display()
-    );
-    path
-}
-
-/// The DOM after load, and Chromium's log (console messages appear as `:CONSOLE` lines).
-fn load_in_chromium(url: &str) -> (String, String) {
-    let profile = tempfile::tempdir().unwrap();
-    let output = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(output.status.success(), "chromium failed: {output:?}");
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn the_page_renders_one_chart_point_per_round_without_console_errors() {
@@ -76,7 +35,7 @@ async fn the_page_renders_one_chart_point_per_round_without_console_errors() {
         assert_eq!(status, reqwest::StatusCode::CREATED);
     }
     let url = api.url("/");
-    let (dom, log) = tokio::task::spawn_blocking(move || load_in_chromium(&url))
+    let (dom, log) = tokio::task::spawn_blocking(move || chromium::load(&url))
         .await
         .unwrap();
 

@@ -14,6 +14,7 @@
 //! the API's) and the benchmarks share one set of fixtures.
 
 pub mod api;
+pub mod chromium;
 pub mod fleet;
 pub mod gateway;
 pub mod prometheus;

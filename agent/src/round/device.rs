@@ -46,7 +46,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
             () = stop.cancelled() => return,
             sampled = ctx.plugins.sample(&ctx.telemetry) => sampled,
         };
-        ctx.telemetry.sample(sampled.is_ok());
+        ctx.telemetry.sample(sampled.as_ref().ok().copied());
         let value = match sampled {
             Ok(value) => value,
             Err(err) => {

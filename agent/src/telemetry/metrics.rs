@@ -113,6 +113,7 @@ pub(super) struct Metrics {
     last_round_readings: Gauge,
     last_value: Gauge<f64, AtomicU64>,
     samples: Family<OutcomeLabels, Counter>,
+    sample_value: Gauge<f64, AtomicU64>,
     plugin_calls: Family<PluginLabels, Counter>,
     plugin_failures: Family<PluginLabels, Counter>,
     plugin_guest_errors: Family<PluginLabels, Counter>,
@@ -242,6 +243,11 @@ impl Metrics {
                 "samples",
                 "This device's sensor samples, by outcome (ok, failed)",
                 Family::default()
+            ),
+            sample_value: metric!(
+                "sample_value",
+                "This device's last successful sensor sample (the per-device panel)",
+                Gauge::<f64, AtomicU64>::default()
             ),
             plugin_calls: metric!(
                 "plugin_calls",
@@ -415,9 +421,12 @@ impl Metrics {
         }
     }
 
-    pub(super) fn sample(&self, ok: bool) {
-        let outcome = if ok { "ok" } else { "failed" };
+    pub(super) fn sample(&self, value: Option<f64>) {
+        let outcome = if value.is_some() { "ok" } else { "failed" };
         self.samples.get_or_create(&OutcomeLabels { outcome }).inc();
+        if let Some(value) = value {
+            self.sample_value.set(value);
+        }
     }
 
     pub(super) fn plugin_call(

@@ -150,9 +150,9 @@ impl Telemetry {
         self.metrics.round_committed(round);
     }
 
-    /// One sensor sample, successful or not.
-    pub fn sample(&self, ok: bool) {
-        self.metrics.sample(ok);
+    /// One sensor sample: its value, or `None` when it failed.
+    pub fn sample(&self, value: Option<f64>) {
+        self.metrics.sample(value);
     }
 
     /// One plugin call: the difference between the plugin's counters before and after it.
@@ -213,7 +213,7 @@ mod tests {
             missed: 1,
             value: Some(80.5),
         });
-        t.sample(true);
+        t.sample(Some(79.5));
         t.delivered(&Delivery::Stored);
         t.failed();
         let before = PluginStats::default();
@@ -238,6 +238,7 @@ mod tests {
             "fleetmeter_last_round_readings 3",
             "fleetmeter_last_round_value 80.5",
             "fleetmeter_samples_total{outcome=\"ok\"} 1",
+            "fleetmeter_sample_value 79.5",
             "fleetmeter_published_total{outcome=\"stored\"} 1",
             "fleetmeter_publish_failures_total 1",
             "fleetmeter_plugin_calls_total{kind=\"sensor\",plugin=\"random-temperature\"} 1",
