@@ -826,6 +826,19 @@ async fn promql(
         .unwrap_or_default())
 }
 
+/// A query's series by their `device` label.
+fn by_device(series: &[Value]) -> BTreeMap<String, f64> {
+    series
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["device"].as_str().unwrap().to_owned(),
+                sample_value(s),
+            )
+        })
+        .collect()
+}
+
 fn sample_value(series: &Value) -> f64 {
     series["value"][1].as_str().unwrap().parse().unwrap()
 }
@@ -881,44 +894,30 @@ async fn the_dashboard_queries_return_data_from_prometheus_scraping_the_fleet() 
         .await;
     }
     // The joins mean what the panels say.
-    let leaders = promql(
-        http,
-        &url,
-        "fleetmeter_leader * on(instance) group_left(device) fleetmeter_agent_info",
-    )
-    .await
-    .unwrap();
-    let devices: BTreeMap<String, f64> = leaders
-        .iter()
-        .map(|s| {
-            (
-                s["metric"]["device"].as_str().unwrap().to_owned(),
-                sample_value(s),
-            )
-        })
-        .collect();
+    let devices = by_device(
+        &promql(
+            http,
+            &url,
+            "fleetmeter_leader * on(instance) group_left(device) fleetmeter_agent_info",
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(devices.keys().collect::<Vec<_>>(), ["1", "2", "3"]);
     assert_eq!(
         devices.values().filter(|v| **v == 1.0).count(),
         1,
         "{devices:?}"
     );
-    let samples = promql(
-        http,
-        &url,
-        "fleetmeter_sample_value * on(instance) group_left(device) fleetmeter_agent_info",
-    )
-    .await
-    .unwrap();
-    let per_device: BTreeMap<String, f64> = samples
-        .iter()
-        .map(|s| {
-            (
-                s["metric"]["device"].as_str().unwrap().to_owned(),
-                sample_value(s),
-            )
-        })
-        .collect();
+    let per_device = by_device(
+        &promql(
+            http,
+            &url,
+            "fleetmeter_sample_value * on(instance) group_left(device) fleetmeter_agent_info",
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(per_device.keys().collect::<Vec<_>>(), ["1", "2", "3"]);
     assert!(
         per_device.values().all(|v| (75.0..=85.0).contains(v)),
