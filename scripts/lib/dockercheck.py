@@ -28,7 +28,13 @@ def log(prefix: str, message: str) -> None:
     print(f"[{prefix}] {message}", flush=True)
 
 
-def run(args: list[str], *, check: bool = True, capture: bool = True, timeout: float | None = None,
+# A docker command that has not answered in this long has hung (a stuck engine): no wait in
+# these checks is without a deadline. Builds pass their own, longer one.
+DEFAULT_TIMEOUT = 300.0
+
+
+def run(args: list[str], *, check: bool = True, capture: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
         input_text: str | None = None) -> subprocess.CompletedProcess:
     """Runs a command; on failure raises CheckFailed with the command and its output."""
     try:
@@ -82,12 +88,20 @@ def wait_until(what: str, predicate, timeout: float, interval: float = 0.5):
     raise CheckFailed(f"{what}: not within {timeout:.0f} s{detail}")
 
 
-def http_json(url: str, timeout: float = 5.0):
+def http_text(url: str, timeout: float = 5.0) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(response.read())
+            return response.read().decode()
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise CheckFailed(f"GET {url}: {e}") from e
+
+
+def http_json(url: str, timeout: float = 5.0):
+    text = http_text(url, timeout)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CheckFailed(f"GET {url}: not JSON: {e}") from e
 
 
 def stored_rounds(api: str) -> list[dict]:
@@ -135,5 +149,7 @@ def check_rounds(rounds: list[dict], expected_devices: int | None = None) -> str
     return summary
 
 
-def fail(prefix: str, error: Exception) -> None:
-    print(f"[{prefix}] FAILED: {error}", file=sys.stderr, flush=True)
+def fail(prefix: str, error: BaseException) -> None:
+    """A failed check says what; anything else (a bug in the check, ctrl-c) says its type too."""
+    what = error if isinstance(error, CheckFailed) else f"{type(error).__name__}: {error}"
+    print(f"[{prefix}] FAILED: {what}", file=sys.stderr, flush=True)
