@@ -56,7 +56,7 @@ async fn next_round(observer: &Session, after: RoundState, deadline: Duration) -
 }
 
 /// The fleet's round now.
-async fn round_now(client: &fleetmeter::coord::zk::Client) -> Result<RoundState> {
+async fn round_now(client: &fleetmeter::coord::FleetClient) -> Result<RoundState> {
     barrier::current(client)
         .await?
         .context("the fleet has no round yet")

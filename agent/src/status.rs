@@ -55,9 +55,6 @@ pub async fn connect(
 ) -> Result<Session, CoordError> {
     Session::connect(ZkSettings {
         connect_timeout: Duration::from_secs(10),
-        // The key of the fleet's commit marks, so that `outbox resend` vouches for what it
-        // puts back: from the credentials, else the API token in the environment.
-        mark_key: crate::coord::access::MarkKey::for_fleet(auth.as_ref(), env_token().as_deref()),
         auth,
         tls,
         // A tool never creates the root with its own policy (`public_read` stays off): it
@@ -69,7 +66,7 @@ pub async fn connect(
 
 /// The API token from the environment (FLEETMETER_API_TOKEN, or the first line of the file
 /// FLEETMETER_API_TOKEN_FILE names), for a tool's commit marks.
-fn env_token() -> Option<String> {
+pub(crate) fn env_token() -> Option<String> {
     use crate::config::keys;
     if let Ok(token) = std::env::var(keys::API_TOKEN.var()) {
         return Some(token);
@@ -111,7 +108,7 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
         round: barrier::current(&client).await?.map(|s| s.round),
         counter: counter::peek(&client).await?,
         rejected: outbox::rejected_rounds(&client).await?,
-        outbox: outbox::peek_ledger(&client).await?,
+        outbox: outbox::ledger::peek(&client).await?,
         contenders,
         members,
         backlog,

@@ -9,6 +9,8 @@
 //! [`run`] takes the listener and a shutdown future, so tests start the real server on
 //! `127.0.0.1:0` and stop it cleanly; `main.rs` only parses flags and calls it.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod metrics;
 pub mod page;

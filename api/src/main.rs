@@ -1,6 +1,8 @@
 //! The `fleetmeter-api` binary: flags and environment, logging, Redis, then
 //! [`fleetmeter_api::run`] until SIGTERM or ctrl-c.
 
+#![forbid(unsafe_code)]
+
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};

@@ -51,7 +51,18 @@ impl Config {
             .transpose()
     }
 
-    /// Parses `key`, or returns `default` when it is absent.
+    /// Parses `key`, or returns `default` when it is absent. A value that does not parse is
+    /// an error naming the key and the value:
+    ///
+    /// ```
+    /// use fleetmeter_sdk::Config;
+    ///
+    /// let config = Config::new([("step", "2.5"), ("decimals", "two")]);
+    /// assert_eq!(config.parse_or("step", 1.0).unwrap(), 2.5);
+    /// assert_eq!(config.parse_or("start", 0.0).unwrap(), 0.0);
+    /// let err = config.parse_or("decimals", 1u32).unwrap_err().to_string();
+    /// assert!(err.contains("decimals") && err.contains("two"), "{err}");
+    /// ```
     pub fn parse_or<T>(&self, key: &str, default: T) -> Result<T>
     where
         T: FromStr,
@@ -61,7 +72,17 @@ impl Config {
     }
 
     /// Fails on any key not in `known`, so a typo in agent.toml is caught at start instead
-    /// of silently falling back to a default.
+    /// of silently falling back to a default. The error names the key and lists the known
+    /// ones:
+    ///
+    /// ```
+    /// use fleetmeter_sdk::Config;
+    ///
+    /// let config = Config::new([("stpe", "2")]);
+    /// let err = config.allow_only(&["start", "step"]).unwrap_err().to_string();
+    /// assert!(err.contains("stpe") && err.contains("start, step"), "{err}");
+    /// assert!(Config::new([("step", "2")]).allow_only(&["start", "step"]).is_ok());
+    /// ```
     pub fn allow_only(&self, known: &[&str]) -> Result<()> {
         match self
             .entries

@@ -44,6 +44,8 @@
 //! cannot unwind on wasm32: the SDK's panic hook sends its message to the host, the call
 //! fails with that message and the agent rebuilds the instance.
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 pub mod log;
@@ -128,7 +130,12 @@ macro_rules! export_sensor {
     ($ty:ty) => {
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
-        #[allow(unused_imports, missing_debug_implementations, clippy::all)]
+        #[allow(
+            unused_imports,
+            missing_debug_implementations,
+            clippy::all,
+            reason = "generated bindings in the plugin's crate: not the plugin author's to lint"
+        )]
         mod __fleetmeter_sensor_export {
             use super::*;
             $crate::__fleetmeter_generate!("sensor");
@@ -179,7 +186,12 @@ macro_rules! export_aggregator {
     ($ty:ty) => {
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
-        #[allow(unused_imports, missing_debug_implementations, clippy::all)]
+        #[allow(
+            unused_imports,
+            missing_debug_implementations,
+            clippy::all,
+            reason = "generated bindings in the plugin's crate: not the plugin author's to lint"
+        )]
         mod __fleetmeter_aggregator_export {
             use super::*;
             $crate::__fleetmeter_generate!("aggregator");

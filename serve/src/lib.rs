@@ -10,6 +10,9 @@
 //! - **graceful shutdown**: once `shutdown` completes, no new connection is taken and those
 //!   in flight finish (at most [`Limits::drain`]).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use axum::{
@@ -28,8 +31,11 @@ use tower::ServiceExt;
 /// A server's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long a client may take to send its request's headers.
     pub header_timeout: Duration,
+    /// How long one request may take, body and answer included.
     pub request_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,

@@ -11,6 +11,9 @@
 //!   device ids, plugin metadata and fleet size are checked against these at the agent's
 //!   start, so the agent and the API cannot disagree.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 
 mod shown;
@@ -87,35 +90,64 @@ pub struct Round {
 /// Why a round is refused; the message names the field.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum InvalidRound {
+    /// The aggregated value is NaN or infinite.
     #[error("`value` must be a finite number, got {0}")]
     Value(f64),
+    /// A round of no readings (it publishes nothing).
     #[error("`count` must be at least 1 (a round without readings publishes nothing)")]
     NoReadings,
+    /// More devices than the largest supported fleet.
     #[error("`devices` lists {0} devices; at most {MAX_DEVICES}")]
     TooManyDevices(usize),
+    /// `count` and the number of `devices` differ.
     #[error("`count` is {count} but `devices` lists {devices} devices")]
-    CountMismatch { count: u32, devices: usize },
+    CountMismatch {
+        /// The round's `count`.
+        count: u32,
+        /// How many `devices` it lists.
+        devices: usize,
+    },
+    /// A device id (in `leader` or `devices`) breaks [`validate_device_id`].
     #[error("`{field}` {problem}")]
     Id {
+        /// `leader` or `devices[i]`.
         field: &'static str,
+        /// What is wrong with it.
         problem: InvalidId,
     },
+    /// The unit is too long or holds control characters.
     #[error("`unit` must be at most {MAX_UNIT_CHARS} characters, none of them control characters")]
     Unit,
+    /// The timestamp is not a plausible commit time.
     #[error("`ts` must be the commit time in milliseconds since the Unix epoch")]
     Timestamp,
+    /// A contract version this side does not know.
     #[error(
         "`version` {0} is not one this side knows (1 to {VERSION}): upgrade the API before the agents"
     )]
     Version(u32),
+    /// A version 2 round without its per-device values.
     #[error("`values` must be present in a version 2 round, one per device")]
     ValuesMissing,
+    /// Per-device values in a version 1 round.
     #[error("`values` is only part of version 2 rounds; this round says version 1")]
     ValuesInVersion1,
+    /// Not one value per device.
     #[error("`values` lists {values} values for {devices} devices")]
-    ValuesMismatch { values: usize, devices: usize },
+    ValuesMismatch {
+        /// How many `values`.
+        values: usize,
+        /// How many `devices`.
+        devices: usize,
+    },
+    /// A per-device value is NaN or infinite.
     #[error("`values[{index}]` must be a finite number, got {value}")]
-    ValueNotFinite { index: usize, value: f64 },
+    ValueNotFinite {
+        /// Its position in `values`.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
 }
 
 /// Why an id is refused.
@@ -229,7 +261,9 @@ impl Round {
 /// What a device writes to its node, `{root}/devices/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceReading {
+    /// The round it was taken in.
     pub round: u64,
+    /// The sensor's value.
     pub value: f64,
     /// When it was sampled, ms since the Unix epoch.
     pub ts: u64,

@@ -201,6 +201,18 @@ impl FleetArgs {
             .with_context(|| format!("the credentials in {}", path.display()))
     }
 
+    /// The key of the fleet's commit marks, so that `outbox list` checks entries as the
+    /// leader does and `outbox resend` vouches for what it puts back: from the credentials,
+    /// else the API token in the environment.
+    pub fn mark_key(&self) -> Result<Option<crate::publish::outbox::MarkKey>> {
+        let auth = self.auth()?;
+        let token = crate::status::env_token();
+        Ok(crate::publish::outbox::MarkKey::for_fleet(
+            auth.as_ref(),
+            token.as_deref(),
+        ))
+    }
+
     /// A short session on the fleet, with the credentials.
     pub async fn connect(&self) -> Result<crate::coord::Session> {
         Ok(crate::status::connect(&self.zk, &self.root, self.auth()?, self.tls()?).await?)

@@ -15,9 +15,12 @@ use crate::{
 pub(super) async fn run(command: OutboxCommand) -> Result<ExitCode> {
     match command {
         OutboxCommand::List { fleet, json } => {
+            let mark = fleet.mark_key()?;
             let session = fleet.connect().await?;
             let listed = match session.client() {
-                Ok(client) => outbox::list(&client).await.map_err(Into::into),
+                Ok(client) => outbox::list(&client, mark.as_ref())
+                    .await
+                    .map_err(Into::into),
                 Err(e) => Err(anyhow::Error::from(e)),
             };
             session.close().await;
@@ -30,8 +33,9 @@ pub(super) async fn run(command: OutboxCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         OutboxCommand::Resend { rounds, all, fleet } => {
+            let mark = fleet.mark_key()?;
             let session = fleet.connect().await?;
-            let done = each(&session, rounds, all, Action::Resend).await;
+            let done = each(&session, rounds, all, Action::Resend(mark)).await;
             session.close().await;
             done
         }
@@ -44,9 +48,9 @@ pub(super) async fn run(command: OutboxCommand) -> Result<ExitCode> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
 enum Action {
-    Resend,
+    /// With the fleet's commit-mark key, if it has one.
+    Resend(Option<outbox::MarkKey>),
     Discard,
 }
 
@@ -64,8 +68,8 @@ async fn each(session: &Session, rounds: Vec<u64>, all: bool, action: Action) ->
     };
     let mut failed = 0;
     for round in &rounds {
-        let outcome = match action {
-            Action::Resend => outbox::resend(&client, *round)
+        let outcome = match &action {
+            Action::Resend(mark) => outbox::resend(&client, mark.as_ref(), *round)
                 .await
                 .map_err(anyhow::Error::from),
             Action::Discard => outbox::discard(&client, *round)
@@ -73,7 +77,7 @@ async fn each(session: &Session, rounds: Vec<u64>, all: bool, action: Action) ->
                 .map_err(anyhow::Error::from),
         };
         match outcome {
-            Ok(Handled::Done) if action == Action::Resend => {
+            Ok(Handled::Done) if matches!(action, Action::Resend(_)) => {
                 println!(
                     "round {round}: back in the outbox; the leader sends it at its next attempt"
                 )

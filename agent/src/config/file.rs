@@ -1,6 +1,6 @@
 //! `agent.toml` as serde reads it: every section and key optional, unknown keys refused, the
 //! built-in defaults in each section's `Default` (the key table in `keys` repeats them for
-//! the README, and a test keeps the two equal).
+//! the configuration reference, and a test keeps the two equal).
 
 use std::{collections::BTreeMap, path::PathBuf};
 

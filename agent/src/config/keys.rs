@@ -2,9 +2,10 @@
 //! environment variable, default and valid range.
 //!
 //! The clap attributes in `cli` take their flag and variable names from here, the error
-//! messages name a value's origin from here, and the README's configuration reference is
-//! rendered from here ([`readme_table`]); tests fail when the command line, the built-in
-//! defaults of [`super::FileConfig`] or the README drift from this table.
+//! messages name a value's origin from here, and the configuration reference
+//! (`docs/configuration.md`) is rendered from here (by `config::reference`); tests fail when
+//! the command line, the built-in defaults of [`super::FileConfig`], `agent.toml` or the
+//! reference drift from this table.
 
 /// One configuration value and every way to set it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,7 +18,7 @@ pub struct Key {
     pub positional: Option<&'static str>,
     /// The long flag, without `--`.
     pub flag: Option<&'static str>,
-    /// The flag's value name (`HOSTS`), shown in `--help` and the README.
+    /// The flag's value name (`HOSTS`), shown in `--help` and the reference.
     pub value_name: Option<&'static str>,
     /// The environment variable.
     pub env: Option<&'static str>,
@@ -27,7 +28,7 @@ pub struct Key {
     pub range: Option<(f64, f64)>,
     /// The unit of numbers (`s`), or what the value is.
     pub unit: &'static str,
-    /// What else the README says about it.
+    /// What else the reference says about it.
     pub note: &'static str,
 }
 
@@ -159,7 +160,7 @@ pub const ZK_ROOT: Key = Key::file("[zookeeper] root", "[zookeeper] root", "\"/f
     .note("the fleet's root node; several fleets can share an ensemble");
 pub const ZK_AUTH: Key = Key::file("[zookeeper] auth", "[zookeeper] auth", "")
     .env("FLEETMETER_ZK_AUTH")
-    .note("the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or `sasl:USER:PASSWORD` for SASL DIGEST-MD5) (no flag: a password on a command line is visible to every user of the host); none by default: an open fleet (README, \"Security\")");
+    .note("the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or `sasl:USER:PASSWORD` for SASL DIGEST-MD5) (no flag: a password on a command line is visible to every user of the host); none by default: an open fleet (docs/security.md)");
 pub const ZK_AUTH_FILE: Key = Key::file("[zookeeper] auth_file", "[zookeeper] auth_file", "")
     .flag("zk-auth-file", "PATH")
     .env("FLEETMETER_ZK_AUTH_FILE")
@@ -353,7 +354,7 @@ pub const CHECK: Key = Key::cli("check")
     .switch("check")
     .note("validate and print the configuration, connect to nothing, exit 0 (valid) or 1");
 
-/// Every key of `fleetmeter run`, in the README's order.
+/// Every key of `fleetmeter run`, in the reference's order.
 pub const ALL: &[Key] = &[
     DEVICE_ID,
     CONFIG,
@@ -403,51 +404,6 @@ pub const ALL: &[Key] = &[
     LOG_FORMAT,
     CHECK,
 ];
-
-/// Marks around the generated table in README.md.
-pub const README_BEGIN: &str =
-    "<!-- configuration keys: generated from agent/src/config/keys.rs -->";
-pub const README_END: &str = "<!-- end of configuration keys -->";
-
-/// The README's configuration reference, one row per key.
-pub fn readme_table() -> String {
-    let mut out = String::from(
-        "| agent.toml | flag | environment | default | valid values, notes |\n|---|---|---|---|---|\n",
-    );
-    let code = |s: &str| {
-        if s.is_empty() {
-            String::new()
-        } else {
-            format!("`{s}`")
-        }
-    };
-    for key in ALL {
-        let flag = match (key.positional, key.flag, key.value_name) {
-            (Some(arg), Some(flag), _) => format!("`{arg}` or `--{flag} {arg}`"),
-            (None, Some(flag), Some(value)) => format!("`--{flag} {value}`"),
-            (None, Some(flag), _) => format!("`--{flag}`"),
-            _ => String::new(),
-        };
-        let valid = match key.range {
-            Some((min, max)) => format!("{min}–{max} {}", key.unit),
-            None => String::new(),
-        };
-        let notes = [valid.as_str(), key.note]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            code(key.file.unwrap_or("")),
-            flag,
-            code(key.env.unwrap_or("")),
-            code(key.default.trim_matches('"')),
-            notes.replace('|', "\\|"),
-        ));
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -607,35 +563,5 @@ mod tests {
         for key in [LIMIT_LOG_BYTES_PER_CALL, LIMIT_LOG_BYTES_PER_SECOND] {
             assert_eq!(key.range, Some((0.0, MAX_LOG_BYTES as f64)));
         }
-    }
-
-    /// The README's reference is rendered from the table. After changing the table, run
-    /// `FLEETMETER_BLESS=1 cargo test -p fleetmeter --lib readme` to rewrite it.
-    #[test]
-    fn the_readme_reference_is_the_table() {
-        let path = repo_file("README.md");
-        let readme = std::fs::read_to_string(&path).unwrap();
-        let (Some(begin), Some(end)) = (readme.find(README_BEGIN), readme.find(README_END)) else {
-            panic!("README.md lacks the markers {README_BEGIN:?} … {README_END:?}");
-        };
-        let current = &readme[begin + README_BEGIN.len()..end];
-        let expected = format!("\n{}", readme_table());
-        if current == expected {
-            return;
-        }
-        if std::env::var_os("FLEETMETER_BLESS").is_some() {
-            let updated = format!(
-                "{}{README_BEGIN}{expected}{}",
-                &readme[..begin],
-                &readme[end..]
-            );
-            std::fs::write(&path, updated).unwrap();
-            return;
-        }
-        panic!(
-            "README.md's configuration reference differs from the key table \
-             (agent/src/config/keys.rs); rewrite it with \
-             `FLEETMETER_BLESS=1 cargo test -p fleetmeter --lib readme`. Expected:\n{expected}"
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`keys`]: the one table of keys, flags, variables, defaults and ranges.
 //! - [`file`]: `agent.toml` as serde reads it.
+//! - [`reference`]: the book's configuration reference, rendered from [`keys`].
 //! - `resolve`: validation, one function per section.
 //!
 //! Unknown keys and invalid values fail at start with a message that names the key and where
@@ -13,6 +14,7 @@
 
 mod file;
 pub mod keys;
+pub mod reference;
 mod resolve;
 
 use std::{
@@ -204,6 +206,10 @@ pub struct PublishSettings {
     pub retry_max: Duration,
     /// The outbox's bound (results waiting plus refused).
     pub outbox_max: crate::publish::outbox::Ledger,
+    /// The key of the outbox's commit marks, derived from the fleet's ZooKeeper credentials
+    /// or its API token ([`MarkKey::for_fleet`](crate::publish::outbox::MarkKey::for_fleet)):
+    /// entries without a valid mark are set aside, never sent. `None`: not marked.
+    pub mark_key: Option<crate::publish::outbox::MarkKey>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

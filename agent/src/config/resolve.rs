@@ -20,7 +20,7 @@ use super::{
 use crate::{
     coord::{
         ZkAuth, ZkSettings,
-        access::{BadAuth, MarkKey, ZkTls},
+        access::{BadAuth, ZkTls},
         dynconfig, membership,
     },
     plugin::{DirGrant, Grants, LimitsError, PluginSettings},
@@ -87,10 +87,10 @@ pub(super) fn resolve(
         file: file.as_deref(),
     };
     let device_id = device(origin, config.device, &o)?;
-    let mut zookeeper = zookeeper(origin, config.zookeeper, &o)?;
+    let zookeeper = zookeeper(origin, config.zookeeper, &o)?;
     let (period, collect_fraction) = round(origin, &config.round, &o)?;
-    let publish = publish(origin, config.publish, &o)?;
-    zookeeper.mark_key = MarkKey::for_fleet(
+    let mut publish = publish(origin, config.publish, &o)?;
+    publish.mark_key = crate::publish::outbox::MarkKey::for_fleet(
         zookeeper.auth.as_ref(),
         publish.token.as_ref().map(Secret::expose),
     );
@@ -189,8 +189,6 @@ fn zookeeper(
         auth,
         public_read: file.public_read,
         tls,
-        // Derived once the token is known (`resolve`).
-        mark_key: None,
     };
     ZkSettings::validate_hosts(&settings.hosts)
         .map_err(|e| origin.invalid(&keys::ZK_HOSTS, o.zk_hosts.is_some(), e.into()))?;
@@ -364,6 +362,8 @@ fn publish(
             rounds: whole(origin, &keys::OUTBOX_MAX_ROUNDS, file.outbox_max_rounds)?,
             bytes: whole(origin, &keys::OUTBOX_MAX_MIB, file.outbox_max_mib)? * 1024 * 1024,
         },
+        // Derived once the credentials are known (`resolve`).
+        mark_key: None,
     };
     if publish.retry_initial > publish.retry_max {
         return Err(origin.invalid(&keys::RETRY_INITIAL, false, InvalidSetting::RetryOrder));

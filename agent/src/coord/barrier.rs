@@ -14,11 +14,12 @@
 //! For kazoo users, the same multi removes and re-creates `{root}/barrier`: a kazoo
 //! `Barrier(client, path).wait()` returns at every release.
 
-use zookeeper_client::{Client, Error, MultiWriter, OneshotWatcher, Stat};
+use zookeeper_client::{Error, OneshotWatcher, Stat};
 
 use super::{
     CoordError, FleetClient, NodeAcl, Session, SessionStatus,
     paths::{BARRIER, ROUND},
+    txn::{Label, Op},
     wait_for_change,
 };
 
@@ -67,21 +68,16 @@ fn decode(data: &[u8]) -> Result<u64, CoordError> {
     })
 }
 
-/// Adds writing `{root}/round` back to `round` (the leader refusing a value it did not
-/// write), only if unchanged since `current` was read.
-pub fn add_restore(
-    writer: &mut MultiWriter<'_>,
-    current: RoundState,
-    round: u64,
-) -> Result<(), CoordError> {
-    writer
-        .add_set_data(ROUND, round.to_string().as_bytes(), Some(current.version))
-        .map_err(|e| CoordError::zk("set (in multi)", ROUND, e))
+/// Writing `{root}/round` back to `round` (the leader refusing a value it did not write),
+/// only if unchanged since `current` was read.
+pub fn restore(current: RoundState, round: u64) -> Op {
+    let data = round.to_string();
+    Op::set(Label::Round, ROUND, data.as_bytes(), Some(current.version))
 }
 
 /// The current round; `None` while the fleet has no state (a new fleet, or ZooKeeper lost
 /// its data): the leader starts it.
-pub async fn current(client: &Client) -> Result<Option<RoundState>, CoordError> {
+pub async fn current(client: &FleetClient) -> Result<Option<RoundState>, CoordError> {
     match client.get_data(ROUND).await {
         Ok((data, stat)) => RoundState::read(&data, &stat).map(Some),
         Err(Error::NoNode) => Ok(None),
@@ -91,7 +87,7 @@ pub async fn current(client: &Client) -> Result<Option<RoundState>, CoordError> 
 
 /// The node's state when its data is not a round number (written by hand): round 0, which
 /// the leader refuses and writes back. `None` when absent.
-pub async fn current_unreadable(client: &Client) -> Result<Option<RoundState>, CoordError> {
+pub async fn current_unreadable(client: &FleetClient) -> Result<Option<RoundState>, CoordError> {
     match client.check_stat(ROUND).await {
         Ok(Some(stat)) => Ok(Some(RoundState {
             round: 0,
@@ -188,23 +184,19 @@ impl RoundWatch {
     }
 }
 
-/// Adds the start of a fleet's state to a multi: `{root}/round` at `round`, and
-/// `{root}/barrier` unless it `barrier_exists` already.
-pub fn add_start(
-    writer: &mut MultiWriter<'_>,
-    acl: &NodeAcl,
-    round: u64,
-    barrier_exists: bool,
-) -> Result<(), CoordError> {
-    writer
-        .add_create(ROUND, round.to_string().as_bytes(), &acl.persistent())
-        .map_err(|e| CoordError::zk("create (in multi)", ROUND, e))?;
+/// The start of a fleet's state: `{root}/round` at `round`, and `{root}/barrier` unless it
+/// `barrier_exists` already.
+pub fn start(acl: &NodeAcl, round: u64, barrier_exists: bool) -> Vec<Op> {
+    let mut ops = vec![Op::create(
+        Label::Round,
+        ROUND,
+        round.to_string().as_bytes(),
+        acl,
+    )];
     if !barrier_exists {
-        writer
-            .add_create(BARRIER, b"", &acl.persistent())
-            .map_err(|e| CoordError::zk("create (in multi)", BARRIER, e))?;
+        ops.push(Op::create(Label::Barrier, BARRIER, b"", acl));
     }
-    Ok(())
+    ops
 }
 
 /// Creates `{root}/round` at 1 and `{root}/barrier` when absent, unfenced. For tests and
@@ -221,7 +213,7 @@ pub async fn ensure(client: &FleetClient) -> Result<(), CoordError> {
 }
 
 /// Whether `{root}/barrier` exists.
-pub async fn barrier_exists(client: &Client) -> Result<bool, CoordError> {
+pub async fn barrier_exists(client: &FleetClient) -> Result<bool, CoordError> {
     client
         .check_stat(BARRIER)
         .await
@@ -229,13 +221,9 @@ pub async fn barrier_exists(client: &Client) -> Result<bool, CoordError> {
         .map_err(|e| CoordError::zk("stat", BARRIER, e))
 }
 
-/// Adds the release of round `current.round + 1` to a multi: advances `{root}/round`
-/// (only if unchanged since read) and removes/re-creates `{root}/barrier`.
-pub fn add_release(
-    writer: &mut MultiWriter<'_>,
-    acl: &NodeAcl,
-    current: RoundState,
-) -> Result<(), CoordError> {
+/// The release of round `current.round + 1`: advances `{root}/round` (only if unchanged
+/// since read) and removes/re-creates `{root}/barrier`.
+pub fn release(acl: &NodeAcl, current: RoundState) -> Result<[Op; 3], CoordError> {
     let next = current
         .round
         .checked_add(1)
@@ -245,14 +233,9 @@ pub fn add_release(
             expected: "a round number below the largest one",
         })?
         .to_string();
-    writer
-        .add_set_data(ROUND, next.as_bytes(), Some(current.version))
-        .map_err(|e| CoordError::zk("set (in multi)", ROUND, e))?;
-    writer
-        .add_delete(BARRIER, None)
-        .map_err(|e| CoordError::zk("delete (in multi)", BARRIER, e))?;
-    writer
-        .add_create(BARRIER, b"", &acl.persistent())
-        .map_err(|e| CoordError::zk("create (in multi)", BARRIER, e))?;
-    Ok(())
+    Ok([
+        Op::set(Label::Round, ROUND, next.as_bytes(), Some(current.version)),
+        Op::delete(Label::Barrier, BARRIER, None),
+        Op::create(Label::Barrier, BARRIER, b"", acl),
+    ])
 }

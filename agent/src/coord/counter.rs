@@ -1,12 +1,16 @@
 //! The global counter at `{root}/counter`, in kazoo's `Counter` encoding (the ASCII decimal
 //! integer), so a kazoo `Counter(client, path).value` reads it.
 //!
-//! The leader adds each round's readings in its commit multi ([`add_increment`]) instead of
+//! The leader adds each round's readings in its commit transaction ([`increment_op`]) instead of
 //! every device incrementing it: one conditional write per round, no compare-and-set storm.
 
-use zookeeper_client::{Client, Error, MultiWriter};
+use zookeeper_client::Error;
 
-use super::{CoordError, FleetClient, NodeAcl, paths::COUNTER};
+use super::{
+    CoordError, FleetClient, NodeAcl,
+    paths::COUNTER,
+    txn::{Label, Op},
+};
 
 /// The counter's value and the node version it was read at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +89,7 @@ async fn read_node(client: &FleetClient) -> Result<(Vec<u8>, i32), CoordError> {
 }
 
 /// The counter's value, without creating it: `None` when absent.
-pub async fn peek(client: &Client) -> Result<Option<i64>, CoordError> {
+pub async fn peek(client: &FleetClient) -> Result<Option<i64>, CoordError> {
     match client.get_data(COUNTER).await {
         Ok((data, _)) => decode(&data).map(Some),
         Err(Error::NoNode) => Ok(None),
@@ -93,31 +97,22 @@ pub async fn peek(client: &Client) -> Result<Option<i64>, CoordError> {
     }
 }
 
-/// Adds the counter's creation at `value` to a multi (a fleet's state starting).
-pub fn add_create(
-    writer: &mut MultiWriter<'_>,
-    acl: &NodeAcl,
-    value: i64,
-) -> Result<(), CoordError> {
-    writer
-        .add_create(COUNTER, &encode(value), &acl.persistent())
-        .map_err(|e| CoordError::zk("create (in multi)", COUNTER, e))
+/// The counter's creation at `value` (a fleet's state starting).
+pub fn create(acl: &NodeAcl, value: i64) -> Op {
+    Op::create(Label::Counter, COUNTER, &encode(value), acl)
 }
 
-/// Adds `delta` to the counter inside a multi: the write only applies if nobody changed the
-/// counter since `current` was read (the multi fails with BadVersion otherwise).
-pub fn add_increment(
-    writer: &mut MultiWriter<'_>,
-    current: CounterValue,
-    delta: i64,
-) -> Result<(), CoordError> {
-    writer
-        .add_set_data(
-            COUNTER,
-            &encode(checked_add(current.value, delta)?),
-            Some(current.version),
-        )
-        .map_err(|e| CoordError::zk("set (in multi)", COUNTER, e))
+/// Adding `delta` to the counter: the write only applies if nobody changed the counter since
+/// `current` was read (the transaction fails on [`Label::Counter`] with BadVersion
+/// otherwise).
+pub fn increment_op(current: CounterValue, delta: i64) -> Result<Op, CoordError> {
+    let next = encode(checked_add(current.value, delta)?);
+    Ok(Op::set(
+        Label::Counter,
+        COUNTER,
+        &next,
+        Some(current.version),
+    ))
 }
 
 /// Adds `delta` on its own (compare-and-set, retried on a concurrent change); returns the

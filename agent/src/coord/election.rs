@@ -14,7 +14,7 @@
 //!   `check_version(node, 0)` to every write multi, so a deposed leader's writes fail.
 
 use tokio::{sync::watch, task::JoinHandle};
-use zookeeper_client::{Client, Error};
+use zookeeper_client::Error;
 
 use super::{CoordError, FleetClient, Session, SessionStatus, paths::ELECTION};
 
@@ -85,7 +85,7 @@ fn well_formed(name: &str) -> bool {
 
 /// Election node names of the recipe's form in election order (lowest sequence first),
 /// kazoo's order. Other children are ignored, and logged.
-pub async fn sorted_nodes(client: &Client) -> Result<Vec<String>, Error> {
+pub async fn sorted_nodes(client: &FleetClient) -> Result<Vec<String>, Error> {
     let mut children = client.list_children(ELECTION).await?;
     let listed = children.len();
     let ignored = children.iter().find(|c| !well_formed(c)).cloned();
@@ -106,7 +106,7 @@ pub async fn sorted_nodes(client: &Client) -> Result<Vec<String>, Error> {
 /// node that exists and is ephemeral (a session holds it). A persistent node would hold its
 /// place for ever: it is skipped, and the skipped ones are logged in one line. `None`: we
 /// lead.
-async fn predecessor(client: &Client, ahead: &[String]) -> Result<Option<String>, Error> {
+async fn predecessor(client: &FleetClient, ahead: &[String]) -> Result<Option<String>, Error> {
     let mut planted = Vec::new();
     let mut found = None;
     for name in ahead.iter().rev() {
@@ -133,7 +133,7 @@ async fn predecessor(client: &Client, ahead: &[String]) -> Result<Option<String>
 const MAX_ID_BYTES: usize = 256;
 
 /// The contenders' device ids in election order (what kazoo's `contenders()` returns).
-pub async fn contenders(client: &Client) -> Result<Vec<String>, CoordError> {
+pub async fn contenders(client: &FleetClient) -> Result<Vec<String>, CoordError> {
     let nodes = match sorted_nodes(client).await {
         Ok(nodes) => nodes,
         Err(Error::NoNode) => return Ok(Vec::new()),
@@ -191,7 +191,7 @@ async fn create_node(session: &Session, client: &FleetClient, id: &str) -> Resul
 }
 
 /// The device id of the first live contender among `nodes` (the leader), for status.
-async fn first_contender(client: &Client, nodes: &[String]) -> Option<String> {
+async fn first_contender(client: &FleetClient, nodes: &[String]) -> Option<String> {
     for node in nodes {
         match client.get_data(&format!("{ELECTION}/{node}")).await {
             Ok((data, stat)) if stat.ephemeral_owner != 0 => {

@@ -1,6 +1,9 @@
 //! Coordination through ZooKeeper: what makes a set of devices a fleet.
 //!
 //! # Layout
+//! - [`access`]: credentials, TLS, the nodes' ACL and the root's policy.
+//! - [`client`](FleetClient): what the agent may do to ZooKeeper: reads, watches, plain
+//!   writes, and labelled transactions.
 //! - [`session`]: the connection, its state as the rest of the agent sees it
 //!   (connected / suspended / lost), rebuilt by itself after expiry.
 //! - [`election`]: kazoo-compatible leader election with fencing.
@@ -9,24 +12,28 @@
 //! - [`barrier`]: the round number and the kazoo-compatible barrier node.
 //! - [`counter`]: the kazoo-compatible global counter.
 //! - [`dynconfig`]: watched, validated configuration nodes.
+//! - [`txn`]: labelled transactions: a failed multi names what failed, not an index.
 //!
 //! Every recipe works on a client chrooted at the fleet's root (default `/fleetmeter`), so
 //! paths here are relative to it; see [`paths`].
 
 pub mod access;
 pub mod barrier;
+mod client;
 pub mod counter;
 pub mod dynconfig;
 pub mod election;
 pub mod membership;
 pub mod roster;
 pub mod session;
+pub mod txn;
 
-pub use access::{FleetClient, NodeAcl, ZkAuth};
+pub use access::{NodeAcl, ZkAuth};
+pub use client::FleetClient;
 pub use session::{Session, SessionStatus, ZkSettings};
 pub use zookeeper_client as zk;
 
-/// The ZooKeeper layout under the fleet's root (README, "Coordination (ZooKeeper)").
+/// The ZooKeeper layout under the fleet's root (docs/coordination.md).
 pub mod paths {
     pub const DEVICES: &str = "/devices";
     pub const ELECTION: &str = "/election";

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, SessionState, StateWatcher};
 
 use super::{
-    CoordError,
-    access::{self, FleetClient, ZkAuth},
+    CoordError, FleetClient,
+    access::{self, ZkAuth},
 };
 use crate::backoff::Backoff;
 
@@ -45,14 +45,11 @@ pub struct ZkSettings {
     pub public_read: bool,
     /// TLS to every server (`None`: plaintext).
     pub tls: Option<access::ZkTls>,
-    /// The key of the outbox's commit marks ([`access::MarkKey::for_fleet`]): entries
-    /// without a valid mark are set aside, never sent. `None`: entries are not marked.
-    pub mark_key: Option<access::MarkKey>,
 }
 
 impl ZkSettings {
     /// An open fleet at `hosts` and `root` with the default timeouts (4 s session, 60 s to
-    /// connect): no credentials, no TLS, no commit marks. Set the rest by struct update.
+    /// connect): no credentials, no TLS. Set the rest by struct update.
     pub fn new(hosts: impl Into<String>, root: impl Into<String>) -> Self {
         Self {
             hosts: hosts.into(),
@@ -62,7 +59,6 @@ impl ZkSettings {
             auth: None,
             public_read: false,
             tls: None,
-            mark_key: None,
         }
     }
 
@@ -240,7 +236,7 @@ impl Session {
             return Ok(());
         }
         let client = self.client()?;
-        let Ok(base) = Client::clone(&client).chroot("/") else {
+        let Ok(base) = client.raw().clone().chroot("/") else {
             return Err(CoordError::Settings(format!("invalid root path {root:?}")));
         };
         base.mkdir(root, &client.persistent())
@@ -387,7 +383,7 @@ async fn open(settings: &ZkSettings) -> Result<FleetClient, CoordError> {
     let client = base
         .chroot(settings.root.clone())
         .map_err(|_| CoordError::Settings(format!("invalid root path {:?}", settings.root)))?;
-    Ok(FleetClient::new(client, acl).with_mark(settings.mark_key.clone()))
+    Ok(FleetClient::new(client, acl))
 }
 
 /// Follows the client's state; rebuilds the session after expiry.

@@ -47,8 +47,7 @@ pub(crate) trait World: Send + 'static {
         instance: &Self::Instance,
         store: &mut Store<HostState>,
     ) -> impl Future<Output = wasmtime::Result<Metadata>> + Send;
-    // `&Vec` because that is what the generated binding takes.
-    #[allow(clippy::ptr_arg)]
+    #[expect(clippy::ptr_arg, reason = "`&Vec` is what the generated binding takes")]
     fn init(
         instance: &Self::Instance,
         store: &mut Store<HostState>,
@@ -71,7 +70,10 @@ pub(crate) struct Ready;
 
 impl<W: World> Call<W> for Ready {
     type Output = ();
-    #[allow(clippy::manual_async_fn)]
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "the trait's signature spells out `+ Send`, which `async fn` cannot"
+    )]
     fn call(
         self,
         _: &W::Instance,

@@ -135,7 +135,7 @@ impl Publisher {
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");
             let url = api_url.borrow().clone();
-            let loaded = match outbox::load(&client, &path).await {
+            let loaded = match outbox::load(&client, &path, self.settings.mark_key.as_ref()).await {
                 Ok(loaded) => loaded,
                 Err(outbox::LoadError::Gone) => continue, // published meanwhile
                 Err(outbox::LoadError::Corrupt {

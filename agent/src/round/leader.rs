@@ -21,25 +21,21 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Error as ZkError, MultiWriteError};
 
+pub use super::plan::Dropped;
 use super::{
     Ctx,
-    collect::{self, ZkReadings},
+    collect::{self, Collected, ZkReadings},
+    commit::{CommitError, Committed, Committer},
+    plugins::Aggregated,
     resume,
     schedule::Schedule,
 };
 use crate::{
     backoff::Backoff,
-    coord::{
-        self, CoordError, barrier, counter,
-        election::Leadership,
-        paths::{RESULTS, ROUND},
-        roster::Roster,
-    },
-    publish::outbox::{self, Ledger},
+    coord::{CoordError, barrier, election::Leadership, roster::Roster},
     telemetry::CommittedRound,
-    wire::{InvalidRound, MAX_DEVICES, Round, Shown, VERSION, now_ms},
+    wire::{MAX_DEVICES, Round, Shown, VERSION, now_ms},
 };
 
 /// Pause after a failed commit or a lost term, so that a persistent failure is no hot loop.
@@ -54,22 +50,6 @@ pub enum TermEnd {
     RoundUnreadable(#[source] CoordError),
     #[error(transparent)]
     Session(CoordError),
-}
-
-/// Why a commit did not happen.
-#[derive(Debug, thiserror::Error)]
-enum CommitError {
-    /// The check on our election node failed: we are not the leader.
-    #[error("fenced off: our election node is gone")]
-    Fenced,
-    /// `{root}/round` changed since we read it.
-    #[error("the round moved under us")]
-    RoundMoved,
-    /// The counter node is unreadable and the API cannot say where it stands.
-    #[error("the counter is unreadable and cannot be restored yet: {0}")]
-    CounterUnknown(String),
-    #[error(transparent)]
-    Coord(#[from] CoordError),
 }
 
 /// Leads rounds whenever this device holds the leadership, until `stop`.
@@ -105,7 +85,7 @@ pub(super) async fn run(
         };
         tokio::select! {
             () = stop.cancelled() => {}
-            end = lead(&ctx, &node, &nudge) => {
+            end = Term::new(&ctx, &node, &nudge).lead() => {
                 tracing::warn!(device = %ctx.id, reason = %end, "stopped leading rounds");
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -128,75 +108,157 @@ pub(super) async fn run(
     }
 }
 
-/// Leads rounds until a commit is fenced off or the round cannot be read.
-async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
-    let period = || *ctx.dynconfig.sampling_period.borrow();
-    let mut schedule = Schedule::new(Instant::now(), period(), ctx.collect_fraction);
-    let settings = ctx.publisher.settings();
-    let mut starting = Backoff::new(settings.retry_initial, settings.retry_max);
-    let mut committer = Committer::new(node, settings.outbox_max);
-    // Set up on the first collection; its watch goes with the term.
-    let mut roster = Roster::new(&ctx.session);
-    loop {
-        let client = match ctx.session.client() {
+/// What a step of the term says to do next.
+enum Next<T> {
+    Go(T),
+    /// Start the round over (read `{root}/round` again).
+    Again,
+    End(TermEnd),
+}
+
+/// A round's readings and result, between collection and commit.
+struct Gathered {
+    collected: Collected,
+    collect_time: Duration,
+    aggregated: Aggregated,
+    result: Option<Round>,
+}
+
+/// One term of leading rounds: the steps of each round, in order ([`Term::lead`]).
+struct Term<'a> {
+    ctx: &'a Ctx,
+    node: &'a str,
+    nudge: &'a Notify,
+    schedule: Schedule,
+    /// Back-off of the fleet's start and of postponed commits.
+    starting: Backoff,
+    committer: Committer<'a>,
+    /// Set up on the first collection; its watch goes with the term.
+    roster: Roster,
+}
+
+impl<'a> Term<'a> {
+    fn new(ctx: &'a Ctx, node: &'a str, nudge: &'a Notify) -> Self {
+        let settings = ctx.publisher.settings();
+        Self {
+            ctx,
+            node,
+            nudge,
+            schedule: Schedule::new(Instant::now(), ctx.period(), ctx.collect_fraction),
+            starting: Backoff::new(settings.retry_initial, settings.retry_max),
+            committer: Committer::new(node, settings.outbox_max),
+            roster: Roster::new(&ctx.session),
+        }
+    }
+
+    /// Leads rounds until a commit is fenced off or the round cannot be read.
+    async fn lead(mut self) -> TermEnd {
+        loop {
+            let state = match self.round_state().await {
+                Next::Go(state) => state,
+                Next::Again => continue,
+                Next::End(end) => return end,
+            };
+            match self.guard(state).await {
+                Next::Go(()) => {}
+                Next::Again => continue,
+                Next::End(end) => return end,
+            }
+            let (collected, collect_time) = self.collect(state.round).await;
+            tokio::time::sleep_until(self.schedule.commit_at()).await;
+            let (aggregated, result) = self.aggregate(state.round, &collected).await;
+            let gathered = Gathered {
+                collected,
+                collect_time,
+                aggregated,
+                result,
+            };
+            match self.commit(state, &gathered).await {
+                Next::Go(()) => {}
+                Next::Again => continue,
+                Next::End(end) => return end,
+            }
+            self.schedule.advance(self.ctx.period(), Instant::now());
+        }
+    }
+
+    /// `{root}/round`, starting the fleet's state when it has none.
+    async fn round_state(&mut self) -> Next<barrier::RoundState> {
+        let client = match self.ctx.session.client() {
             Ok(client) => client,
-            Err(err) => return TermEnd::Session(err),
+            Err(err) => return Next::End(TermEnd::Session(err)),
         };
-        let state = match barrier::current(&client).await {
-            Ok(Some(state)) => state,
+        match barrier::current(&client).await {
+            Ok(Some(state)) => Next::Go(state),
             Ok(None) => {
                 drop(client);
-                match start_state(ctx, node).await {
-                    Ok(()) => {
-                        starting.reset();
-                        committer.forget();
-                        // The first round gets a whole period, however long the start took.
-                        schedule = Schedule::new(Instant::now(), period(), ctx.collect_fraction);
-                    }
-                    Err(resume::StartError::Fenced) => return TermEnd::Deposed,
-                    Err(err) => {
-                        let wait = starting.next_delay();
-                        tracing::warn!(error = %err, retry_in = ?wait, "the fleet has no state in ZooKeeper (a new fleet, or ZooKeeper lost its data): cannot start it yet");
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                continue;
+                self.start_state().await
             }
             Err(CoordError::BadData { found, .. }) => {
                 match barrier::current_unreadable(&client).await {
                     Ok(Some(state)) => {
                         tracing::error!(found = %found, "{{root}}/round holds something that is not a round number");
-                        state
+                        Next::Go(state)
                     }
-                    Ok(None) => continue,
-                    Err(err) => return TermEnd::RoundUnreadable(err),
+                    Ok(None) => Next::Again,
+                    Err(err) => Next::End(TermEnd::RoundUnreadable(err)),
                 }
             }
-            Err(err) => return TermEnd::RoundUnreadable(err),
+            Err(err) => Next::End(TermEnd::RoundUnreadable(err)),
+        }
+    }
+
+    /// Asks where the fleet continues, then starts its state; backs off while it cannot.
+    async fn start_state(&mut self) -> Next<barrier::RoundState> {
+        let started = match resume::resume_point(self.ctx).await {
+            Ok(point) => resume::start(self.ctx, self.node, point).await,
+            Err(err) => Err(err),
         };
-        drop(client);
-        match committer.guard_round(ctx, state).await {
-            Ok(false) => {}
-            Ok(true) => continue,
-            Err(CommitError::Fenced) => return TermEnd::Deposed,
+        match started {
+            Ok(()) => {
+                self.starting.reset();
+                self.committer.forget();
+                // The first round gets a whole period, however long the start took.
+                self.schedule =
+                    Schedule::new(Instant::now(), self.ctx.period(), self.ctx.collect_fraction);
+            }
+            Err(resume::StartError::Fenced) => return Next::End(TermEnd::Deposed),
+            Err(err) => {
+                let wait = self.starting.next_delay();
+                tracing::warn!(error = %err, retry_in = ?wait, "the fleet has no state in ZooKeeper (a new fleet, or ZooKeeper lost its data): cannot start it yet");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Next::Again
+    }
+
+    /// Refuses a round this leader did not release (see [`Committer::guard_round`]).
+    async fn guard(&mut self, state: barrier::RoundState) -> Next<()> {
+        match self.committer.guard_round(self.ctx, state).await {
+            Ok(false) => Next::Go(()),
+            Ok(true) => Next::Again,
+            Err(CommitError::Fenced) => Next::End(TermEnd::Deposed),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot check the round; retrying");
                 tokio::time::sleep(PAUSE).await;
-                continue;
+                Next::Again
             }
         }
-        let round = state.round;
-        let collect_started = Instant::now();
-        let members = roster.members();
+    }
+
+    /// The round's readings, until every live device reported or collection ends.
+    async fn collect(&mut self, round: u64) -> (Collected, Duration) {
+        let started = Instant::now();
+        let members = self.roster.members();
         let mut collected = collect::collect(
-            &mut ZkReadings::new(&mut roster),
+            &mut ZkReadings::new(&mut self.roster),
             members,
             round,
-            schedule.collect_until(),
+            self.schedule.collect_until(),
         )
         .await;
-        ctx.telemetry.members(roster.len());
-        let collect_time = collect_started.elapsed();
+        self.ctx.telemetry.members(self.roster.len());
+        let collect_time = started.elapsed();
         if collected.readings.len() > MAX_DEVICES {
             tracing::error!(
                 round,
@@ -206,8 +268,12 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
             );
             collected.readings.truncate(MAX_DEVICES);
         }
-        tokio::time::sleep_until(schedule.commit_at()).await;
+        (collected, collect_time)
+    }
 
+    /// The round's result with the aggregator the fleet's config names now.
+    async fn aggregate(&self, round: u64, collected: &Collected) -> (Aggregated, Option<Round>) {
+        let ctx = self.ctx;
         let wanted = ctx.dynconfig.aggregator.borrow().clone();
         ctx.plugins
             .swap_aggregator_if_changed(&wanted, &ctx.telemetry)
@@ -233,353 +299,92 @@ async fn lead(ctx: &Ctx, node: &str, nudge: &Notify) -> TermEnd {
             version: VERSION,
             values: Some(collected.readings.iter().map(|r| r.value).collect()),
         });
-        let commit_started = Instant::now();
-        let commit = committer.commit(ctx, state, result.as_ref()).await;
-        let commit_time = commit_started.elapsed();
+        (aggregated, result)
+    }
+
+    /// Commits the round and reports it; `Again` when the round must be read again.
+    async fn commit(&mut self, state: barrier::RoundState, gathered: &Gathered) -> Next<()> {
+        let round = state.round;
+        let started = Instant::now();
+        let commit = self
+            .committer
+            .commit(self.ctx, state, gathered.result.as_ref())
+            .await;
+        let commit_time = started.elapsed();
         match commit {
             Ok(committed) => {
-                if let Some(ledger) = committed.ledger {
-                    ctx.telemetry.outbox(ledger, committer.max);
-                }
-                let value = committed
-                    .stored
-                    .then(|| result.as_ref().map(|r| r.value))
-                    .flatten();
-                ctx.telemetry.round_committed(&CommittedRound {
-                    duration: schedule.start().elapsed(),
-                    collect: collect_time,
-                    used: collected.readings.len(),
-                    missed: collected.missed,
-                    value,
-                });
-                if let Some(dropped) = &committed.dropped {
-                    ctx.telemetry.result_dropped(dropped.reason());
-                    tracing::error!(round, reason = %dropped, "the round's result was NOT stored; the next round is released");
-                }
-                tracing::info!(
-                    leader = %ctx.id,
-                    round,
-                    members = collected.live,
-                    readings = collected.readings.len(),
-                    missed = collected.missed,
-                    value = value.map(|v| tracing::field::display(Shown(v))),
-                    aggregator = %aggregated.aggregator,
-                    counter = committed.counter,
-                    collect_ms = %format_args!("{:.1}", collect_time.as_secs_f64() * 1000.0),
-                    commit_ms = %format_args!("{:.1}", commit_time.as_secs_f64() * 1000.0),
-                    "round committed; next round released"
-                );
-                if committed.stored {
-                    nudge.notify_one();
-                }
+                self.report(round, &committed, gathered, commit_time);
+                Next::Go(())
             }
-            Err(CommitError::Fenced) => return TermEnd::Deposed,
+            Err(CommitError::Fenced) => Next::End(TermEnd::Deposed),
             Err(CommitError::RoundMoved) => {
                 tracing::warn!(round, "the round moved under us; re-reading");
+                Next::Go(())
             }
             Err(err @ CommitError::CounterUnknown(_)) => {
-                let wait = starting.next_delay();
+                let wait = self.starting.next_delay();
                 tracing::warn!(round, error = %err, retry_in = ?wait, "commit postponed");
                 tokio::time::sleep(wait).await;
-                continue;
+                Next::Again
             }
             Err(CommitError::Coord(err)) => {
                 tracing::warn!(round, error = %err, "commit failed; retrying the round");
                 // Not a hot loop when the failure persists (a refused ACL, say).
                 tokio::time::sleep(PAUSE).await;
-                continue;
+                Next::Again
             }
         }
-        schedule.advance(period(), Instant::now());
     }
-}
 
-/// Asks where the fleet continues, then starts its state.
-async fn start_state(ctx: &Ctx, node: &str) -> Result<(), resume::StartError> {
-    let point = resume::resume_point(ctx).await?;
-    resume::start(ctx, node, point).await
-}
-
-/// Why a round's result was not stored.
-#[derive(Debug, thiserror::Error)]
-pub enum Dropped {
-    #[error("the API would refuse it: {0}")]
-    Invalid(#[from] InvalidRound),
-    #[error("the outbox is full ({} rounds, {} bytes; at most {} rounds, {} bytes): publish or discard what waits (`fleetmeter outbox list`)", .now.rounds, .now.bytes, .max.rounds, .max.bytes)]
-    OutboxFull { now: Ledger, max: Ledger },
-}
-
-impl Dropped {
-    /// The metrics label.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Dropped::Invalid(_) => "invalid",
-            Dropped::OutboxFull { .. } => "outbox_full",
+    /// Metrics, the round's log line, and a nudge to the publisher when a result was stored.
+    fn report(
+        &self,
+        round: u64,
+        committed: &Committed,
+        gathered: &Gathered,
+        commit_time: Duration,
+    ) {
+        let ctx = self.ctx;
+        let Gathered {
+            collected,
+            collect_time,
+            aggregated,
+            result,
+        } = gathered;
+        let collect_time = *collect_time;
+        if let Some(ledger) = committed.ledger {
+            ctx.telemetry.outbox(ledger, self.committer.max);
         }
-    }
-}
-
-/// What a commit did.
-#[derive(Debug)]
-struct Committed {
-    /// The counter after the commit.
-    counter: i64,
-    /// Whether the result went into the outbox.
-    stored: bool,
-    /// The outbox's ledger after the commit, when it was read.
-    ledger: Option<Ledger>,
-    dropped: Option<Dropped>,
-}
-
-/// Commits rounds for one term.
-struct Committer<'a> {
-    node: &'a str,
-    max: Ledger,
-    /// When the ledger was last recounted because it said "full".
-    recounted: Option<Instant>,
-    /// `{root}/round` as our last release (or our first read of the term) left it: any
-    /// other value was written by someone else, and is refused.
-    released: Option<barrier::RoundState>,
-    /// The counter as our last commit left it, likewise.
-    counter: Option<counter::CounterValue>,
-}
-
-/// A full outbox is recounted (in case entries went missing by hand) at most this often.
-const RECOUNT_EVERY: Duration = Duration::from_secs(60);
-
-impl<'a> Committer<'a> {
-    fn new(node: &'a str, max: Ledger) -> Self {
-        Self {
-            node,
-            max,
-            recounted: None,
-            released: None,
-            counter: None,
+        let value = committed
+            .stored
+            .then(|| result.as_ref().map(|r| r.value))
+            .flatten();
+        ctx.telemetry.round_committed(&CommittedRound {
+            duration: self.schedule.start().elapsed(),
+            collect: collect_time,
+            used: collected.readings.len(),
+            missed: collected.missed,
+            value,
+        });
+        if let Some(dropped) = &committed.dropped {
+            ctx.telemetry.result_dropped(dropped.reason());
+            tracing::error!(round, reason = %dropped, "the round's result was NOT stored; the next round is released");
         }
-    }
-
-    /// The fleet's state was (re)started: nothing is expected of the nodes any more.
-    fn forget(&mut self) {
-        self.released = None;
-        self.counter = None;
-    }
-
-    /// Refuses a round the leader did not release: only the leader moves `{root}/round`, by
-    /// one per commit, so a round other than the one it left (lower: backwards; higher: a
-    /// jump) was written by someone else. The first round of a term must lie above every
-    /// round in the outbox. A refused round is written back, fenced; `Ok(true)` then (read
-    /// it again).
-    async fn guard_round(
-        &mut self,
-        ctx: &Ctx,
-        state: barrier::RoundState,
-    ) -> Result<bool, CommitError> {
-        let client = ctx.session.client()?;
-        let expected = match self.released {
-            Some(released) if released == state => return Ok(false),
-            Some(released) => released.round,
-            None => {
-                let floor = outbox::highest_round(&client)
-                    .await?
-                    .map_or(1, |h| h.saturating_add(1));
-                if state.round >= floor {
-                    self.released = Some(state);
-                    return Ok(false);
-                }
-                // Where the fleet's rounds continue, as at a start; the outbox alone when
-                // the API cannot say.
-                match resume::resume_point(ctx).await {
-                    Ok(point) => point.round.max(floor),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot ask the API where rounds continue: using the outbox's highest round");
-                        floor
-                    }
-                }
-            }
-        };
-        ctx.telemetry.zk_refused("round");
-        tracing::error!(
-            found = state.round,
-            expected,
-            "{{root}}/round was changed by someone other than the leader (moved {}): refused; writing back round {expected}",
-            if state.round < expected {
-                "backwards"
-            } else {
-                "ahead"
-            }
+        tracing::info!(
+            leader = %ctx.id,
+            round,
+            members = collected.live,
+            readings = collected.readings.len(),
+            missed = collected.missed,
+            value = value.map(|v| tracing::field::display(Shown(v))),
+            aggregator = %aggregated.aggregator,
+            counter = committed.counter,
+            collect_ms = %format_args!("{:.1}", collect_time.as_secs_f64() * 1000.0),
+            commit_ms = %format_args!("{:.1}", commit_time.as_secs_f64() * 1000.0),
+            "round committed; next round released"
         );
-        let mut multi = client.new_multi_writer();
-        multi
-            .add_check_version(self.node, 0)
-            .map_err(|e| CoordError::zk("check (in multi)", self.node, e))?;
-        barrier::add_restore(&mut multi, state, expected)?;
-        match multi.commit().await {
-            Ok(_) => {
-                self.released = Some(barrier::RoundState {
-                    round: expected,
-                    version: state.version.wrapping_add(1),
-                    created: state.created,
-                });
-                Ok(true)
-            }
-            Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(CommitError::Fenced),
-            Err(MultiWriteError::OperationFailed {
-                source: ZkError::BadVersion,
-                ..
-            }) => Ok(true),
-            Err(err) => Err(CoordError::zk("restore (multi)", ROUND, ZkError::from(err)).into()),
-        }
-    }
-
-    /// The counter to build on: the node's value when it is what our last commit left (or
-    /// the first read of the term gives a readable value); otherwise the value is refused,
-    /// and the one to write back is returned: ours, or (first read of a term, unreadable)
-    /// where the fleet's stored rounds say it stands.
-    async fn guard_counter(
-        &mut self,
-        ctx: &Ctx,
-        client: &coord::FleetClient,
-    ) -> Result<(counter::CounterValue, bool), CommitError> {
-        let (value, version) = counter::read_lenient(client).await?;
-        let expected = match (value, self.counter) {
-            (Some(value), None) => return Ok((counter::CounterValue { value, version }, false)),
-            (Some(value), Some(ours)) if ours.value == value && ours.version == version => {
-                return Ok((ours, false));
-            }
-            (_, Some(ours)) => ours.value,
-            (None, None) => match resume::resume_point(ctx).await {
-                Ok(point) => point.counter.unwrap_or(0),
-                Err(err) => return Err(CommitError::CounterUnknown(err.to_string())),
-            },
-        };
-        ctx.telemetry.zk_refused("counter");
-        tracing::error!(
-            found = ?value,
-            expected,
-            "{{root}}/counter was changed by someone other than the leader (or is not a number): refused; writing back {expected}"
-        );
-        Ok((
-            counter::CounterValue {
-                value: expected,
-                version,
-            },
-            true,
-        ))
-    }
-
-    /// One multi: our election node exists (fence), the result (if any and if it fits) and
-    /// the outbox ledger, the counter, and the release of the next round.
-    async fn commit(
-        &mut self,
-        ctx: &Ctx,
-        state: barrier::RoundState,
-        result: Option<&Round>,
-    ) -> Result<Committed, CommitError> {
-        let client = ctx.session.client()?;
-        let mut parts_written: Option<Vec<u8>> = None;
-        loop {
-            let (count, restore) = self.guard_counter(ctx, &client).await?;
-            let mut multi = client.new_multi_writer();
-            multi
-                .add_check_version(self.node, 0)
-                .map_err(|e| CoordError::zk("check (in multi)", self.node, e))?;
-            let mut committed = Committed {
-                counter: count.value,
-                stored: false,
-                ledger: None,
-                dropped: None,
-            };
-            if let Some(result) = result {
-                let mut result = result.clone();
-                let delta = i64::from(result.count);
-                result.counter = Some(counter::checked_add(count.value, delta)?);
-                match result.validate() {
-                    Err(invalid) => committed.dropped = Some(invalid.into()),
-                    Ok(()) => {
-                        let encoded = outbox::encode(&result, self.node, client.mark_key());
-                        let mut ledger = outbox::ledger(&client).await?;
-                        if !ledger.ledger.fits(encoded.bytes, &self.max)
-                            && self.recounted.is_none_or(|at| at.elapsed() > RECOUNT_EVERY)
-                        {
-                            self.recounted = Some(Instant::now());
-                            ledger = outbox::recount(&client).await?;
-                        }
-                        if ledger.ledger.fits(encoded.bytes, &self.max) {
-                            if !encoded.parts.is_empty()
-                                && parts_written.as_deref() != Some(&encoded.entry)
-                            {
-                                outbox::write_parts(&client, &encoded).await?;
-                                parts_written = Some(encoded.entry.clone());
-                            }
-                            committed.ledger = Some(outbox::add_entry(
-                                &mut multi,
-                                client.acl(),
-                                result.round,
-                                &encoded,
-                                ledger,
-                            )?);
-                            counter::add_increment(&mut multi, count, delta)?;
-                            committed.counter = counter::checked_add(committed.counter, delta)?;
-                            committed.stored = true;
-                        } else {
-                            committed.ledger = Some(ledger.ledger);
-                            committed.dropped = Some(Dropped::OutboxFull {
-                                now: ledger.ledger,
-                                max: self.max,
-                            });
-                        }
-                    }
-                }
-            }
-            if restore && !committed.stored {
-                counter::add_increment(&mut multi, count, 0)?;
-            }
-            barrier::add_release(&mut multi, client.acl(), state)?;
-            return match multi.commit().await {
-                Ok(_) => {
-                    self.released = Some(barrier::RoundState {
-                        round: state.round.saturating_add(1),
-                        version: state.version.wrapping_add(1),
-                        created: state.created,
-                    });
-                    let written = committed.stored || restore;
-                    self.counter = Some(counter::CounterValue {
-                        value: committed.counter,
-                        version: if written {
-                            count.version.wrapping_add(1)
-                        } else {
-                            count.version
-                        },
-                    });
-                    Ok(committed)
-                }
-                Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(CommitError::Fenced),
-                Err(MultiWriteError::OperationFailed {
-                    source: ZkError::NoNode,
-                    index: 1,
-                }) if committed.stored => {
-                    // {root}/results does not exist yet.
-                    client
-                        .mkdir(RESULTS, &client.persistent())
-                        .await
-                        .map_err(|e| CoordError::zk("create", RESULTS, e))?;
-                    continue;
-                }
-                Err(MultiWriteError::OperationFailed {
-                    source: ZkError::BadVersion,
-                    ..
-                }) => {
-                    // The counter, the ledger or the round moved: if the round did, someone
-                    // else released it.
-                    match barrier::current(&client).await {
-                        Ok(Some(now)) if now == state => continue,
-                        _ => Err(CommitError::RoundMoved),
-                    }
-                }
-                Err(err) => {
-                    Err(CoordError::zk("commit (multi)", RESULTS, ZkError::from(err)).into())
-                }
-            };
+        if committed.stored {
+            self.nudge.notify_one();
         }
     }
 }

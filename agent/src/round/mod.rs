@@ -13,12 +13,18 @@
 //! - [`collect`]: the leader's wait for the round's readings, up to the deadline.
 //! - [`plugins`]: the loaded sensor and aggregator, as the loop calls them.
 //! - [`device`]: the sampling loop every device runs.
-//! - [`leader`]: leading rounds, committing them, publishing.
+//! - [`leader`]: a leader's term, one named step after another.
+//! - `plan`: the commit as data (a labelled transaction and what it will have done), pure.
+//! - `guard`: what the leader trusts (only the round and counter it left), pure.
+//! - `commit`: reading what a commit builds on, applying the plan, retrying.
 //! - `resume`: starting the fleet's state where the API and the outbox say it continues.
 
 pub mod collect;
+mod commit;
 mod device;
+mod guard;
 pub mod leader;
+mod plan;
 pub mod plugins;
 mod resume;
 pub mod schedule;
@@ -98,6 +104,18 @@ pub(crate) struct Ctx {
     dynconfig: DynConfig,
     publisher: Publisher,
     telemetry: Arc<Telemetry>,
+}
+
+impl Ctx {
+    /// The sampling period the fleet's config names now.
+    fn period(&self) -> Duration {
+        *self.dynconfig.sampling_period.borrow()
+    }
+
+    /// The key of the outbox's commit marks (`None`: entries are not marked).
+    fn mark_key(&self) -> Option<&crate::publish::outbox::MarkKey> {
+        self.publisher.settings().mark_key.as_ref()
+    }
 }
 
 /// Runs `device` on `session` until `shutdown` is cancelled or the session is closed. The

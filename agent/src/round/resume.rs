@@ -13,13 +13,14 @@
 //! (or at 1) and the counter at 0. While the API cannot be asked (down, wrong token), the
 //! fleet does not start: the leader retries with back-off and says why.
 
-use zookeeper_client::{Error as ZkError, MultiWriteError};
+use zookeeper_client::Error as ZkError;
 
 use super::Ctx;
 use crate::{
     coord::{
         CoordError, barrier, counter,
         paths::{COUNTER, ROUND},
+        txn::{Label, Txn},
     },
     publish::{SendError, outbox},
 };
@@ -49,7 +50,7 @@ pub(super) async fn resume_point(ctx: &Ctx) -> Result<ResumePoint, StartError> {
     let api_url = ctx.dynconfig.api_url.borrow().clone();
     let latest = ctx.publisher.latest_stored(&api_url).await?;
     let client = ctx.session.client()?;
-    let left = outbox::highest_round(&client).await?;
+    let left = outbox::highest_round(&client, ctx.mark_key()).await?;
     let highest = latest.as_ref().map(|r| r.round).max(left);
     let counter = match &latest {
         Some(round) if round.counter.is_none() => {
@@ -79,16 +80,17 @@ pub(super) async fn start(ctx: &Ctx, node: &str, point: ResumePoint) -> Result<(
             .await
             .map_err(|e| CoordError::zk("stat", COUNTER, e))?
             .is_some();
-        let mut multi = client.new_multi_writer();
-        multi
-            .add_check_version(node, 0)
-            .map_err(|e| CoordError::zk("check (in multi)", node, e))?;
-        barrier::add_start(&mut multi, client.acl(), point.round, barrier_exists)?;
+        let mut txn = Txn::new("start (multi)", ROUND);
+        txn.check(Label::Fence, node, 0).extend(barrier::start(
+            client.acl(),
+            point.round,
+            barrier_exists,
+        ));
         if !counter_exists {
-            counter::add_create(&mut multi, client.acl(), point.counter.unwrap_or(0))?;
+            txn.push(counter::create(client.acl(), point.counter.unwrap_or(0)));
         }
-        return match multi.commit().await {
-            Ok(_) => {
+        return match txn.commit(&client).await {
+            Ok(()) => {
                 tracing::info!(
                     round = point.round,
                     counter = ?point.counter,
@@ -99,16 +101,12 @@ pub(super) async fn start(ctx: &Ctx, node: &str, point: ResumePoint) -> Result<(
             }
             // Our election node is gone (with the root, when it was deleted by hand): the
             // election re-joins, making the root again.
-            Err(MultiWriteError::OperationFailed { index: 0, .. }) => Err(StartError::Fenced),
-            Err(MultiWriteError::OperationFailed {
-                index: 1,
-                source: ZkError::NodeExists,
-            }) => Ok(()),
-            Err(MultiWriteError::OperationFailed {
-                source: ZkError::NodeExists,
-                ..
-            }) => continue, // the barrier or counter was created meanwhile
-            Err(err) => Err(CoordError::zk("start (multi)", ROUND, err.into()).into()),
+            Err(err) if err.is(Label::Fence) => Err(StartError::Fenced),
+            // Another leader started it first.
+            Err(err) if err.is_at(Label::Round, &ZkError::NodeExists) => Ok(()),
+            // The barrier or counter was created meanwhile.
+            Err(err) if err.failed().is_some_and(|(_, e)| *e == ZkError::NodeExists) => continue,
+            Err(err) => Err(err.into_coord().into()),
         };
     }
 }
