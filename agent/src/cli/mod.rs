@@ -142,27 +142,13 @@ pub struct FleetArgs {
     )]
     pub zk_auth_file: Option<PathBuf>,
     #[command(flatten)]
-    pub tls: ZkTlsArgs,
-}
-
-/// TLS to ZooKeeper, for `run` and the tools.
-#[derive(Debug, Args)]
-pub struct ZkTlsArgs {
-    /// PEM CA of the ZooKeeper servers: connect with TLS.
-    #[arg(long = keys::ZK_TLS_CA.long(), env = keys::ZK_TLS_CA.var(), value_name = keys::ZK_TLS_CA.value())]
-    pub zk_tls_ca: Option<PathBuf>,
-    /// PEM client certificate for ZooKeeper TLS (with --zk-tls-key).
-    #[arg(long = keys::ZK_TLS_CERT.long(), env = keys::ZK_TLS_CERT.var(), value_name = keys::ZK_TLS_CERT.value())]
-    pub zk_tls_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long = keys::ZK_TLS_KEY.long(), env = keys::ZK_TLS_KEY.var(), value_name = keys::ZK_TLS_KEY.value())]
-    pub zk_tls_key: Option<PathBuf>,
+    pub tls: crate::config::ZkTlsArgs,
 }
 
 impl FleetArgs {
     /// TLS to ZooKeeper, when --zk-tls-ca is given.
     pub fn tls(&self) -> Result<Option<crate::coord::access::ZkTls>> {
-        let ZkTlsArgs {
+        let crate::config::ZkTlsArgs {
             zk_tls_ca,
             zk_tls_cert,
             zk_tls_key,

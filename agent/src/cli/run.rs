@@ -20,60 +20,11 @@ use crate::{
 /// the defaults (see agent.toml for all keys).
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// This device's id (also --id, or DEVICE_ID).
-    #[arg(value_name = keys::DEVICE_ID.value(), env = keys::DEVICE_ID.var())]
-    pub id: Option<String>,
-    /// This device's id, as a flag.
-    #[arg(long = keys::DEVICE_ID.long(), value_name = keys::DEVICE_ID.value(), conflicts_with = "id")]
-    pub id_flag: Option<String>,
     /// Configuration file [default: ./agent.toml when it exists].
     #[arg(long = keys::CONFIG.long(), env = keys::CONFIG.var(), value_name = keys::CONFIG.value())]
     pub config: Option<PathBuf>,
-    /// ZooKeeper hosts, host:port[,host:port...].
-    #[arg(long = keys::ZK_HOSTS.long(), env = keys::ZK_HOSTS.var(), value_name = keys::ZK_HOSTS.value())]
-    pub zk: Option<String>,
-    /// The measurements API's base URL.
-    #[arg(long = keys::API_URL.long(), env = keys::API_URL.var(), value_name = keys::API_URL.value())]
-    pub api_url: Option<String>,
-    /// Seconds between rounds.
-    #[arg(long = keys::SAMPLING_PERIOD.long(), env = keys::SAMPLING_PERIOD.var(), value_name = keys::SAMPLING_PERIOD.value())]
-    pub period: Option<String>,
-    /// A file holding the fleet's ZooKeeper credentials, `digest:USER:PASSWORD` (or
-    /// FLEETMETER_ZK_AUTH with that value; never the password on the command line).
-    #[arg(long = keys::ZK_AUTH_FILE.long(), env = keys::ZK_AUTH_FILE.var(), value_name = keys::ZK_AUTH_FILE.value())]
-    pub zk_auth_file: Option<PathBuf>,
     #[command(flatten)]
-    pub tls: super::ZkTlsArgs,
-    /// Root node of this fleet in ZooKeeper.
-    #[arg(long = keys::ZK_ROOT.long(), env = keys::ZK_ROOT.var(), value_name = keys::ZK_ROOT.value())]
-    pub root: Option<String>,
-    /// Sensor plugin (a name in the plugin directory, or a path).
-    #[arg(long = keys::SENSOR.long(), env = keys::SENSOR.var(), value_name = keys::SENSOR.value())]
-    pub sensor: Option<String>,
-    /// Aggregator plugin name.
-    #[arg(long = keys::AGGREGATOR.long(), env = keys::AGGREGATOR.var(), value_name = keys::AGGREGATOR.value())]
-    pub aggregator: Option<String>,
-    /// Directory of plugins.
-    #[arg(long = keys::PLUGIN_DIR.long(), env = keys::PLUGIN_DIR.var(), value_name = keys::PLUGIN_DIR.value())]
-    pub plugin_dir: Option<PathBuf>,
-    /// Bearer token for the API's writes.
-    #[arg(
-        long = keys::API_TOKEN.long(),
-        env = keys::API_TOKEN.var(),
-        hide_env_values = true,
-        value_name = keys::API_TOKEN.value()
-    )]
-    pub api_token: Option<String>,
-    /// A file whose first line is the API token (a secret shared with the API).
-    #[arg(long = keys::API_TOKEN_FILE.long(), env = keys::API_TOKEN_FILE.var(), value_name = keys::API_TOKEN_FILE.value())]
-    pub api_token_file: Option<PathBuf>,
-    /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
-    #[arg(long = keys::PUBLISH_FORMAT.long(), env = keys::PUBLISH_FORMAT.var(), value_name = keys::PUBLISH_FORMAT.value())]
-    pub publish_format: Option<String>,
-    /// Where to serve /metrics and /healthz: IP:PORT, :PORT (every interface), or `off`
-    /// [default: 127.0.0.1:9464].
-    #[arg(long = keys::METRICS_LISTEN.long(), env = keys::METRICS_LISTEN.var(), value_name = keys::METRICS_LISTEN.value())]
-    pub metrics_listen: Option<String>,
+    pub overrides: config::Overrides,
     /// Only check the configuration (file, environment and flags, as `run` would read
     /// them), print what the agent would run with, and exit: 0 when valid, 1 when not.
     /// Nothing is connected to.
@@ -81,35 +32,8 @@ pub struct RunArgs {
     pub check: bool,
 }
 
-impl RunArgs {
-    pub fn overrides(&self) -> crate::config::Overrides {
-        crate::config::Overrides {
-            id: self.id_flag.clone().or_else(|| self.id.clone()),
-            zk_hosts: self.zk.clone(),
-            root: self.root.clone(),
-            api_url: self.api_url.clone(),
-            period: self.period.clone(),
-            sensor: self.sensor.clone(),
-            aggregator: self.aggregator.clone(),
-            plugin_dir: self.plugin_dir.clone(),
-            token: self.api_token.clone(),
-            token_file: self.api_token_file.clone(),
-            format: self.publish_format.clone(),
-            metrics_listen: self.metrics_listen.clone(),
-            // The environment only: a flag would put the password in every `ps`.
-            zk_auth: std::env::var(keys::ZK_AUTH.var())
-                .ok()
-                .map(crate::config::Secret::new),
-            zk_auth_file: self.zk_auth_file.clone(),
-            zk_tls_ca: self.tls.zk_tls_ca.clone(),
-            zk_tls_cert: self.tls.zk_tls_cert.clone(),
-            zk_tls_key: self.tls.zk_tls_key.clone(),
-        }
-    }
-}
-
 pub(super) fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = config::load(args.config.as_deref(), args.overrides())?;
+    let config = config::load(args.config.as_deref(), args.overrides)?;
     if args.check {
         print!("{}", config::describe(&config));
         return Ok(ExitCode::SUCCESS);

@@ -132,9 +132,9 @@ pub struct PublishSection {
     pub retry_initial: f64,
     pub retry_max: f64,
     /// Most results the outbox holds (waiting and refused).
-    pub outbox_max_rounds: f64,
+    pub outbox_max_rounds: u64,
     /// Most MiB of results the outbox holds.
-    pub outbox_max_mib: f64,
+    pub outbox_max_mib: u64,
     /// Origins the dynamic `api_url` may point to besides `api_url`'s own.
     pub allowed_origins: Vec<String>,
 }
@@ -149,8 +149,8 @@ impl Default for PublishSection {
             timeout: 5.0,
             retry_initial: 0.5,
             retry_max: 30.0,
-            outbox_max_rounds: 20_000.0,
-            outbox_max_mib: 64.0,
+            outbox_max_rounds: 20_000,
+            outbox_max_mib: 64,
             allowed_origins: Vec::new(),
         }
     }

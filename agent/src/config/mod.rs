@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`keys`]: the one table of keys, flags, variables, defaults and ranges.
 //! - [`file`]: `agent.toml` as serde reads it.
+//! - `overrides`: the command line and the environment, one clap declaration per flag.
 //! - [`reference`]: the book's configuration reference, rendered from [`keys`].
 //! - `resolve`: validation, one function per section.
 //!
@@ -14,6 +15,7 @@
 
 mod file;
 pub mod keys;
+mod overrides;
 pub mod reference;
 mod resolve;
 
@@ -23,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+pub use overrides::{Overrides, ZkTlsArgs};
 pub use file::{
     DeviceSection, FileConfig, GrantsSection, PluginsSection, PublishFormat, PublishSection,
     RoundSection, TelemetrySection, UnknownFormat, ZookeeperSection,
@@ -102,8 +105,6 @@ pub enum InvalidSetting {
     },
     #[error("must not exceed retry_max")]
     RetryOrder,
-    #[error("must be a whole number, got {0}")]
-    NotWhole(f64),
     #[error("`{key}` must be a string, number or boolean, got {found}")]
     PluginConfigType { key: String, found: &'static str },
     #[error(transparent)]
@@ -148,30 +149,6 @@ impl From<CoordError> for InvalidSetting {
 /// toml's message spans lines (the offending line, a caret); an error message is one line.
 fn one_line(error: &toml::de::Error) -> String {
     error.to_string().trim_end().replace('\n', " ")
-}
-
-/// Values from the environment and the command line (clap fills each from its flag or its
-/// environment variable; a flag wins over the variable).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Overrides {
-    pub id: Option<String>,
-    pub zk_hosts: Option<String>,
-    pub root: Option<String>,
-    pub api_url: Option<String>,
-    pub period: Option<String>,
-    pub sensor: Option<String>,
-    pub aggregator: Option<String>,
-    pub plugin_dir: Option<PathBuf>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub format: Option<String>,
-    pub metrics_listen: Option<String>,
-    /// FLEETMETER_ZK_AUTH (the environment only: never a flag).
-    pub zk_auth: Option<Secret>,
-    pub zk_auth_file: Option<PathBuf>,
-    pub zk_tls_ca: Option<PathBuf>,
-    pub zk_tls_cert: Option<PathBuf>,
-    pub zk_tls_key: Option<PathBuf>,
 }
 
 /// The validated configuration the agent runs with.
@@ -386,6 +363,19 @@ mod tests {
         assert_eq!(config.period, Duration::from_secs(2), "env/flag over file");
         assert_eq!(config.zookeeper.hosts, "a:1,b:2");
         assert_eq!(config.publish.api_url, "http://api:4000/");
+    }
+
+    #[test]
+    fn outbox_bounds_are_whole_numbers_in_range() {
+        let bound = |text: &str| load_text(&format!("[publish]\n{text}\n"), id("1"));
+        let config = bound("outbox_max_rounds = 12\noutbox_max_mib = 2").unwrap();
+        assert_eq!(config.publish.outbox_max.rounds, 12);
+        assert_eq!(config.publish.outbox_max.bytes, 2 * 1024 * 1024);
+        for bad in ["outbox_max_rounds = 2.5", "outbox_max_rounds = -1", "outbox_max_mib = 0"] {
+            let err = bound(bad).unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

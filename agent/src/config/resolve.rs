@@ -134,13 +134,12 @@ fn seconds(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<Duration
     Ok(Duration::from_secs_f64(value))
 }
 
-/// A whole number within the key's range.
-fn whole(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<u64, ConfigError> {
-    in_range(origin, key, value)?;
-    if value.fract() != 0.0 {
-        return Err(origin.invalid(key, false, InvalidSetting::NotWhole(value)));
-    }
-    Ok(value as u64)
+/// A count within the key's range (a value only the file sets; TOML refuses a fraction or a
+/// sign for it, naming the key).
+fn count(origin: Origin<'_>, key: &'static Key, value: u64) -> Result<u64, ConfigError> {
+    // A count past 2^53 rounds in f64, but stays far above every key's maximum.
+    in_range(origin, key, value as f64)?;
+    Ok(value)
 }
 
 /// A number within the key's range (a value only the file sets).
@@ -164,13 +163,14 @@ fn in_range(origin: Origin<'_>, key: &'static Key, value: f64) -> Result<(), Con
 }
 
 fn device(origin: Origin<'_>, file: DeviceSection, o: &Overrides) -> Result<String, ConfigError> {
-    let id =
-        o.id.clone()
-            .or(file.id)
-            .filter(|id| !id.trim().is_empty())
-            .ok_or(ConfigError::MissingId)?;
+    let id = o
+        .device_id()
+        .cloned()
+        .or(file.id)
+        .filter(|id| !id.trim().is_empty())
+        .ok_or(ConfigError::MissingId)?;
     membership::validate_id(&id)
-        .map_err(|e| origin.invalid(&keys::DEVICE_ID, o.id.is_some(), e.into()))?;
+        .map_err(|e| origin.invalid(&keys::DEVICE_ID, o.device_id().is_some(), e.into()))?;
     Ok(id)
 }
 
@@ -239,14 +239,14 @@ fn zk_tls(
 ) -> Result<Option<ZkTls>, ConfigError> {
     let pick =
         |over: &Option<PathBuf>, file: &Option<PathBuf>| over.clone().or_else(|| file.clone());
-    let ca = pick(&o.zk_tls_ca, &file.tls_ca);
-    let cert = pick(&o.zk_tls_cert, &file.tls_cert);
-    let key = pick(&o.zk_tls_key, &file.tls_key);
+    let ca = pick(&o.tls.zk_tls_ca, &file.tls_ca);
+    let cert = pick(&o.tls.zk_tls_cert, &file.tls_cert);
+    let key = pick(&o.tls.zk_tls_key, &file.tls_key);
     let Some(ca) = ca else {
         if cert.is_some() || key.is_some() {
             return Err(origin.invalid(
                 &keys::ZK_TLS_CA,
-                o.zk_tls_cert.is_some() || o.zk_tls_key.is_some(),
+                o.tls.zk_tls_cert.is_some() || o.tls.zk_tls_key.is_some(),
                 InvalidSetting::TlsWithoutCa,
             ));
         }
@@ -254,7 +254,7 @@ fn zk_tls(
     };
     ZkTls::read(&ca, cert.as_deref(), key.as_deref())
         .map(Some)
-        .map_err(|e| origin.invalid(&keys::ZK_TLS_CA, o.zk_tls_ca.is_some(), e.into()))
+        .map_err(|e| origin.invalid(&keys::ZK_TLS_CA, o.tls.zk_tls_ca.is_some(), e.into()))
 }
 
 /// The API token: --api-token / FLEETMETER_API_TOKEN, else the file named by
@@ -359,8 +359,8 @@ fn publish(
         retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,
         retry_max: seconds(origin, &keys::RETRY_MAX, file.retry_max)?,
         outbox_max: crate::publish::outbox::Ledger {
-            rounds: whole(origin, &keys::OUTBOX_MAX_ROUNDS, file.outbox_max_rounds)?,
-            bytes: whole(origin, &keys::OUTBOX_MAX_MIB, file.outbox_max_mib)? * 1024 * 1024,
+            rounds: count(origin, &keys::OUTBOX_MAX_ROUNDS, file.outbox_max_rounds)?,
+            bytes: count(origin, &keys::OUTBOX_MAX_MIB, file.outbox_max_mib)? * 1024 * 1024,
         },
         // Derived once the credentials are known (`resolve`).
         mark_key: None,
