@@ -25,11 +25,11 @@ use std::{
     time::Duration,
 };
 
-pub use overrides::{Overrides, ZkTlsArgs};
 pub use file::{
     DeviceSection, FileConfig, GrantsSection, PluginsSection, PublishFormat, PublishSection,
     RoundSection, TelemetrySection, UnknownFormat, ZookeeperSection,
 };
+pub use overrides::{Overrides, ZkTlsArgs};
 
 use crate::{
     coord::{CoordError, ZkSettings, dynconfig::InvalidValue},
@@ -371,7 +371,11 @@ mod tests {
         let config = bound("outbox_max_rounds = 12\noutbox_max_mib = 2").unwrap();
         assert_eq!(config.publish.outbox_max.rounds, 12);
         assert_eq!(config.publish.outbox_max.bytes, 2 * 1024 * 1024);
-        for bad in ["outbox_max_rounds = 2.5", "outbox_max_rounds = -1", "outbox_max_mib = 0"] {
+        for bad in [
+            "outbox_max_rounds = 2.5",
+            "outbox_max_rounds = -1",
+            "outbox_max_mib = 0",
+        ] {
             let err = bound(bad).unwrap_err().to_string();
             let key = bad.split(' ').next().unwrap();
             assert!(err.contains(key), "{bad}: {err}");

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinSet};
 use zookeeper_client::{Error, MultiReadResult};
 
 use super::{CoordError, Session, paths::CONFIG, wait_for_change};
@@ -190,12 +190,12 @@ impl DynConfig {
 }
 
 /// Seeds absent keys, reads the current values and follows them. The tasks stop when the
-/// session closes.
+/// session closes, or when the returned set is dropped.
 pub async fn start(
     session: &Session,
     local: Local,
     known: KnownAggregators,
-) -> Result<(DynConfig, Vec<JoinHandle<()>>), CoordError> {
+) -> Result<(DynConfig, JoinSet<()>), CoordError> {
     let client = session.client()?;
     let seeds = [
         (Key::SamplingPeriod, format_period(local.sampling_period)),
@@ -244,45 +244,44 @@ pub async fn start(
     let (period_tx, period_rx) = watch::channel(local.sampling_period);
     let (url_tx, url_rx) = watch::channel(local.api_url);
     let (agg_tx, agg_rx) = watch::channel(local.aggregator);
-    let tasks = vec![
-        tokio::spawn(follow(
-            session.clone(),
-            Key::SamplingPeriod,
-            rejected.clone(),
-            move |raw| parse_period(raw).map(|p| period_tx.send_replace(p) != p),
-            {
-                let rx = period_rx.clone();
-                move || format_period(*rx.borrow())
-            },
-        )),
-        tokio::spawn(follow(
-            session.clone(),
-            Key::ApiUrl,
-            rejected.clone(),
-            move |raw| {
-                parse_allowed_api_url(raw, &allowed_origins).map(|u| {
-                    let value = u.to_string();
-                    url_tx.send_replace(value.clone()) != value
-                })
-            },
-            {
-                let rx = url_rx.clone();
-                move || rx.borrow().clone()
-            },
-        )),
-        tokio::spawn(follow(
-            session.clone(),
-            Key::Aggregator,
-            rejected.clone(),
-            move |raw| {
-                parse_aggregator(raw, &*known).map(|name| agg_tx.send_replace(name.clone()) != name)
-            },
-            {
-                let rx = agg_rx.clone();
-                move || rx.borrow().clone()
-            },
-        )),
-    ];
+    let mut tasks = JoinSet::new();
+    tasks.spawn(follow(
+        session.clone(),
+        Key::SamplingPeriod,
+        rejected.clone(),
+        move |raw| parse_period(raw).map(|p| period_tx.send_replace(p) != p),
+        {
+            let rx = period_rx.clone();
+            move || format_period(*rx.borrow())
+        },
+    ));
+    tasks.spawn(follow(
+        session.clone(),
+        Key::ApiUrl,
+        rejected.clone(),
+        move |raw| {
+            parse_allowed_api_url(raw, &allowed_origins).map(|u| {
+                let value = u.to_string();
+                url_tx.send_replace(value.clone()) != value
+            })
+        },
+        {
+            let rx = url_rx.clone();
+            move || rx.borrow().clone()
+        },
+    ));
+    tasks.spawn(follow(
+        session.clone(),
+        Key::Aggregator,
+        rejected.clone(),
+        move |raw| {
+            parse_aggregator(raw, &*known).map(|name| agg_tx.send_replace(name.clone()) != name)
+        },
+        {
+            let rx = agg_rx.clone();
+            move || rx.borrow().clone()
+        },
+    ));
     Ok((
         DynConfig {
             sampling_period: period_rx,

@@ -21,7 +21,6 @@
 //! or root, who can replace the agent's binary anyway.
 
 use std::{
-    fmt::Write as _,
     fs,
     io::{Read, Write},
     os::fd::OwnedFd,
@@ -298,10 +297,7 @@ impl CacheDir {
 /// A new, empty, 0600 file with a random name in `dir`.
 fn create_temp_in(dir: &OwnedFd) -> std::io::Result<(String, OwnedFd)> {
     for _ in 0..16 {
-        let mut name = String::from(".tmp-");
-        for byte in rand::random::<[u8; 8]>() {
-            let _ = write!(name, "{byte:02x}");
-        }
+        let name = format!(".tmp-{}", hex::encode(rand::random::<[u8; 8]>()));
         match openat(
             dir,
             &name,

@@ -239,9 +239,8 @@ async fn retry_loop<F, Fut>(
     loop {
         // Interruptible: a result sent but not yet deleted is sent again by the next
         // leader, which the API recognises as a duplicate.
-        let drained = tokio::select! {
-            () = stop.cancelled() => return,
-            drained = drain() => drained,
+        let Some(drained) = stop.run_until_cancelled(drain()).await else {
+            return;
         };
         let wait = match drained {
             Ok(_) => {

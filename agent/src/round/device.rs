@@ -21,19 +21,23 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
     let mut rounds = barrier::RoundWatch::new(&ctx.session, None);
     let mut last = None;
     loop {
-        let round = tokio::select! {
-            () = stop.cancelled() => return,
-            r = rounds.next() => match r {
-                Ok(round) => round,
-                Err(CoordError::Closed) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the round; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(RETRY) => continue,
-                    }
+        let Some(next) = stop.run_until_cancelled(rounds.next()).await else {
+            return;
+        };
+        let round = match next {
+            Ok(round) => round,
+            Err(CoordError::Closed) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the round; retrying");
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(RETRY))
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
-            },
+                continue;
+            }
         };
         if last.is_some_and(|l: barrier::RoundState| l.created != round.created) {
             tracing::warn!(device = %id, round = round.round, "the fleet's state was started again (ZooKeeper lost its data, or the root was recreated): following the leader's round");
@@ -42,9 +46,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
         let round = round.round;
         ctx.telemetry.round_opened(round);
         // Bounded by the sensor's time limit; dropped at once on shutdown.
-        let sampled = tokio::select! {
-            () = stop.cancelled() => return,
-            sampled = ctx.plugins.sample(&ctx.telemetry) => sampled,
+        let Some(sampled) = stop
+            .run_until_cancelled(ctx.plugins.sample(&ctx.telemetry))
+            .await
+        else {
+            return;
         };
         ctx.telemetry.sample(sampled.as_ref().ok().copied());
         let value = match sampled {

@@ -65,9 +65,11 @@ pub(super) async fn run(
             if let Leadership::Leader { node } = &*leadership.borrow_and_update() {
                 break node.clone();
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                changed = leadership.changed() => if changed.is_err() { return },
+            if !matches!(
+                stop.run_until_cancelled(leadership.changed()).await,
+                Some(Ok(()))
+            ) {
+                return;
             }
         };
         tracing::info!(device = %ctx.id, "LEADER: this device now leads the fleet");

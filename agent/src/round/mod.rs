@@ -147,9 +147,12 @@ pub async fn run(
     let spread = (config.period / 4)
         .min(Duration::from_millis(250))
         .mul_f64(rand::random_range(0.0..1.0));
-    tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
-        () = tokio::time::sleep(spread) => {}
+    if shutdown
+        .run_until_cancelled(tokio::time::sleep(spread))
+        .await
+        .is_none()
+    {
+        return Ok(());
     }
     let local = Local {
         sampling_period: config.period,
@@ -168,7 +171,8 @@ pub async fn run(
     let Some((dynconfig, config_tasks)) = start.await? else {
         return Ok(());
     };
-    let _config_tasks = AbortOnDrop(config_tasks);
+    // They end with this function, however it returns.
+    let _config_tasks = config_tasks;
     telemetry.set_dynconfig(dynconfig.clone());
     let check = retry_start(session, started, &shutdown, "count the fleet", || {
         check_fleet_size(session, &id)
@@ -176,10 +180,13 @@ pub async fn run(
     if check.await?.is_none() {
         return Ok(());
     }
-    let membership = tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
-        m = Membership::join(session, &id, b"{}".to_vec()) => m?,
+    let Some(membership) = shutdown
+        .run_until_cancelled(Membership::join(session, &id, b"{}".to_vec()))
+        .await
+    else {
+        return Ok(());
     };
+    let membership = membership?;
     let election = Election::start(session, &id);
 
     let ctx = Arc::new(Ctx {
@@ -224,21 +231,22 @@ where
     let limit = session.settings().connect_timeout;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
-        let err = tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            done = step() => match done {
-                Ok(value) => return Ok(Some(value)),
-                Err(err) => err,
-            },
+        let err = match shutdown.run_until_cancelled(step()).await {
+            None => return Ok(None),
+            Some(Ok(value)) => return Ok(Some(value)),
+            Some(Err(err)) => err,
         };
         let delay = backoff.next_delay();
         if !err.is_transient() || started.elapsed() + delay >= limit {
             return Err(err);
         }
         tracing::warn!(error = %err, retry_in = ?delay, "cannot {what} yet; retrying");
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(delay) => {}
+        if shutdown
+            .run_until_cancelled(tokio::time::sleep(delay))
+            .await
+            .is_none()
+        {
+            return Ok(None);
         }
     }
 }
@@ -272,15 +280,4 @@ async fn check_fleet_size(session: &Session, id: &str) -> Result<(), CoordError>
 /// Aggregator names that exist as files in `plugin_dir`.
 fn known_aggregators(plugin_dir: PathBuf) -> KnownAggregators {
     Arc::new(move |name| plugin_dir.join(format!("{name}.wasm")).is_file())
-}
-
-/// Background tasks that end with the scope that started them.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
 }
