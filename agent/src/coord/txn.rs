@@ -231,6 +231,20 @@ impl Txn {
         &self.ops
     }
 
+    /// The operations' labels, in order.
+    pub fn labels(&self) -> Vec<Label> {
+        self.ops.iter().map(|op| op.label).collect()
+    }
+
+    /// The first set-data operation labelled `label`: its node, data and expected version
+    /// (what a plan's tests inspect).
+    pub fn set_of(&self, label: Label) -> Option<(&str, &[u8], Option<i32>)> {
+        self.labelled(label).find_map(|op| match &op.kind {
+            OpKind::Set { data, version } => Some((op.path.as_str(), data.as_slice(), *version)),
+            _ => None,
+        })
+    }
+
     /// The operations labelled `label`.
     pub fn labelled(&self, label: Label) -> impl Iterator<Item = &Op> {
         self.ops.iter().filter(move |op| op.label == label)
@@ -283,8 +297,12 @@ mod tests {
         txn.check(Label::Fence, "/election/x", 0)
             .create(Label::Entry, "/results/1", b"{}", &acl)
             .set(Label::Counter, "/counter", b"3", Some(7));
-        let labels: Vec<Label> = txn.ops().iter().map(|op| op.label).collect();
-        assert_eq!(labels, [Label::Fence, Label::Entry, Label::Counter]);
+        assert_eq!(txn.labels(), [Label::Fence, Label::Entry, Label::Counter]);
+        assert_eq!(
+            txn.set_of(Label::Counter),
+            Some(("/counter", b"3".as_slice(), Some(7)))
+        );
+        assert_eq!(txn.set_of(Label::Entry), None, "a create, not a set");
         assert!(txn.has(Label::Entry));
         assert!(!txn.has(Label::Ledger));
         assert_eq!(

@@ -93,7 +93,7 @@ pub(super) fn restore_round(node: &str, state: RoundState, expected: u64) -> (Tx
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coord::{paths::ROUND, txn::OpKind};
+    use crate::coord::paths::ROUND;
 
     const NODE: &str = "/election/x__lock__0000000001";
 
@@ -109,19 +109,9 @@ mod tests {
         CounterValue { value, version: 5 }
     }
 
-    fn labels(txn: &Txn) -> Vec<Label> {
-        txn.ops().iter().map(|op| op.label).collect()
-    }
-
     fn set_data(txn: &Txn, label: Label) -> (String, Vec<u8>, Option<i32>) {
-        let op = txn
-            .labelled(label)
-            .next()
-            .expect("the label is in the plan");
-        let OpKind::Set { data, version } = &op.kind else {
-            panic!("{label} is not a set: {op:?}");
-        };
-        (op.path.clone(), data.clone(), *version)
+        let (path, data, version) = txn.set_of(label).expect("a set with the label");
+        (path.to_owned(), data.to_vec(), version)
     }
 
     #[test]
@@ -158,7 +148,7 @@ mod tests {
     #[test]
     fn a_written_back_round_is_fenced_and_version_checked() {
         let (txn, after) = restore_round(NODE, state(3), 7);
-        assert_eq!(labels(&txn), [Label::Fence, Label::Round]);
+        assert_eq!(txn.labels(), [Label::Fence, Label::Round]);
         assert_eq!(
             set_data(&txn, Label::Round),
             (ROUND.into(), b"7".to_vec(), Some(10))

@@ -286,19 +286,9 @@ mod tests {
         }
     }
 
-    fn labels(txn: &Txn) -> Vec<Label> {
-        txn.ops().iter().map(|op| op.label).collect()
-    }
-
     fn set_data(txn: &Txn, label: Label) -> (String, Vec<u8>, Option<i32>) {
-        let op = txn
-            .labelled(label)
-            .next()
-            .expect("the label is in the plan");
-        let OpKind::Set { data, version } = &op.kind else {
-            panic!("{label} is not a set: {op:?}");
-        };
-        (op.path.clone(), data.clone(), *version)
+        let (path, data, version) = txn.set_of(label).expect("a set with the label");
+        (path.to_owned(), data.to_vec(), version)
     }
 
     #[test]
@@ -308,7 +298,7 @@ mod tests {
         let bytes = staged.encoded().unwrap().bytes;
         let plan = plan(inputs(&acl, Some(ledger(2, 100))), staged).unwrap();
         assert_eq!(
-            labels(&plan.txn),
+            plan.txn.labels(),
             [
                 Label::Fence,
                 Label::Entry,
@@ -373,7 +363,7 @@ mod tests {
         let acl = NodeAcl::open();
         let plan = plan(inputs(&acl, None), stage(None, 40, NODE, None).unwrap()).unwrap();
         assert_eq!(
-            labels(&plan.txn),
+            plan.txn.labels(),
             [Label::Fence, Label::Round, Label::Barrier, Label::Barrier]
         );
         let barrier: Vec<&str> = plan
