@@ -77,6 +77,17 @@ pub async fn run_with(
     fleetmeter_serve::serve(listener, routes::router(state), limits, shutdown).await
 }
 
+/// [`run_with`] over TLS ([`fleetmeter_serve::tls::server_config`]).
+pub async fn run_tls(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    limits: fleetmeter_serve::Limits,
+    tls: Arc<fleetmeter_serve::tls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    fleetmeter_serve::serve_tls(listener, routes::router(state), limits, tls, shutdown).await
+}
+
 /// The machine's (or container's) hostname.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

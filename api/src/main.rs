@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use fleetmeter_api::{AppState, run_with, store::Store};
+use fleetmeter_api::{AppState, run_tls, run_with, store::Store};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -50,6 +50,22 @@ struct Args {
     /// Most connections served at once; more wait for a free slot.
     #[arg(long, env = "API_MAX_CONNECTIONS", default_value_t = fleetmeter_serve::Limits::API.max_connections)]
     max_connections: usize,
+    /// Serve HTTPS with this PEM certificate chain (leaf first) and --tls-key, for a
+    /// deployment without a reverse proxy. Without it the API serves plain HTTP (behind one).
+    #[arg(long, env = "API_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert (keep it 0600).
+    #[arg(long, env = "API_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve only clients that present a certificate this PEM CA signed (mutual TLS); needs
+    /// --tls-cert.
+    #[arg(
+        long,
+        env = "API_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// Log format on stderr (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "API_LOG_FORMAT")]
     log_format: LogFormat,
@@ -115,6 +131,13 @@ async fn serve(args: Args) -> Result<()> {
         );
     }
     let state = Arc::new(AppState::new(store, token).with_legacy_query(args.legacy_query));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            fleetmeter_serve::tls::server_config(cert, key, args.tls_client_ca.as_deref())
+                .context("cannot serve TLS (--tls-cert, --tls-key, --tls-client-ca / API_TLS_CERT, API_TLS_KEY, API_TLS_CLIENT_CA)")?,
+        ),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen / API_LISTEN)", args.listen))?;
@@ -123,6 +146,8 @@ async fn serve(args: Args) -> Result<()> {
         redis = %redis,
         auth = state.token.is_some(),
         legacy_query = state.legacy_query,
+        tls = tls.is_some(),
+        client_certificates = args.tls_client_ca.is_some(),
         "fleetmeter-api serving"
     );
     if let Err(err) = state.store.ping().await {
@@ -132,7 +157,10 @@ async fn serve(args: Args) -> Result<()> {
         max_connections: args.max_connections.max(1),
         ..fleetmeter_serve::Limits::API
     };
-    run_with(listener, state, limits, shutdown_signal()).await?;
+    match tls {
+        Some(tls) => run_tls(listener, state, limits, tls, shutdown_signal()).await?,
+        None => run_with(listener, state, limits, shutdown_signal()).await?,
+    }
     tracing::info!("fleetmeter-api stopped");
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! - **a request timeout**: reading the body and answering take at most
 //!   [`Limits::request_timeout`], else `408` and the connection closes;
 //! - **graceful shutdown**: once `shutdown` completes, no new connection is taken and those
-//!   in flight finish (at most [`Limits::drain`]).
+//!   in flight finish (at most [`Limits::drain`]);
+//! - **TLS, when asked** ([`serve_tls`], [`tls::server_config`]): for a server without a
+//!   reverse proxy in front; the handshake counts against the header timeout.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,8 +27,14 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
 use tower::ServiceExt;
+
+pub mod tls;
 
 /// A server's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +72,29 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS ([`tls::server_config`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_with(listener, router, limits, Some(acceptor), shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -116,14 +147,25 @@ pub async fn serve(
                 })
             }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // A client that goes away, or a timeout, ends its connection: nothing to report.
-            let _ = connection.await;
+            match tls {
+                None => serve_connection(stream, service, limits, watcher).await,
+                // The handshake counts against the header timeout: a client that connects
+                // and sends nothing is dropped as a slow one is.
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, service, limits, watcher).await,
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "TLS handshake refused");
+                        }
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -138,6 +180,26 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// One connection, HTTP/1.1, watched for a graceful shutdown.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    limits: Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(connection).await;
 }
 
 fn timed_out(limit: Duration) -> Response<Body> {

@@ -40,6 +40,8 @@ pub struct ReplayArgs {
     limits: LimitArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    api_tls: crate::config::ApiTlsArgs,
 }
 
 fn parse_rounds(raw: &str) -> Result<RangeInclusive<u64>, String> {
@@ -89,8 +91,12 @@ pub(super) async fn run(args: ReplayArgs) -> Result<ExitCode> {
     );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+        .redirect(reqwest::redirect::Policy::none());
+    let tls = args
+        .api_tls
+        .read()
+        .context("TLS to the API (--api-tls-*)")?;
+    let http = tls.apply(http)?.build()?;
     if !args.json {
         println!(
             "replaying rounds {}..{} from {} with {label}",

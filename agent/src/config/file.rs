@@ -137,6 +137,12 @@ pub struct PublishSection {
     pub outbox_max_mib: u64,
     /// Origins the dynamic `api_url` may point to besides `api_url`'s own.
     pub allowed_origins: Vec<String>,
+    /// PEM CA certificates trusted for an `https://` API instead of the system's roots.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for an API that requires one.
+    pub tls_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for PublishSection {
@@ -152,6 +158,9 @@ impl Default for PublishSection {
             outbox_max_rounds: 20_000,
             outbox_max_mib: 64,
             allowed_origins: Vec::new(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

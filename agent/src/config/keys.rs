@@ -211,7 +211,7 @@ pub const COLLECT_FRACTION: Key = Key::file(
 pub const API_URL: Key = Key::file("API URL", "[publish] api_url", "\"http://127.0.0.1:4000/\"")
     .flag("api-url", "URL")
     .env("API_URL")
-    .note("http(s) only; overridden at run time by `{root}/config/api_url`");
+    .note("`http://` or `https://` (TLS: the system's roots, or `tls_ca`); overridden at run time by `{root}/config/api_url`");
 pub const PUBLISH_FORMAT: Key = Key::file("publish format", "[publish] format", "\"json\"")
     .flag("publish-format", "FORMAT")
     .env("FLEETMETER_PUBLISH_FORMAT")
@@ -224,6 +224,20 @@ pub const API_TOKEN_FILE: Key = Key::file("[publish] token_file", "[publish] tok
     .flag("api-token-file", "PATH")
     .env("FLEETMETER_API_TOKEN_FILE")
     .note("a file whose first line is the token (instead of `token`; what compose uses)");
+pub const API_TLS_CA: Key = Key::file("[publish] tls_ca", "[publish] tls_ca", "")
+    .flag("api-tls-ca", "PATH")
+    .env("FLEETMETER_API_TLS_CA")
+    .note("PEM CA certificates that sign an `https://` API's certificate: only they are trusted then; without it, the system's roots");
+pub const API_TLS_CERT: Key = Key::file("[publish] tls_cert", "[publish] tls_cert", "")
+    .flag("api-tls-cert", "PATH")
+    .env("FLEETMETER_API_TLS_CERT")
+    .note(
+        "PEM client certificate, for an API that requires one (`--tls-client-ca`), with `tls_key`",
+    );
+pub const API_TLS_KEY: Key = Key::file("[publish] tls_key", "[publish] tls_key", "")
+    .flag("api-tls-key", "PATH")
+    .env("FLEETMETER_API_TLS_KEY")
+    .note("its PEM private key (keep it 0600)");
 pub const ALLOWED_ORIGINS: Key = Key::file("[publish] allowed_origins", "[publish] allowed_origins", "[]")
     .note("origins (`https://host:port`) the fleet's `api_url` node may point to besides the configured API URL's own; any other is refused, so rounds and the token never go elsewhere");
 pub const PUBLISH_TIMEOUT: Key =
@@ -374,6 +388,9 @@ pub const ALL: &[Key] = &[
     PUBLISH_FORMAT,
     API_TOKEN,
     API_TOKEN_FILE,
+    API_TLS_CA,
+    API_TLS_CERT,
+    API_TLS_KEY,
     ALLOWED_ORIGINS,
     PUBLISH_TIMEOUT,
     RETRY_INITIAL,

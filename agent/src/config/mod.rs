@@ -29,7 +29,7 @@ pub use file::{
     DeviceSection, FileConfig, GrantsSection, PluginsSection, PublishFormat, PublishSection,
     RoundSection, TelemetrySection, UnknownFormat, ZookeeperSection,
 };
-pub use overrides::{Overrides, ZkTlsArgs};
+pub use overrides::{ApiTlsArgs, Overrides, ZkTlsArgs};
 
 use crate::{
     coord::{CoordError, ZkSettings, dynconfig::InvalidValue},
@@ -121,6 +121,8 @@ pub enum InvalidSetting {
     Coord(Box<CoordError>),
     #[error(transparent)]
     Auth(#[from] crate::coord::access::BadAuth),
+    #[error(transparent)]
+    ApiTls(#[from] crate::publish::tls::BadApiTls),
     #[error("cannot read {path}: {error}")]
     AuthFile {
         path: PathBuf,
@@ -183,6 +185,8 @@ pub struct PublishSettings {
     pub retry_max: Duration,
     /// The outbox's bound (results waiting plus refused).
     pub outbox_max: crate::publish::outbox::Ledger,
+    /// What the agent trusts and presents for an `https://` API.
+    pub tls: crate::publish::tls::ApiTls,
     /// The key of the outbox's commit marks, derived from the fleet's ZooKeeper credentials
     /// or its API token ([`MarkKey::for_fleet`](crate::publish::outbox::MarkKey::for_fleet)):
     /// entries without a valid mark are set aside, never sent. `None`: not marked.

@@ -64,6 +64,8 @@ pub struct Overrides {
     /// A file whose first line is the API token (a secret shared with the API).
     #[arg(long = keys::API_TOKEN_FILE.long(), env = keys::API_TOKEN_FILE.var(), value_name = keys::API_TOKEN_FILE.value())]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api_tls: ApiTlsArgs,
     /// `json` (idempotent POST) or `query` (the original GET /nuevo?dato=).
     #[arg(long = keys::PUBLISH_FORMAT.long(), env = keys::PUBLISH_FORMAT.var(), value_name = keys::PUBLISH_FORMAT.value())]
     pub format: Option<String>,
@@ -77,6 +79,31 @@ impl Overrides {
     /// The device id: `--id`, else the positional `ID` (or DEVICE_ID).
     pub fn device_id(&self) -> Option<&String> {
         self.id_flag.as_ref().or(self.id.as_ref())
+    }
+}
+
+/// TLS to the measurements API, for `run` and the tools that read the API.
+#[derive(Clone, Debug, Default, PartialEq, Args)]
+pub struct ApiTlsArgs {
+    /// PEM CA that signs an https:// API's certificate (instead of the system's roots).
+    #[arg(long = keys::API_TLS_CA.long(), env = keys::API_TLS_CA.var(), value_name = keys::API_TLS_CA.value())]
+    pub api_tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for an API that requires one (with --api-tls-key).
+    #[arg(long = keys::API_TLS_CERT.long(), env = keys::API_TLS_CERT.var(), value_name = keys::API_TLS_CERT.value())]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = keys::API_TLS_KEY.long(), env = keys::API_TLS_KEY.var(), value_name = keys::API_TLS_KEY.value())]
+    pub api_tls_key: Option<PathBuf>,
+}
+
+impl ApiTlsArgs {
+    /// The TLS settings these flags name (a tool's: no file behind them).
+    pub fn read(&self) -> Result<crate::publish::tls::ApiTls, crate::publish::tls::BadApiTls> {
+        crate::publish::tls::ApiTls::read(
+            self.api_tls_ca.as_deref(),
+            self.api_tls_cert.as_deref(),
+            self.api_tls_key.as_deref(),
+        )
     }
 }
 

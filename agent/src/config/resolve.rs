@@ -257,6 +257,36 @@ fn zk_tls(
         .map_err(|e| origin.invalid(&keys::ZK_TLS_CA, o.tls.zk_tls_ca.is_some(), e.into()))
 }
 
+/// TLS to the API (flag/variable over file, per key): a private CA, a client identity.
+fn api_tls(
+    origin: Origin<'_>,
+    file: &PublishSection,
+    o: &Overrides,
+) -> Result<crate::publish::tls::ApiTls, ConfigError> {
+    let pick =
+        |over: &Option<PathBuf>, file: &Option<PathBuf>| over.clone().or_else(|| file.clone());
+    let t = &o.api_tls;
+    let ca = pick(&t.api_tls_ca, &file.tls_ca);
+    let cert = pick(&t.api_tls_cert, &file.tls_cert);
+    let key = pick(&t.api_tls_key, &file.tls_key);
+    crate::publish::tls::ApiTls::read(ca.as_deref(), cert.as_deref(), key.as_deref()).map_err(|e| {
+        // Name the key the file belongs to.
+        let (key, overridden) = match &e {
+            crate::publish::tls::BadApiTls::Read { path, .. }
+            | crate::publish::tls::BadApiTls::NoCertificate { path }
+                if ca.as_deref() == Some(path.as_path()) =>
+            {
+                (&keys::API_TLS_CA, t.api_tls_ca.is_some())
+            }
+            _ => (
+                &keys::API_TLS_CERT,
+                t.api_tls_cert.is_some() || t.api_tls_key.is_some(),
+            ),
+        };
+        origin.invalid(key, overridden, e.into())
+    })
+}
+
 /// The API token: --api-token / FLEETMETER_API_TOKEN, else the file named by
 /// --api-token-file / FLEETMETER_API_TOKEN_FILE, else `[publish] token`, else
 /// `[publish] token_file`. An empty token is none.
@@ -354,6 +384,7 @@ fn publish(
         api_url,
         format,
         token: api_token(origin, &file, o)?,
+        tls: api_tls(origin, &file, o)?,
         allowed_origins,
         timeout: seconds(origin, &keys::PUBLISH_TIMEOUT, file.timeout)?,
         retry_initial: seconds(origin, &keys::RETRY_INITIAL, file.retry_initial)?,

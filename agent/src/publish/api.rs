@@ -56,6 +56,14 @@ pub enum SendError {
         "the API URL's origin {origin} is not allowed by this agent's configuration (allowed: {allowed}); nothing is sent there"
     )]
     OriginNotAllowed { origin: String, allowed: String },
+    /// TLS to the API failed, and why: the message says what to set.
+    #[error("TLS to the API at {base} failed: {problem} ({source})")]
+    Tls {
+        base: String,
+        problem: super::TlsProblem,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The answer to a read was not what the API sends.
     #[error("the API's answer to {what} is not valid: {reason}")]
     BadAnswer { what: &'static str, reason: String },
@@ -76,8 +84,8 @@ impl ApiClient {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        let http = settings.tls.apply(http)?.build()?;
         Ok(Self {
             http,
             format: settings.format,
@@ -137,13 +145,20 @@ impl ApiClient {
             Some(token) => request.bearer_auth(token.expose()),
             None => request,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|source| SendError::Unreachable {
-                base: crate::text::redact_url(&base),
-                source: source.without_url(),
-            })?;
+        let response = request.send().await.map_err(|source| {
+            let base_shown = crate::text::redact_url(&base);
+            match super::TlsProblem::of(&source, &base) {
+                Some(problem) => SendError::Tls {
+                    base: base_shown,
+                    problem,
+                    source: source.without_url(),
+                },
+                None => SendError::Unreachable {
+                    base: base_shown,
+                    source: source.without_url(),
+                },
+            }
+        })?;
         let status = response.status();
         if status.is_redirection() {
             return Err(redirect(status, &response));
@@ -227,4 +242,52 @@ pub(crate) async fn read_bounded(mut response: reqwest::Response, max: usize) ->
         }
     }
     String::from_utf8_lossy(&body).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn client(allowed: &[&str]) -> ApiClient {
+        ApiClient::new(&PublishSettings {
+            api_url: format!("{}/", allowed[0]),
+            format: PublishFormat::Json,
+            token: Some(Secret::new("t")),
+            tls: Default::default(),
+            allowed_origins: allowed.iter().map(|o| (*o).to_owned()).collect(),
+            timeout: Duration::from_secs(1),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            outbox_max: crate::publish::outbox::Ledger {
+                rounds: 1,
+                bytes: 1,
+            },
+            mark_key: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        let https = client(&["https://api.example:4000"]);
+        assert!(https.base("https://api.example:4000/").is_ok());
+        for other in [
+            "http://api.example:4000/",
+            "https://api.example:4001/",
+            "https://api.example.evil:4000/",
+            "https://api.example/",
+        ] {
+            assert!(
+                matches!(https.base(other), Err(SendError::OriginNotAllowed { .. })),
+                "{other} must not match https://api.example:4000"
+            );
+        }
+        let http = client(&["http://api.example:4000"]);
+        assert!(matches!(
+            http.base("https://api.example:4000/"),
+            Err(SendError::OriginNotAllowed { .. })
+        ));
+    }
 }

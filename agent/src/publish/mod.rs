@@ -16,6 +16,7 @@
 //! this module depends on no metrics code.
 
 mod api;
+pub mod tls;
 
 pub(crate) use api::read_bounded;
 pub mod outbox;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::{Delivery, Refusal, SendError};
 pub use outbox::result_path;
+pub use tls::{ApiTls, BadApiTls, TlsProblem};
 
 use crate::{
     backoff::Backoff,
@@ -50,12 +52,17 @@ pub trait PublishEvents: Send + Sync {
     fn unreadable(&self) {}
     /// Rounds in `{root}/rejected` now.
     fn rejected_waiting(&self, _rejected: usize) {}
+    /// A request to the API failed on TLS (`Some`, at every failure), or one got through
+    /// (`None`).
+    fn tls(&self, _problem: Option<TlsProblem>) {}
 }
 
 pub struct Publisher {
     api: api::ApiClient,
     settings: PublishSettings,
     events: Option<Arc<dyn PublishEvents>>,
+    /// The TLS problem of the last request, so that a change is logged once.
+    tls: std::sync::Mutex<Option<TlsProblem>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -84,6 +91,7 @@ impl Publisher {
             api: api::ApiClient::new(&settings)?,
             settings,
             events: None,
+            tls: std::sync::Mutex::new(None),
         })
     }
 
@@ -105,14 +113,43 @@ impl Publisher {
 
     /// Sends one result to `api_url`.
     pub async fn send(&self, api_url: &str, result: &Round) -> Result<Delivery, SendError> {
-        self.api.send(api_url, result).await
+        let sent = self.api.send(api_url, result).await;
+        self.follow_tls(&sent);
+        sent
     }
 
     /// The API's highest stored round (`None` when it stores none, or with the `query`
     /// format, which has no round numbers): where a fleet whose ZooKeeper state is new
     /// continues.
     pub async fn latest_stored(&self, api_url: &str) -> Result<Option<Round>, SendError> {
-        self.api.latest(api_url).await
+        let latest = self.api.latest(api_url).await;
+        self.follow_tls(&latest);
+        latest
+    }
+
+    /// Reports a request's TLS outcome, and logs a change of it once: the problem with what
+    /// to set when TLS starts failing (or fails otherwise), a line when it works again.
+    fn follow_tls<T>(&self, outcome: &Result<T, SendError>) {
+        let now = match outcome {
+            Err(SendError::Tls { problem, .. }) => Some(*problem),
+            // Only an answer proves TLS works again; an API that is down says nothing.
+            Err(_) => return,
+            Ok(_) => None,
+        };
+        self.report(|e| e.tls(now));
+        let before = std::mem::replace(
+            &mut *self.tls.lock().unwrap_or_else(|e| e.into_inner()),
+            now,
+        );
+        match (before, now) {
+            (before, Some(problem)) if before != Some(problem) => {
+                if let Err(err) = outcome {
+                    tracing::error!(reason = problem.reason(), error = %err, "TLS to the API fails; results wait in ZooKeeper");
+                }
+            }
+            (Some(_), None) => tracing::info!("TLS to the API works again"),
+            _ => {}
+        }
     }
 
     /// Publishes the outbox in round order; stops at the first transient failure. A refused

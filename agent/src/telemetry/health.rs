@@ -13,7 +13,7 @@ use super::metrics::state_name;
 use crate::{
     coord::SessionStatus,
     plugin::{PluginKind, PluginStats},
-    publish::outbox::Ledger,
+    publish::{TlsProblem, outbox::Ledger},
 };
 
 /// Failed plugin calls in a row that make the agent unhealthy. One slow sample is not a
@@ -58,6 +58,8 @@ pub(super) struct HealthTracker {
     aggregator: Option<PluginHealth>,
     /// The outbox's ledger and bound, while leading.
     outbox: Option<(Ledger, Ledger)>,
+    /// Why TLS to the API failed on the last request, while leading.
+    tls: Option<TlsProblem>,
 }
 
 impl HealthTracker {
@@ -71,6 +73,7 @@ impl HealthTracker {
             sensor: None,
             aggregator: None,
             outbox: None,
+            tls: None,
         }
     }
 
@@ -101,6 +104,11 @@ impl HealthTracker {
     /// The leader's outbox after its last commit (`None`: not leading).
     pub(super) fn outbox(&mut self, now: Option<(Ledger, Ledger)>) {
         self.outbox = now;
+    }
+
+    /// The TLS problem of the last request to the API (`None`: it worked, or not leading).
+    pub(super) fn tls(&mut self, now: Option<TlsProblem>) {
+        self.tls = now;
     }
 
     /// The verdict now; `period` is the sampling period in force, once known.
@@ -168,6 +176,12 @@ impl HealthTracker {
             problems.push(format!(
                 "the outbox is full ({} rounds, {} bytes; at most {} rounds, {} bytes): new results are not stored until the API takes some or refused ones are discarded (fleetmeter outbox list)",
                 now.rounds, now.bytes, max.rounds, max.bytes
+            ));
+        }
+        if let Some(problem) = self.tls {
+            problems.push(format!(
+                "results cannot reach the API (they wait in ZooKeeper): {}",
+                problem.advice()
             ));
         }
         Health {

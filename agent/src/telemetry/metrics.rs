@@ -129,6 +129,7 @@ pub(super) struct Metrics {
     outbox_max_bytes: Gauge,
     outbox_rejected: Gauge,
     results_dropped: Family<ReasonLabels, Counter>,
+    publish_tls_errors: Family<ReasonLabels, Counter>,
     untrusted_refused: Family<WhatLabels, Counter>,
     session_state: Family<StateLabels, Gauge>,
     sessions: Counter,
@@ -319,6 +320,11 @@ impl Metrics {
             results_dropped: metric!(
                 "results_dropped",
                 "Round results not stored, by reason (outbox_full; invalid: the API would refuse it)",
+                Family::default()
+            ),
+            publish_tls_errors: metric!(
+                "publish_tls_errors",
+                "Requests to the API that failed on TLS, by reason (untrusted, name_mismatch, expired, not_tls, tls_on_http, client_certificate, other)",
                 Family::default()
             ),
             untrusted_refused: metric!(
@@ -519,6 +525,12 @@ impl Metrics {
     pub(super) fn zk_refused(&self, what: &'static str) {
         self.untrusted_refused
             .get_or_create(&WhatLabels { what })
+            .inc();
+    }
+
+    pub(super) fn publish_tls_error(&self, reason: &'static str) {
+        self.publish_tls_errors
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -28,7 +28,7 @@ pub use server::{BindError, bind, serve};
 use crate::{
     coord::{SessionStatus, dynconfig::DynConfig},
     plugin::{PluginKind, PluginStats},
-    publish::{Delivery, PublishEvents, outbox::Ledger},
+    publish::{Delivery, PublishEvents, TlsProblem, outbox::Ledger},
 };
 
 /// The agent's metrics and health. Cheap to share (`Arc`); recording never blocks on I/O.
@@ -125,6 +125,7 @@ impl Telemetry {
         if !leading {
             self.metrics.members(0);
             self.health_tracker().outbox(None);
+            self.health_tracker().tls(None);
         }
     }
 
@@ -187,6 +188,13 @@ impl PublishEvents for Telemetry {
 
     fn rejected_waiting(&self, rejected: usize) {
         self.metrics.rejected_waiting(rejected);
+    }
+
+    fn tls(&self, problem: Option<TlsProblem>) {
+        if let Some(problem) = problem {
+            self.metrics.publish_tls_error(problem.reason());
+        }
+        self.health_tracker().tls(problem);
     }
 }
 

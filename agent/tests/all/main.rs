@@ -7,6 +7,7 @@
 
 mod support;
 
+mod api_tls;
 mod cli;
 mod compile_cache;
 mod containment;

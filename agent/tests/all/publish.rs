@@ -65,6 +65,7 @@ fn settings(format: PublishFormat, token: Option<&str>, api_url: &str) -> Publis
         api_url: api_url.to_owned(),
         format,
         token: token.map(Secret::new),
+        tls: Default::default(),
         allowed_origins: vec![
             url::Url::parse(api_url)
                 .unwrap()

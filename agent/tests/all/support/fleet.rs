@@ -36,6 +36,8 @@ pub struct Fleet {
     pub auth: Option<String>,
     /// The API's write token, once [`Fleet::with_token`].
     pub api_token: Option<String>,
+    /// The API's certificate and key, once [`Fleet::with_tls`].
+    pub api_tls: Option<(PathBuf, PathBuf)>,
 }
 
 pub fn api_binary() -> PathBuf {
@@ -72,6 +74,7 @@ impl Fleet {
             http: reqwest::Client::new(),
             auth: None,
             api_token: None,
+            api_tls: None,
         };
         let toml = agent_toml(
             SESSION_TIMEOUT.as_secs_f64(),
@@ -110,6 +113,24 @@ impl Fleet {
         self.start_api();
     }
 
+    /// The API (restarted now) serves TLS with `cert` and `key`; agents started from now on
+    /// reach it at its https:// URL, trusting `ca` (`FLEETMETER_API_TLS_CA`) when
+    /// `agents_trust`; this harness trusts it.
+    pub fn with_tls(&mut self, ca: &Path, cert: &Path, key: &Path, agents_trust: bool) {
+        self.api_tls = Some((cert.to_owned(), key.to_owned()));
+        self.agent_env("API_URL", format!("https://127.0.0.1:{}/", self.api_port));
+        if agents_trust {
+            self.agent_env("FLEETMETER_API_TLS_CA", ca.display().to_string());
+        }
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+        self.http = reqwest::Client::builder()
+            .tls_certs_merge([ca])
+            .build()
+            .unwrap();
+        self.stop_api();
+        self.start_api();
+    }
+
     pub fn start_api(&mut self) {
         let log = std::fs::File::options()
             .create(true)
@@ -126,6 +147,9 @@ impl Fleet {
             // The tests' API takes writes without a token unless a test sets one.
             None => command.env("API_ALLOW_ANONYMOUS_WRITES", "true"),
         };
+        if let Some((cert, key)) = &self.api_tls {
+            command.env("API_TLS_CERT", cert).env("API_TLS_KEY", key);
+        }
         let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.api = Some(child);
     }
@@ -138,7 +162,12 @@ impl Fleet {
     }
 
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.api_port)
+        let scheme = if self.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.api_port)
     }
 
     pub fn spawn(&mut self, id: &str) {

@@ -5,6 +5,7 @@ pub use fleetmeter_testkit::{free_port, prometheus, proxy, redis, wait_until, zk
 
 pub mod compose;
 pub mod fleet;
+pub mod pki;
 
 use std::path::PathBuf;
 
