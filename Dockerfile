@@ -57,6 +57,11 @@ RUN find agent api wire serve sensor-sdk plugins -name '*.rs' -not -path '*/targ
 LABEL io.fleetmeter.stage=build
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
+# openssl: the compose file's `secrets` service makes the API's TLS certificates with it
+# (deploy/compose/api-tls.yml turns TLS on).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssl \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent fleetmeter \
  && mkdir -p /var/cache/fleetmeter \
  && chown fleetmeter:fleetmeter /var/cache/fleetmeter

@@ -4,7 +4,11 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 
-pub(super) async fn run(address: String, timeout: f64) -> Result<ExitCode> {
+pub(super) async fn run(
+    address: String,
+    timeout: f64,
+    tls_ca: Option<&std::path::Path>,
+) -> Result<ExitCode> {
     let addr = crate::config::parse_listen(&address)
         .map_err(|e| {
             anyhow::anyhow!(
@@ -20,10 +24,12 @@ pub(super) async fn run(address: String, timeout: f64) -> Result<ExitCode> {
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    let url = format!("http://{host}:{}/healthz", addr.port());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs_f64(timeout.clamp(0.1, 300.0)))
-        .build()?;
+    let scheme = if tls_ca.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{}/healthz", addr.port());
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs_f64(timeout.clamp(0.1, 300.0)));
+    let tls = crate::publish::tls::ApiTls::read(tls_ca, None, None).context("--tls-ca")?;
+    let http = tls.apply(http)?.build()?;
     let response = match http.get(&url).send().await {
         Ok(response) => response,
         Err(err) => {

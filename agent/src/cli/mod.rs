@@ -83,6 +83,10 @@ pub enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3.0)]
         timeout: f64,
+        /// Ask over HTTPS, trusting this PEM CA (for fleetmeter-api serving TLS itself,
+        /// whose /healthz answers the same way).
+        #[arg(long, value_name = "PATH")]
+        tls_ca: Option<PathBuf>,
     },
     /// Read or change the fleet's dynamic configuration (sampling_period, api_url,
     /// aggregator). Values are validated as the agents do; every agent applies a change at
@@ -289,7 +293,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(command) => block_on(config::run(command)),
         Command::Outbox(command) => block_on(outbox::run(command)),
         Command::SecureRoot { fleet, public_read } => block_on(secure::run(fleet, public_read)),
-        Command::Health { address, timeout } => block_on(health::run(address, timeout)),
+        Command::Health {
+            address,
+            timeout,
+            tls_ca,
+        } => block_on(health::run(address, timeout, tls_ca.as_deref())),
         Command::Plugin(command) => plugin::run(command),
         Command::Replay(args) => block_on(replay::run(*args)),
     }

@@ -481,3 +481,136 @@ fn the_compose_defaults_are_secure() {
         assert_eq!(mode & 0o777, 0o400, "{file}: {mode:o}");
     }
 }
+
+/// `deploy/compose/api-tls.yml` turns on HTTPS between the agents and the API with the
+/// certificates the `secrets` service makes. Here, for real: the secrets script runs (openssl
+/// makes the CA and the API's certificate), every agent with the override's environment
+/// passes `fleetmeter run --check`, the real API serves TLS with the override's files and
+/// its healthcheck command answers over HTTPS, curl reads it with the CA, and promtool
+/// accepts the override's Prometheus configuration, whose targets are the plain one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_tls_override_serves_https_with_the_secrets_certificates() {
+    let compose = Compose::load();
+    let tls = yaml("deploy/compose/api-tls.yml");
+    let services = tls["services"].as_mapping().expect("services");
+    for name in services.keys() {
+        compose.service(str_of(name, "service name"));
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let made = compose.make_secrets(secrets.path());
+    for file in ["api-ca.pem", "api.pem", "api.key"] {
+        assert!(
+            made.contains_key(file),
+            "the secrets service makes {file}: {made:?}"
+        );
+    }
+    let image_env = runtime_env();
+    for (name, service) in compose.agents() {
+        let mut env = image_env.clone();
+        env.extend(with_secrets_at(&environment(service), secrets.path()));
+        env.extend(with_secrets_at(
+            &environment(&tls["services"][name]),
+            secrets.path(),
+        ));
+        let command = strings(service.get("command").expect("command"), "command");
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .arg("run")
+            .args(&command)
+            .arg("--check")
+            .env_clear()
+            .envs(&env)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("api url:          https://api:4000/"),
+            "{name} with the TLS override: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The API with the override's environment, on a free loopback port.
+    let api_env = with_secrets_at(&environment(&tls["services"]["api"]), secrets.path());
+    let redis = crate::support::redis::RedisServer::start();
+    let port = crate::support::free_port();
+    let mut api = Command::new(crate::support::fleet::api_binary())
+        .env("API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis.url())
+        .env("API_ALLOW_ANONYMOUS_WRITES", "true")
+        .env_remove("API_TOKEN")
+        .envs(&api_env)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let healthcheck = strings(&tls["services"]["api"]["healthcheck"]["test"], "test");
+    assert_eq!(healthcheck[..2], ["CMD", "fleetmeter"]);
+    let args: Vec<String> = healthcheck[2..]
+        .iter()
+        .map(|a| {
+            a.replace(SECRETS, &secrets.path().display().to_string())
+                .replace("127.0.0.1:4000", &format!("127.0.0.1:{port}"))
+        })
+        .collect();
+    crate::support::wait_until(
+        "the API's healthcheck to pass over HTTPS",
+        std::time::Duration::from_secs(20),
+        || async {
+            Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+                .args(&args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+    )
+    .await;
+    let ca = secrets.path().join("api-ca.pem");
+    for host in ["127.0.0.1", "localhost"] {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--cacert"])
+            .arg(&ca)
+            .arg(format!("https://{host}:{port}/healthz"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = api.kill();
+    let _ = api.wait();
+
+    // Prometheus: the same targets, the API over https with the stack's CA.
+    let volumes = strings(&tls["services"]["prometheus"]["volumes"], "volumes");
+    assert!(volumes.iter().any(|v| {
+        v.starts_with("./deploy/prometheus/prometheus-api-tls.yml:/etc/prometheus/prometheus.yml")
+    }));
+    let targets = |path: &str| -> BTreeSet<String> {
+        yaml(path)["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|job| job["static_configs"].as_sequence().unwrap().clone())
+            .flat_map(|config| strings(&config["targets"], "targets"))
+            .collect()
+    };
+    assert_eq!(
+        targets("deploy/prometheus/prometheus-api-tls.yml"),
+        targets("deploy/prometheus/prometheus.yml")
+    );
+    let config = read("deploy/prometheus/prometheus-api-tls.yml")
+        .replace(SECRETS, &secrets.path().display().to_string());
+    let checked = secrets.path().join("prometheus.yml");
+    std::fs::write(&checked, config).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&checked)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
