@@ -484,3 +484,28 @@ pub fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
         .get(name)
         .unwrap_or_else(|| panic!("{name} is not exported: {metrics:?}"))
 }
+
+/// The checker's exception is narrow: only the first pending entry, and only when it is the
+/// very round the API stored.
+#[test]
+fn only_the_in_flight_round_may_be_both_stored_and_pending() {
+    let stored = serde_json::json!({
+        "round": 7, "value": 21.5, "count": 2, "devices": ["1", "2"], "aggregator": "mean@0.1.0",
+        "leader": "1", "ts": 1, "counter": 14, "values": [21.0, 22.0]
+    });
+    in_flight_at_the_stop(0, &stored, &stored.clone());
+    let refused = |index: usize, pending: Value| {
+        std::panic::catch_unwind(|| in_flight_at_the_stop(index, &stored, &pending)).is_err()
+    };
+    assert!(refused(1, stored.clone()), "a later pending entry");
+    for (key, other) in [
+        ("value", serde_json::json!(99.0)),
+        ("counter", serde_json::json!(15)),
+        ("leader", serde_json::json!("2")),
+        ("values", serde_json::json!([21.0, 23.0])),
+    ] {
+        let mut pending = stored.clone();
+        pending[key] = other;
+        assert!(refused(0, pending), "another {key} under the same round");
+    }
+}
