@@ -92,27 +92,8 @@ pub(super) fn restore_round(node: &str, state: RoundState, expected: u64) -> (Tx
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::fixtures::*, *};
     use crate::coord::paths::ROUND;
-
-    const NODE: &str = "/election/x__lock__0000000001";
-
-    fn state(round: u64) -> RoundState {
-        RoundState {
-            round,
-            version: 10,
-            created: (1, 2),
-        }
-    }
-
-    fn counter(value: i64) -> CounterValue {
-        CounterValue { value, version: 5 }
-    }
-
-    fn set_data(txn: &Txn, label: Label) -> (String, Vec<u8>, Option<i32>) {
-        let (path, data, version) = txn.set_of(label).expect("a set with the label");
-        (path.to_owned(), data.to_vec(), version)
-    }
 
     #[test]
     fn the_leader_refuses_a_round_it_did_not_release() {

@@ -22,6 +22,8 @@
 pub mod collect;
 mod commit;
 mod device;
+#[cfg(test)]
+mod fixtures;
 mod guard;
 pub mod leader;
 mod plan;

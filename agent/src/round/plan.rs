@@ -226,25 +226,11 @@ pub(super) fn judge(err: &TxnError) -> Failure {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::fixtures::*, *};
     use crate::coord::{
         paths::{BARRIER, COUNTER, OUTBOX, ROUND},
         txn::OpKind,
     };
-
-    const NODE: &str = "/election/x__lock__0000000001";
-
-    fn state(round: u64) -> RoundState {
-        RoundState {
-            round,
-            version: 10,
-            created: (1, 2),
-        }
-    }
-
-    fn counter(value: i64) -> CounterValue {
-        CounterValue { value, version: 5 }
-    }
 
     fn result(round: u64, count: usize) -> Round {
         Round {
@@ -284,11 +270,6 @@ mod tests {
             ledger,
             max: MAX,
         }
-    }
-
-    fn set_data(txn: &Txn, label: Label) -> (String, Vec<u8>, Option<i32>) {
-        let (path, data, version) = txn.set_of(label).expect("a set with the label");
-        (path.to_owned(), data.to_vec(), version)
     }
 
     #[test]

@@ -3,11 +3,7 @@
 //! as an outside client, and a fleet of real agents. Every TLS failure an operator can make
 //! is produced for real, and its message must name the cause and the key to set.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use fleetmeter::{
     config::{PublishFormat, PublishSettings},
@@ -15,65 +11,21 @@ use fleetmeter::{
 };
 
 use crate::support::{
+    api::ApiProcess,
     fleet::{Fleet, SERIAL, final_check},
-    free_port,
     pki::{Issued, Pki},
     redis::RedisServer,
     wait_until,
 };
 
-/// The real API binary, stopped when dropped.
-struct Api {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Api {
-    /// `fleetmeter-api` on a free port, with `env` (its TLS settings).
-    async fn start(redis: &RedisServer, env: &[(&str, &Path)]) -> Api {
-        let port = free_port();
-        let mut command = Command::new(crate::support::fleet::api_binary());
-        command
-            .env("API_LISTEN", format!("127.0.0.1:{port}"))
-            .env("REDIS_URL", redis.url())
-            .env("API_ALLOW_ANONYMOUS_WRITES", "true")
-            .env_remove("API_TOKEN")
-            .stderr(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let api = Api {
-            child: command.spawn().unwrap(),
-            port,
-        };
-        wait_until("the API to listen", Duration::from_secs(15), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await;
-        api
-    }
-
-    async fn tls(redis: &RedisServer, server: &Issued, client_ca: Option<&Path>) -> Api {
-        let mut env = vec![
-            ("API_TLS_CERT", server.cert.as_path()),
-            ("API_TLS_KEY", server.key.as_path()),
-        ];
-        env.extend(client_ca.map(|ca| ("API_TLS_CLIENT_CA", ca)));
-        Api::start(redis, &env).await
-    }
-
-    fn url(&self, scheme: &str, host: &str) -> String {
-        format!("{scheme}://{host}:{}/", self.port)
-    }
+/// The API serving TLS with `server`, requiring client certificates signed by `client_ca`.
+async fn tls_api(redis: &RedisServer, server: &Issued, client_ca: Option<&Path>) -> ApiProcess {
+    let mut env = vec![
+        ("API_TLS_CERT", server.cert.as_path()),
+        ("API_TLS_KEY", server.key.as_path()),
+    ];
+    env.extend(client_ca.map(|ca| ("API_TLS_CLIENT_CA", ca)));
+    ApiProcess::start(redis, env).await
 }
 
 /// A publisher that may send to `url` only, trusting and presenting `tls`.
@@ -140,10 +92,10 @@ async fn each_tls_failure_names_its_cause_and_the_key_to_set() {
     let elsewhere = pki.server("elsewhere", "DNS:other.example");
     let expired = pki.expired("expired", here);
     let redis = RedisServer::start();
-    let tls = Api::tls(&redis, &good, None).await;
-    let wrong_name = Api::tls(&redis, &elsewhere, None).await;
-    let old = Api::tls(&redis, &expired, None).await;
-    let plain = Api::start(&redis, &[]).await;
+    let tls = tls_api(&redis, &good, None).await;
+    let wrong_name = tls_api(&redis, &elsewhere, None).await;
+    let old = tls_api(&redis, &expired, None).await;
+    let plain = ApiProcess::start(&redis, Vec::<(&str, &str)>::new()).await;
     let ca = pki.ca();
 
     // It works with the CA, by IP and by name, and from outside with curl --cacert.
@@ -226,7 +178,7 @@ async fn mutual_tls_serves_a_client_certificate_and_refuses_none() {
     let client = pki.client("device-1");
     let forged = stranger.client("device-1");
     let redis = RedisServer::start();
-    let api = Api::tls(&redis, &server, Some(&pki.ca())).await;
+    let api = tls_api(&redis, &server, Some(&pki.ca())).await;
     let url = api.url("https", "127.0.0.1");
     let with = |id: &Issued| ApiTls::read(Some(&pki.ca()), Some(&id.cert), Some(&id.key)).unwrap();
 

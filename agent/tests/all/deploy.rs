@@ -28,6 +28,19 @@ fn port_of(addr: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in {addr:?}"))
 }
 
+/// `fleetmeter run ARGS --check` with exactly `env`, as a container would run it.
+fn run_check(args: &[String], env: &BTreeMap<String, String>) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .arg("run")
+        .args(args)
+        .arg("--check")
+        .env_clear()
+        .envs(env)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn every_agent_service_is_accepted_by_fleetmeter_run_check() {
     let compose = Compose::load();
@@ -75,15 +88,7 @@ fn every_agent_service_is_accepted_by_fleetmeter_run_check() {
 
         let mut env = image_env.clone();
         env.extend(with_secrets_at(&environment(service), secrets.path()));
-        let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
-            .arg("run")
-            .args(&command)
-            .arg("--check")
-            .env_clear()
-            .envs(&env)
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap();
+        let out = run_check(&command, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -513,15 +518,7 @@ async fn the_api_tls_override_serves_https_with_the_secrets_certificates() {
             secrets.path(),
         ));
         let command = strings(service.get("command").expect("command"), "command");
-        let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
-            .arg("run")
-            .args(&command)
-            .arg("--check")
-            .env_clear()
-            .envs(&env)
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap();
+        let out = run_check(&command, &env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains("api url:          https://api:4000/"),
@@ -533,16 +530,8 @@ async fn the_api_tls_override_serves_https_with_the_secrets_certificates() {
     // The API with the override's environment, on a free loopback port.
     let api_env = with_secrets_at(&environment(&tls["services"]["api"]), secrets.path());
     let redis = crate::support::redis::RedisServer::start();
-    let port = crate::support::free_port();
-    let mut api = Command::new(crate::support::fleet::api_binary())
-        .env("API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", redis.url())
-        .env("API_ALLOW_ANONYMOUS_WRITES", "true")
-        .env_remove("API_TOKEN")
-        .envs(&api_env)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let api = crate::support::api::ApiProcess::start(&redis, &api_env).await;
+    let port = api.port;
     let healthcheck = strings(&tls["services"]["api"]["healthcheck"]["test"], "test");
     assert_eq!(healthcheck[..2], ["CMD", "fleetmeter"]);
     let args: Vec<String> = healthcheck[2..]
@@ -577,8 +566,7 @@ async fn the_api_tls_override_serves_https_with_the_secrets_certificates() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let _ = api.kill();
-    let _ = api.wait();
+    drop(api);
 
     // Prometheus: the same targets, the API over https with the stack's CA.
     let volumes = strings(&tls["services"]["prometheus"]["volumes"], "volumes");

@@ -1,13 +1,9 @@
 //! The publisher against the real `fleetmeter-api` binary and a real Redis: both formats,
 //! idempotency, the bearer token, and an unreachable API as a transient failure.
 
-use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use crate::support::{free_port, redis::RedisServer, wait_until};
+use crate::support::{api::ApiProcess, free_port, redis::RedisServer, wait_until};
 use fleetmeter::{
     config::{PublishFormat, PublishSettings, Secret},
     publish::{Delivery, Publisher, SendError},
@@ -15,39 +11,17 @@ use fleetmeter::{
 };
 
 struct Api {
-    child: Child,
+    _process: ApiProcess,
     url: String,
 }
 
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn api(redis: &RedisServer, token: Option<&str>) -> Api {
-    let binary = Path::new(env!("CARGO_BIN_EXE_fleetmeter")).with_file_name("fleetmeter-api");
-    assert!(
-        binary.exists(),
-        "{} missing: cargo build -p fleetmeter-api",
-        binary.display()
-    );
-    let port = free_port();
-    let mut command = Command::new(binary);
-    command
-        .env("API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", redis.url())
-        .env_remove("API_TOKEN")
-        .env("API_LEGACY_QUERY", "true")
-        .stderr(Stdio::null());
-    match token {
-        Some(token) => command.env("API_TOKEN", token),
-        None => command.env("API_ALLOW_ANONYMOUS_WRITES", "true"),
-    };
+    let mut env = vec![("API_LEGACY_QUERY", "true")];
+    env.extend(token.map(|token| ("API_TOKEN", token)));
+    let process = ApiProcess::start(redis, env).await;
     let api = Api {
-        child: command.spawn().unwrap(),
-        url: format!("http://127.0.0.1:{port}/"),
+        url: process.url("http", "127.0.0.1"),
+        _process: process,
     };
     let health = format!("{}healthz", api.url);
     wait_until("the API to serve", Duration::from_secs(15), || async {

@@ -3,6 +3,7 @@
 
 pub use fleetmeter_testkit::{free_port, prometheus, proxy, redis, wait_until, zk};
 
+pub mod api;
 pub mod compose;
 pub mod fleet;
 pub mod pki;
