@@ -58,9 +58,10 @@ LABEL io.fleetmeter.stage=build
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # openssl: the compose file's `secrets` service makes the API's TLS certificates with it
-# (deploy/compose/api-tls.yml turns TLS on).
+# (deploy/compose/api-tls.yml turns TLS on). ca-certificates: the system's roots, which an
+# agent trusts for an https:// API without `[publish] tls_ca`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openssl \
+ && apt-get install -y --no-install-recommends openssl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent fleetmeter \
  && mkdir -p /var/cache/fleetmeter \

@@ -26,10 +26,10 @@ pub(super) async fn run(
     };
     let scheme = if tls_ca.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{host}:{}/healthz", addr.port());
-    let http =
-        reqwest::Client::builder().timeout(Duration::from_secs_f64(timeout.clamp(0.1, 300.0)));
     let tls = crate::publish::tls::ApiTls::read(tls_ca, None, None).context("--tls-ca")?;
-    let http = tls.apply(http)?.build()?;
+    let http = tls.client(|| {
+        reqwest::Client::builder().timeout(Duration::from_secs_f64(timeout.clamp(0.1, 300.0)))
+    })?;
     let response = match http.get(&url).send().await {
         Ok(response) => response,
         Err(err) => {

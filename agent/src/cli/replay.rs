@@ -89,14 +89,15 @@ pub(super) async fn run(args: ReplayArgs) -> Result<ExitCode> {
         aggregator.metadata().name,
         aggregator.metadata().version
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none());
     let tls = args
         .api_tls
         .read()
         .context("TLS to the API (--api-tls-*)")?;
-    let http = tls.apply(http)?.build()?;
+    let http = tls.client(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+    })?;
     if !args.json {
         println!(
             "replaying rounds {}..{} from {} with {label}",

@@ -80,12 +80,13 @@ pub(super) struct ApiClient {
 
 impl ApiClient {
     pub(super) fn new(settings: &PublishSettings) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none());
-        let http = settings.tls.apply(http)?.build()?;
+        let http = settings.tls.client(|| {
+            reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .connect_timeout(settings.timeout)
+                .user_agent(concat!("fleetmeter/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+        })?;
         Ok(Self {
             http,
             format: settings.format,

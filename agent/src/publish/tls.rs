@@ -92,19 +92,36 @@ impl ApiTls {
         self.identity.is_some()
     }
 
-    /// Sets up `builder` to trust and present what is configured.
-    pub(crate) fn apply(
+    /// A client from `make`, trusting and presenting what is configured.
+    ///
+    /// Without `tls_ca` the system's roots are trusted; a system that has none (a minimal
+    /// image without `ca-certificates`) would make the client fail to build, and so the
+    /// agent to start even for an `http://` API. It gets a client that trusts no CA instead,
+    /// with a warning: plain HTTP works, and an `https://` API fails as untrusted, naming
+    /// `tls_ca`.
+    pub(crate) fn client(
         &self,
-        builder: reqwest::ClientBuilder,
-    ) -> Result<reqwest::ClientBuilder, reqwest::Error> {
-        let builder = match &self.ca {
-            Some(pem) => builder.tls_certs_only(Certificate::from_pem_bundle(pem)?),
-            None => builder,
+        make: impl Fn() -> reqwest::ClientBuilder,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        let with_identity = |builder: reqwest::ClientBuilder| match &self.identity {
+            Some(pem) => Ok::<_, reqwest::Error>(builder.identity(Identity::from_pem(pem)?)),
+            None => Ok(builder),
         };
-        Ok(match &self.identity {
-            Some(pem) => builder.identity(Identity::from_pem(pem)?),
-            None => builder,
-        })
+        if let Some(pem) = &self.ca {
+            let roots = Certificate::from_pem_bundle(pem)?;
+            return with_identity(make().tls_certs_only(roots))?.build();
+        }
+        match with_identity(make())?.build() {
+            Ok(client) => Ok(client),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "no CA certificates on this system (install ca-certificates): an https:// API needs {}",
+                    keys::API_TLS_CA.where_set()
+                );
+                with_identity(make().tls_certs_only(Vec::new()))?.build()
+            }
+        }
     }
 }
 

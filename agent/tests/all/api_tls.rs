@@ -300,3 +300,35 @@ async fn an_untrusted_api_is_logged_once_counted_and_shown_in_health() {
     assert!(fleet.rounds().await.is_empty(), "nothing reached the API");
     fleet.stop_all().await;
 }
+
+/// A host without CA certificates (a minimal image without `ca-certificates`): the HTTP
+/// client used to fail to build, so an agent could not start even for an `http://` API
+/// (compose-check caught it). Now plain HTTP works and a warning says what an `https://`
+/// API needs. The system's roots are hidden from the child through rustls-native-certs'
+/// SSL_CERT_FILE / SSL_CERT_DIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_ca_certificates_still_speaks_plain_http() {
+    let redis = RedisServer::start();
+    let api = ApiProcess::start(&redis, Vec::<(&str, &str)>::new()).await;
+    let empty = tempfile::tempdir().unwrap();
+    let health = || {
+        Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .args(["health", "--address", &format!("127.0.0.1:{}", api.port)])
+            .env("SSL_CERT_FILE", empty.path().join("none.pem"))
+            .env("SSL_CERT_DIR", empty.path())
+            .output()
+            .unwrap()
+    };
+    wait_until(
+        "the API's /healthz over plain HTTP",
+        Duration::from_secs(15),
+        || async { health().status.success() },
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&health().stderr).into_owned();
+    assert!(
+        stderr.contains("no CA certificates on this system")
+            && stderr.contains("FLEETMETER_API_TLS_CA"),
+        "{stderr}"
+    );
+}
