@@ -88,16 +88,17 @@ def wait_until(what: str, predicate, timeout: float, interval: float = 0.5):
     raise CheckFailed(f"{what}: not within {timeout:.0f} s{detail}")
 
 
-def http_text(url: str, timeout: float = 5.0) -> str:
+def http_text(url: str, timeout: float = 5.0, context=None) -> str:
+    """The body at `url`; `context`: an ssl.SSLContext for https (a private CA, say)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.read().decode()
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise CheckFailed(f"GET {url}: {e}") from e
 
 
-def http_json(url: str, timeout: float = 5.0):
-    text = http_text(url, timeout)
+def http_json(url: str, timeout: float = 5.0, context=None):
+    text = http_text(url, timeout, context)
     try:
         return json.loads(text)
     except ValueError as e:
