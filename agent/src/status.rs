@@ -14,7 +14,8 @@ use crate::{
         paths::{self, DEVICES, RESULTS},
     },
     publish::outbox::{self, Ledger},
-    wire::{DeviceReading, Shown},
+    round::handover::GivenUp,
+    wire::{Advert, DeviceReading, Shown},
 };
 
 /// One device as `status` shows it.
@@ -23,6 +24,8 @@ pub struct Member {
     pub id: String,
     /// The latest reading the device wrote, if any.
     pub reading: Option<DeviceReading>,
+    /// Its version and the wire contract versions it reads (absent: 0.1.0 or older).
+    pub advert: Advert,
 }
 
 /// The fleet's state.
@@ -37,6 +40,11 @@ pub struct Status {
     pub round: Option<u64>,
     /// `None` until the leader starts the fleet's state.
     pub counter: Option<i64>,
+    /// The first round counted without the counter's base, while it is pending (the fleet's
+    /// state was started while the API could not be asked).
+    pub counter_base_pending: Option<u64>,
+    /// Rounds a new leader found too late to finish, the latest last.
+    pub given_up: Vec<GivenUp>,
     /// Committed results not yet accepted by the API.
     pub backlog: usize,
     /// Results the API refused, kept in `{root}/rejected` (`fleetmeter outbox list`).
@@ -87,11 +95,18 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
     ids.sort();
     let mut members = Vec::with_capacity(ids.len());
     for id in ids {
-        let reading = match client.get_data(&paths::device(&id)).await {
-            Ok((data, _)) => serde_json::from_slice(&data).ok(),
-            Err(_) => None,
+        let (reading, advert) = match client.get_data(&paths::device(&id)).await {
+            Ok((data, _)) => (
+                serde_json::from_slice(&data).ok(),
+                serde_json::from_slice(&data).unwrap_or_default(),
+            ),
+            Err(_) => (None, Advert::default()),
         };
-        members.push(Member { id, reading });
+        members.push(Member {
+            id,
+            reading,
+            advert,
+        });
     }
     let backlog = match client.list_children(RESULTS).await {
         Ok(children) => children.len(),
@@ -107,6 +122,8 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
         leader: contenders.first().cloned(),
         round: barrier::current(&client).await?.map(|s| s.round),
         counter: counter::peek(&client).await?,
+        counter_base_pending: counter::pending_base(&client).await?.map(|p| p.since),
+        given_up: crate::round::handover::read(&client).await?,
         rejected: outbox::rejected_rounds(&client).await?,
         outbox: outbox::ledger::peek(&client).await?,
         contenders,
@@ -127,13 +144,23 @@ pub fn render(status: &Status) -> String {
     out.push_str(&format!("leader:   {leader}\n"));
     match status.round {
         Some(round) => out.push_str(&format!("round:    {round}\n")),
-        None => out.push_str(
-            "round:    not started (the leader starts it once the API says where rounds continue)\n",
-        ),
+        None => out.push_str("round:    not started (no leader yet)\n"),
     }
     match status.counter {
         Some(counter) => out.push_str(&format!("counter:  {counter}\n")),
         None => out.push_str("counter:  not started\n"),
+    }
+    if let Some(since) = status.counter_base_pending {
+        out.push_str(&format!("          (counted from 0 since round {since}: the fleet started while the API was down; its earlier total is added when the API answers)\n"));
+    }
+    for g in status.given_up.iter().rev().take(5) {
+        out.push_str(&format!(
+            "given up: round {} ({}, {:.1} s past its deadline, by leader {})\n",
+            g.round,
+            one_line(&g.reason),
+            g.late_ms as f64 / 1000.0,
+            one_line(&g.leader)
+        ));
     }
     out.push_str(&format!(
         "backlog:  {} result(s) waiting for the API\n",
@@ -173,14 +200,24 @@ pub fn render(status: &Status) -> String {
         } else {
             ""
         };
+        let runs = match (&m.advert.agent, m.advert.wire) {
+            (Some(agent), Some([oldest, newest])) => {
+                format!("fleetmeter {}, wire {oldest}-{newest}", one_line(agent))
+            }
+            (Some(agent), None) => format!("fleetmeter {}", one_line(agent)),
+            (None, _) => "fleetmeter 0.1.0 or older".to_owned(),
+        };
         match &m.reading {
             Some(r) => out.push_str(&format!(
-                "  {}{mark}: {} in round {}\n",
+                "  {}{mark}: {} in round {} [{runs}]\n",
                 one_line(&m.id),
                 Shown(r.value),
                 r.round
             )),
-            None => out.push_str(&format!("  {}{mark}: no reading yet\n", one_line(&m.id))),
+            None => out.push_str(&format!(
+                "  {}{mark}: no reading yet [{runs}]\n",
+                one_line(&m.id)
+            )),
         }
     }
     out.push_str("config:\n");
@@ -274,9 +311,21 @@ mod tests {
             members: vec![Member {
                 id: "d\u{202e}1".into(),
                 reading: None,
+                advert: Advert {
+                    agent: Some(forged.into()),
+                    wire: Some([1, 2]),
+                },
             }],
             round: Some(1),
             counter: Some(0),
+            counter_base_pending: None,
+            given_up: vec![GivenUp {
+                round: 3,
+                reason: forged.into(),
+                late_ms: 12_345,
+                leader: forged.into(),
+                at: 1,
+            }],
             backlog: 0,
             rejected: vec![7],
             outbox: None,
@@ -292,7 +341,9 @@ mod tests {
             "a forged line: {text}"
         );
         assert!(text.contains(r"leader:   x\n2026-01-01T00:00:00Z ERROR forged\u{1b}[31m"));
-        assert!(text.contains(r"  d\u{202e}1: no reading yet"));
+        assert!(text.contains(r"  d\u{202e}1: no reading yet [fleetmeter x\n2026"));
+        assert!(text.contains(r"given up: round 3 (x\n2026"), "{text}");
+        assert!(text.contains("12.3 s past its deadline"), "{text}");
         assert!(text.contains(r"  api_url = x\n2026"));
     }
 
@@ -308,10 +359,14 @@ mod tests {
                     round: 4,
                     value: 78.66666666666667,
                     ts: 1,
+                    advert: Default::default(),
                 }),
+                advert: crate::wire::advert(2),
             }],
             round: Some(4),
             counter: Some(9),
+            counter_base_pending: Some(3),
+            given_up: vec![],
             backlog: 0,
             rejected: vec![],
             outbox: None,
@@ -319,7 +374,10 @@ mod tests {
         };
         let text = render(&status);
         assert!(
-            text.contains("  1 (leader): 78.6667 in round 4\n"),
+            text.contains(&format!(
+                "  1 (leader): 78.6667 in round 4 [fleetmeter {}, wire 1-2]\n",
+                crate::wire::AGENT_VERSION
+            )),
             "{text}"
         );
     }

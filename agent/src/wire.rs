@@ -7,6 +7,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use fleetmeter_wire::*;
 
+/// This agent's version, as `fleetmeter --version` says and its device node advertises.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What this agent advertises in its device node: its version and the contract versions it
+/// reads and writes, up to `wire_version` (`[publish] wire_version`).
+pub fn advert(wire_version: u32) -> Advert {
+    Advert {
+        agent: Some(AGENT_VERSION.to_owned()),
+        wire: Some([OLDEST, wire_version.clamp(OLDEST, VERSION)]),
+    }
+}
+
 /// Now, in ms since the Unix epoch (0 on a clock set before 1970).
 pub fn now_ms() -> u64 {
     SystemTime::now()

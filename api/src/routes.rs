@@ -241,23 +241,33 @@ async fn post_round(
     }
 }
 
-/// `GET /api/v1/rounds?limit=N`: newest first.
+/// `GET /api/v1/rounds?limit=N&before=R`: newest first; with `before`, only rounds numbered
+/// below `R` (an agent that started its fleet while the API was down asks where the counter
+/// stood before its first round).
 async fn list_rounds(
     State(state): State<Arc<AppState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<Round>>, ApiError> {
-    let limit = limit(query)?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = limit(&params)?;
+    let before = match params.get("before") {
+        None => None,
+        Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`before` must be a round number (a non-negative integer), got {raw:?}"
+            ))
+        })?),
+    };
     let rounds = state
         .store
-        .rounds(limit)
+        .rounds_before(limit, before)
         .await
         .map_err(|e| state.storage_failed(e))?;
     Ok(Json(rounds))
 }
 
 /// `?limit=N`: [`DEFAULT_LIMIT`] when absent, at most [`MAX_LIMIT`].
-fn limit(query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<usize, ApiError> {
-    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
     match params.get("limit") {
         None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<usize>() {
@@ -311,7 +321,8 @@ async fn device_readings(
     Path(id): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<StoredReading>>, ApiError> {
-    let limit = limit(query)?;
+    let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = limit(&params)?;
     fleetmeter_wire::validate_device_id(&id)
         .map_err(|e| ApiError::BadRequest(format!("device id {e}")))?;
     let readings = state

@@ -99,8 +99,10 @@ end
 return false
 ";
 
+// ARGV: the limit, the round key prefix, and the highest round number to list (`+inf` for
+// all).
 const LIST_ROUNDS: &str = r"
-local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[3], '-inf', 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids == 0 then
   return {}
 end
@@ -185,12 +187,28 @@ impl Store {
 
     /// The `limit` highest-numbered rounds, newest first.
     pub async fn rounds(&self, limit: usize) -> Result<Vec<Round>, StoreError> {
+        self.rounds_before(limit, None).await
+    }
+
+    /// The `limit` latest stored rounds numbered below `before` (all when `None`), newest
+    /// first.
+    pub async fn rounds_before(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<Round>, StoreError> {
+        let highest = match before {
+            None => "+inf".to_owned(),
+            Some(0) => return Ok(Vec::new()),
+            Some(n) => (n - 1).to_string(),
+        };
         let mut conn = self.conn.clone();
         let jsons: Vec<Option<String>> = self
             .list_rounds
             .key(format!("{}:rounds", self.prefix))
             .arg(limit)
             .arg(format!("{}:round:", self.prefix))
+            .arg(highest)
             .invoke_async(&mut conn)
             .await?;
         jsons

@@ -36,6 +36,13 @@ pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3 + 25) + 8 
 /// each device's value, `"values"`, in the order of `"devices"`.
 pub const VERSION: u32 = 2;
 
+/// The oldest contract version this side reads and writes.
+pub const OLDEST: u32 = 1;
+
+/// The newest version an agent that does not advertise its versions reads: fleetmeter 0.1.0,
+/// the last release without the advertisement, reads versions 1 and 2.
+pub const UNADVERTISED: u32 = 2;
+
 fn version_1() -> u32 {
     1
 }
@@ -249,6 +256,17 @@ impl Round {
         Ok(())
     }
 
+    /// The round as contract `version` writes it (at most [`VERSION`]): version 1 has no
+    /// per-device values.
+    #[must_use]
+    pub fn in_version(mut self, version: u32) -> Self {
+        if version < 2 {
+            self.version = 1;
+            self.values = None;
+        }
+        self
+    }
+
     /// Each device with its value (version 2), in the round's order; empty for version 1.
     pub fn readings(&self) -> impl Iterator<Item = (&str, f64)> {
         self.devices
@@ -258,7 +276,9 @@ impl Round {
     }
 }
 
-/// What a device writes to its node, `{root}/devices/{id}`.
+/// What a device writes to its node, `{root}/devices/{id}`: its latest reading, and what it
+/// runs ([`Advert`], absent from agents before 0.2.0). Readers ignore fields they do not
+/// know, so a newer agent may add some.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceReading {
     /// The round it was taken in.
@@ -267,6 +287,28 @@ pub struct DeviceReading {
     pub value: f64,
     /// When it was sampled, ms since the Unix epoch.
     pub ts: u64,
+    /// What the device runs.
+    #[serde(flatten)]
+    pub advert: Advert,
+}
+
+/// What a device runs, as its node says (before its first reading too): the leader writes
+/// fleet entries in the newest contract version every member reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// The agent's version (`fleetmeter --version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The contract versions it reads and writes, `[oldest, newest]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<[u32; 2]>,
+}
+
+impl Advert {
+    /// The newest contract version the device reads: [`UNADVERTISED`] when it does not say.
+    pub fn reads_up_to(&self) -> u32 {
+        self.wire.map_or(UNADVERTISED, |[_, newest]| newest)
+    }
 }
 
 #[cfg(test)]

@@ -135,6 +135,8 @@ pub struct PublishSection {
     pub outbox_max_rounds: u64,
     /// Most MiB of results the outbox holds.
     pub outbox_max_mib: u64,
+    /// The newest wire contract version this agent reads and writes.
+    pub wire_version: u64,
     /// Origins the dynamic `api_url` may point to besides `api_url`'s own.
     pub allowed_origins: Vec<String>,
     /// PEM CA certificates trusted for an `https://` API instead of the system's roots.
@@ -157,6 +159,7 @@ impl Default for PublishSection {
             retry_max: 30.0,
             outbox_max_rounds: 20_000,
             outbox_max_mib: 64,
+            wire_version: u64::from(crate::wire::VERSION),
             allowed_origins: Vec::new(),
             tls_ca: None,
             tls_cert: None,

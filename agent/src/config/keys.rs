@@ -255,6 +255,13 @@ pub const OUTBOX_MAX_ROUNDS: Key = Key::file(
 )
 .range(1.0, 1_000_000.0, "rounds")
 .note("results waiting for the API plus refused ones, at most; ≈ 28 h of outage at the default 5 s period. When full, new results are not stored (counted, `/healthz` unhealthy)");
+pub const WIRE_VERSION: Key = Key::file(
+    "[publish] wire_version",
+    "[publish] wire_version",
+    "2",
+)
+.range(1.0, 2.0, "version")
+.note("the newest wire contract version this agent reads and writes (its device node says so; the leader writes results every member can read). Lower it only to keep a fleet readable by an older API or agent");
 pub const OUTBOX_MAX_MIB: Key =
     Key::file("[publish] outbox_max_mib", "[publish] outbox_max_mib", "64")
         .range(1.0, 1024.0, "MiB")
@@ -397,6 +404,7 @@ pub const ALL: &[Key] = &[
     RETRY_MAX,
     OUTBOX_MAX_ROUNDS,
     OUTBOX_MAX_MIB,
+    WIRE_VERSION,
     SENSOR,
     AGGREGATOR,
     PLUGIN_DIR,

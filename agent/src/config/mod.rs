@@ -185,6 +185,9 @@ pub struct PublishSettings {
     pub retry_max: Duration,
     /// The outbox's bound (results waiting plus refused).
     pub outbox_max: crate::publish::outbox::Ledger,
+    /// The newest wire contract version this agent reads and writes (`[publish]
+    /// wire_version`; [`crate::wire::VERSION`] by default).
+    pub wire_version: u32,
     /// What the agent trusts and presents for an `https://` API.
     pub tls: crate::publish::tls::ApiTls,
     /// The key of the outbox's commit marks, derived from the fleet's ZooKeeper credentials

@@ -393,6 +393,8 @@ fn publish(
             rounds: count(origin, &keys::OUTBOX_MAX_ROUNDS, file.outbox_max_rounds)?,
             bytes: count(origin, &keys::OUTBOX_MAX_MIB, file.outbox_max_mib)? * 1024 * 1024,
         },
+        wire_version: u32::try_from(count(origin, &keys::WIRE_VERSION, file.wire_version)?)
+            .unwrap_or(crate::wire::VERSION),
         // Derived once the credentials are known (`resolve`).
         mark_key: None,
     };

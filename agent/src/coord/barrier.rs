@@ -78,8 +78,17 @@ pub fn restore(current: RoundState, round: u64) -> Op {
 /// The current round; `None` while the fleet has no state (a new fleet, or ZooKeeper lost
 /// its data): the leader starts it.
 pub async fn current(client: &FleetClient) -> Result<Option<RoundState>, CoordError> {
+    Ok(current_released(client).await?.map(|(state, _)| state))
+}
+
+/// The current round and when it was released: the node's last write, in milliseconds since
+/// the Unix epoch by the ZooKeeper server's clock. A new leader finishes the round its
+/// predecessor released on the predecessor's schedule (`round::handover`).
+pub async fn current_released(
+    client: &FleetClient,
+) -> Result<Option<(RoundState, i64)>, CoordError> {
     match client.get_data(ROUND).await {
-        Ok((data, stat)) => RoundState::read(&data, &stat).map(Some),
+        Ok((data, stat)) => RoundState::read(&data, &stat).map(|state| Some((state, stat.mtime))),
         Err(Error::NoNode) => Ok(None),
         Err(e) => Err(CoordError::zk("read", ROUND, e)),
     }

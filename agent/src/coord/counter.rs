@@ -8,7 +8,7 @@ use zookeeper_client::Error;
 
 use super::{
     CoordError, FleetClient, NodeAcl,
-    paths::COUNTER,
+    paths::{COUNTER, COUNTER_BASE},
     txn::{Label, Op},
 };
 
@@ -130,6 +130,50 @@ pub async fn increment(client: &FleetClient, delta: i64) -> Result<i64, CoordErr
             Err(e) => return Err(CoordError::zk("set", COUNTER, e)),
         }
     }
+}
+
+/// A counter started without its base: the fleet's state was started while the API (which
+/// knows where the counter stood) could not be asked. `{root}/counter-base` holds the first
+/// round of that state; the leader adds the counter of the API's latest round below it once
+/// the API answers, and deletes the node in the same transaction. Until then committed
+/// rounds carry no `counter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingBase {
+    /// The first round counted without the base.
+    pub since: u64,
+    pub version: i32,
+}
+
+/// `{root}/counter-base`, if the counter's base is pending. A node that does not hold a
+/// round number counts as pending since round 0 (every stored round is below it... none:
+/// the base is then the API's latest round).
+pub async fn pending_base(client: &FleetClient) -> Result<Option<PendingBase>, CoordError> {
+    match client.get_data(COUNTER_BASE).await {
+        Ok((data, stat)) => Ok(Some(PendingBase {
+            since: std::str::from_utf8(&data)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(u64::MAX),
+            version: stat.version,
+        })),
+        Err(Error::NoNode) => Ok(None),
+        Err(e) => Err(CoordError::zk("read", COUNTER_BASE, e)),
+    }
+}
+
+/// Marks the counter's base pending from round `since` (in the start of a fleet's state).
+pub fn pend_base(acl: &NodeAcl, since: u64) -> Op {
+    Op::create(
+        Label::CounterBase,
+        COUNTER_BASE,
+        since.to_string().as_bytes(),
+        acl,
+    )
+}
+
+/// The base is added: the marker goes (only as read).
+pub fn settle_base(pending: PendingBase) -> Op {
+    Op::delete(Label::CounterBase, COUNTER_BASE, Some(pending.version))
 }
 
 #[cfg(test)]

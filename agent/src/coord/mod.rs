@@ -45,6 +45,8 @@ pub mod paths {
     pub const PARTS: &str = "/parts";
     pub const OUTBOX: &str = "/outbox";
     pub const CONFIG: &str = "/config";
+    pub const GIVEN_UP: &str = "/given-up";
+    pub const COUNTER_BASE: &str = "/counter-base";
 
     pub fn device(id: &str) -> String {
         format!("{DEVICES}/{id}")

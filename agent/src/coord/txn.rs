@@ -32,6 +32,10 @@ pub enum Label {
     Rejected,
     /// `{root}/outbox`: the ledger that bounds the outbox.
     Ledger,
+    /// `{root}/given-up`: the rounds a leader released past unfinished.
+    GivenUp,
+    /// `{root}/counter-base`: the counter started without its base (the API was down).
+    CounterBase,
 }
 
 impl Label {
@@ -45,6 +49,8 @@ impl Label {
             Label::Entry => "entry",
             Label::Rejected => "rejected",
             Label::Ledger => "ledger",
+            Label::GivenUp => "given-up",
+            Label::CounterBase => "counter-base",
         }
     }
 }

@@ -167,17 +167,24 @@ impl ApiClient {
         Ok((status, read_bounded(response, max).await))
     }
 
-    /// `GET {api_url}api/v1/rounds?limit=1`: the highest stored round. `None` with the
-    /// `query` format (no round numbers) or when the API stores none.
-    pub(super) async fn latest(&self, api_url: &str) -> Result<Option<Round>, SendError> {
+    /// `GET {api_url}api/v1/rounds?limit=1[&before=R]`: the highest stored round (below `R`).
+    /// `None` with the `query` format (no round numbers) or when the API stores none.
+    pub(super) async fn latest(
+        &self,
+        api_url: &str,
+        before: Option<u64>,
+    ) -> Result<Option<Round>, SendError> {
         if self.format == PublishFormat::Query {
             return Ok(None);
         }
         let base = self.base(api_url)?;
-        let request = self
+        let mut request = self
             .http
             .get(format!("{base}api/v1/rounds"))
             .query(&[("limit", "1")]);
+        if let Some(before) = before {
+            request = request.query(&[("before", before)]);
+        }
         let (status, body) = self
             .execute(request, base, fleetmeter_wire::MAX_ROUND_JSON + 16)
             .await?;
@@ -265,6 +272,7 @@ mod tests {
                 rounds: 1,
                 bytes: 1,
             },
+            wire_version: crate::wire::VERSION,
             mark_key: None,
         })
         .unwrap()

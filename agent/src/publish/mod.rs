@@ -52,6 +52,8 @@ pub trait PublishEvents: Send + Sync {
     fn unreadable(&self) {}
     /// Rounds in `{root}/rejected` now.
     fn rejected_waiting(&self, _rejected: usize) {}
+    /// Outbox entries set aside now because they are in a newer contract version.
+    fn newer(&self, _entries: usize) {}
     /// A request to the API failed on TLS (`Some`, at every failure), or one got through
     /// (`None`).
     fn tls(&self, _problem: Option<TlsProblem>) {}
@@ -63,6 +65,8 @@ pub struct Publisher {
     events: Option<Arc<dyn PublishEvents>>,
     /// The TLS problem of the last request, so that a change is logged once.
     tls: std::sync::Mutex<Option<TlsProblem>>,
+    /// Entries set aside as newer, so that each is logged once.
+    newer_seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -92,6 +96,7 @@ impl Publisher {
             settings,
             events: None,
             tls: std::sync::Mutex::new(None),
+            newer_seen: std::sync::Mutex::default(),
         })
     }
 
@@ -122,7 +127,16 @@ impl Publisher {
     /// format, which has no round numbers): where a fleet whose ZooKeeper state is new
     /// continues.
     pub async fn latest_stored(&self, api_url: &str) -> Result<Option<Round>, SendError> {
-        let latest = self.api.latest(api_url).await;
+        self.latest_stored_before(api_url, None).await
+    }
+
+    /// The API's highest stored round numbered below `before` (any when `None`).
+    pub async fn latest_stored_before(
+        &self,
+        api_url: &str,
+        before: Option<u64>,
+    ) -> Result<Option<Round>, SendError> {
+        let latest = self.api.latest(api_url, before).await;
         self.follow_tls(&latest);
         latest
     }
@@ -168,6 +182,7 @@ impl Publisher {
         };
         pending.sort();
         let total = pending.len();
+        let mut newer = 0;
         self.report(|e| e.backlog(total));
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");
@@ -187,8 +202,18 @@ impl Publisher {
                     self.report(|e| e.unreadable());
                     continue;
                 }
+                Err(outbox::LoadError::Newer { version, round }) => {
+                    newer += 1;
+                    self.set_aside(&path, version, round);
+                    continue;
+                }
                 Err(outbox::LoadError::Coord(e)) => return Err(e.into()),
             };
+            if loaded.round.version > self.settings.wire_version {
+                newer += 1;
+                self.set_aside(&path, loaded.round.version, Some(loaded.round.round));
+                continue;
+            }
             let result = &loaded.round;
             match self.send(&url, result).await {
                 Ok(delivery) => {
@@ -218,6 +243,7 @@ impl Publisher {
                 }
                 Err(source) => {
                     self.report(|e| e.failed());
+                    self.report(|e| e.newer(newer));
                     return Err(DrainError::Api {
                         source,
                         backlog: total - done,
@@ -225,7 +251,8 @@ impl Publisher {
                 }
             }
         }
-        self.report(|e| e.backlog(0));
+        self.report(|e| e.backlog(newer));
+        self.report(|e| e.newer(newer));
         self.report_rejected(&client).await?;
         let collected = outbox::collect_garbage(&client).await?;
         if collected > 0 {
@@ -235,6 +262,19 @@ impl Publisher {
             );
         }
         Ok(0)
+    }
+
+    /// An entry in a newer contract version than this agent reads stays where it is,
+    /// unchanged, for a leader that reads it; said once per entry.
+    fn set_aside(&self, path: &str, version: u32, round: Option<u64>) {
+        let first = self
+            .newer_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_owned());
+        if first {
+            tracing::warn!(node = %path, ?round, version, reads_up_to = self.settings.wire_version, "an outbox entry in a newer wire contract version than this agent reads: set aside unchanged (not sent, not deleted); a leader that reads version {version} publishes it — upgrade this agent");
+        }
     }
 
     /// Reports how many rounds wait in `{root}/rejected` (after each move there, and at the

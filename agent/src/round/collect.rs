@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use crate::{coord::roster::Roster, plugin::Reading, wire::DeviceReading};
+use crate::{
+    coord::roster::Roster,
+    plugin::Reading,
+    wire::{Advert, DeviceReading},
+};
 
 /// Where the leader reads the fleet from.
 pub(crate) trait ReadingSource {
@@ -33,6 +37,8 @@ pub struct Collected {
     pub live: usize,
     /// Live devices without a reading at the deadline.
     pub missed: usize,
+    /// What the devices whose nodes were read advertise.
+    pub adverts: BTreeMap<String, Advert>,
 }
 
 /// Round `round`'s readings, waiting for every live device until `until`. `members` is the
@@ -44,6 +50,7 @@ pub(crate) async fn collect(
     until: Instant,
 ) -> Collected {
     let mut readings = BTreeMap::new();
+    let mut adverts = BTreeMap::new();
     loop {
         if let Some(now) = source.members().await {
             members = now;
@@ -56,6 +63,11 @@ pub(crate) async fn collect(
             && let Some(data) = source.readings(&missing).await
         {
             for (device, data) in missing.iter().zip(data) {
+                if let Some(data) = &data
+                    && let Ok(advert) = serde_json::from_slice::<Advert>(data)
+                {
+                    adverts.insert((*device).clone(), advert);
+                }
                 if let Some(data) = data
                     && let Ok(reading) = serde_json::from_slice::<DeviceReading>(&data)
                     && reading.round == round
@@ -82,6 +94,7 @@ pub(crate) async fn collect(
             .collect(),
         live: members.len(),
         missed,
+        adverts,
     }
 }
 
@@ -155,6 +168,7 @@ mod tests {
                 round,
                 value,
                 ts: 0,
+                advert: Default::default(),
             })
             .unwrap();
             self.arrivals

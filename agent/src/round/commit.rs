@@ -14,7 +14,7 @@ use super::{
     Ctx,
     guard::{self, CounterCheck, RoundCheck},
     plan::{self, Failure, Inputs},
-    resume,
+    resume::{self, CounterStart, ResumePoint},
 };
 use crate::{
     coord::{self, CoordError, barrier, counter, paths::RESULTS},
@@ -23,6 +23,30 @@ use crate::{
 };
 
 pub(super) use plan::Committed;
+
+/// How often a leader asks the API for a pending counter base while it does not answer.
+const BASE_RETRY: Duration = Duration::from_secs(5);
+/// ... and while it answers without the `before` filter (an API older than the agents).
+const BASE_RETRY_OLD_API: Duration = Duration::from_secs(60);
+
+/// The counter's base, as this term knows it ([`counter::PendingBase`]).
+#[derive(Clone, Copy, Debug)]
+enum Base {
+    /// Not read yet this term.
+    Unread,
+    /// The counter is the fleet's total.
+    Settled,
+    /// Pending; the API is asked again from `next_try`.
+    Pending {
+        pending: counter::PendingBase,
+        next_try: Instant,
+    },
+    /// The API said where the counter stood: add `base` in the next commit.
+    Ready {
+        pending: counter::PendingBase,
+        base: i64,
+    },
+}
 
 /// A full outbox is recounted (in case entries went missing by hand) at most this often.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
@@ -54,6 +78,7 @@ pub(super) struct Committer<'a> {
     released: Option<barrier::RoundState>,
     /// The counter as our last commit left it, likewise.
     counter: Option<counter::CounterValue>,
+    base: Base,
 }
 
 impl<'a> Committer<'a> {
@@ -64,6 +89,7 @@ impl<'a> Committer<'a> {
             recounted: None,
             released: None,
             counter: None,
+            base: Base::Unread,
         }
     }
 
@@ -71,6 +97,66 @@ impl<'a> Committer<'a> {
     pub(super) fn forget(&mut self) {
         self.released = None;
         self.counter = None;
+        self.base = Base::Unread;
+    }
+
+    /// While the counter's base is pending, asks the API (at most every [`BASE_RETRY`]) where
+    /// the counter stood before the first round counted without it; the next commit adds it.
+    /// The caller bounds the time this takes: it runs before a round's collection.
+    pub(super) async fn check_base(&mut self, ctx: &Ctx) -> Result<(), CoordError> {
+        if let Base::Unread = self.base {
+            let client = ctx.session.client()?;
+            self.base = match counter::pending_base(&client).await? {
+                None => Base::Settled,
+                Some(pending) => Base::Pending {
+                    pending,
+                    next_try: Instant::now(),
+                },
+            };
+        }
+        let Base::Pending { pending, next_try } = self.base else {
+            return Ok(());
+        };
+        if Instant::now() < next_try {
+            return Ok(());
+        }
+        let api_url = ctx.dynconfig.api_url.borrow().clone();
+        let retry = |after| Base::Pending {
+            pending,
+            next_try: Instant::now() + after,
+        };
+        self.base = match ctx
+            .publisher
+            .latest_stored_before(&api_url, Some(pending.since))
+            .await
+        {
+            Ok(None) => Base::Ready { pending, base: 0 },
+            Ok(Some(latest)) if latest.round < pending.since => {
+                if latest.counter.is_none() {
+                    tracing::warn!(
+                        round = latest.round,
+                        "the API's latest round before the counter was started carries no counter: its base is 0"
+                    );
+                }
+                Base::Ready {
+                    pending,
+                    base: latest.counter.unwrap_or(0),
+                }
+            }
+            Ok(Some(latest)) => {
+                tracing::error!(
+                    since = pending.since,
+                    answered = latest.round,
+                    "the API answered `GET /api/v1/rounds?before=` with a later round: it is older than this agent (upgrade the API first); the counter's base stays pending"
+                );
+                retry(BASE_RETRY_OLD_API)
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "the counter's base is still pending: the API does not answer");
+                retry(BASE_RETRY)
+            }
+        };
+        Ok(())
     }
 
     /// Refuses a round the leader did not release ([`guard::check_round`]); the first round
@@ -143,7 +229,18 @@ impl<'a> Committer<'a> {
             CounterCheck::Build(count) => return Ok((count, false)),
             CounterCheck::Restore { value } => value,
             CounterCheck::Unknown => match resume::resume_point(ctx).await {
-                Ok(point) => point.counter.unwrap_or(0),
+                Ok(ResumePoint {
+                    counter: CounterStart::Continue(value),
+                    ..
+                }) => value.unwrap_or(0),
+                Ok(ResumePoint {
+                    counter: CounterStart::Pending,
+                    ..
+                }) => {
+                    return Err(CommitError::CounterUnknown(
+                        "the API cannot say where it stands".into(),
+                    ));
+                }
                 Err(err) => return Err(CommitError::CounterUnknown(err.to_string())),
             },
         };
@@ -190,7 +287,26 @@ impl<'a> Committer<'a> {
         let mut parts_written: Option<Vec<u8>> = None;
         loop {
             let (count, restore_counter) = self.guard_counter(ctx, &client).await?;
-            let staged = plan::stage(result, count.value, self.node, ctx.mark_key())?;
+            let (count, restore_counter, counter_known, settle) = match self.base {
+                Base::Ready { pending, base } => (
+                    counter::CounterValue {
+                        value: counter::checked_add(count.value, base)?,
+                        version: count.version,
+                    },
+                    true,
+                    true,
+                    Some((pending, base)),
+                ),
+                Base::Pending { .. } => (count, restore_counter, false, None),
+                Base::Unread | Base::Settled => (count, restore_counter, true, None),
+            };
+            let staged = plan::stage(
+                result,
+                count.value,
+                counter_known,
+                self.node,
+                ctx.mark_key(),
+            )?;
             let ledger = match staged.encoded() {
                 Some(encoded) => Some(self.ledger_for(&client, encoded.bytes).await?),
                 None => None,
@@ -202,6 +318,7 @@ impl<'a> Committer<'a> {
                     state,
                     counter: count,
                     restore_counter,
+                    settle: settle.map(|(pending, _)| pending),
                     ledger,
                     max: self.max,
                 },
@@ -219,6 +336,15 @@ impl<'a> Committer<'a> {
                 Ok(()) => {
                     self.released = Some(plan.released);
                     self.counter = Some(plan.counter);
+                    if let Some((pending, base)) = settle {
+                        tracing::info!(
+                            since = pending.since,
+                            base,
+                            counter = plan.counter.value,
+                            "the counter's base is known again (the API answered): added to the counter"
+                        );
+                        self.base = Base::Settled;
+                    }
                     return Ok(plan.committed);
                 }
                 Err(err) => match plan::judge(&err) {

@@ -64,6 +64,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
             round,
             value,
             ts: now_ms(),
+            advert: ctx.advert.clone(),
         };
         let data = serde_json::to_vec(&reading).expect("a reading serializes");
         match membership.publish(data).await {

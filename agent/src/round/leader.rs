@@ -14,7 +14,7 @@
 //! still advances and the result is counted as dropped, with the reason
 //! (`fleetmeter_results_dropped_total`, `/healthz`).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{Notify, watch},
@@ -27,15 +27,17 @@ use super::{
     Ctx,
     collect::{self, Collected, ZkReadings},
     commit::{CommitError, Committed, Committer},
+    handover::{self, GivenUp, Handover},
     plugins::Aggregated,
     resume,
     schedule::Schedule,
+    versions,
 };
 use crate::{
     backoff::Backoff,
     coord::{CoordError, barrier, election::Leadership, roster::Roster},
     telemetry::CommittedRound,
-    wire::{MAX_DEVICES, Round, Shown, VERSION, now_ms},
+    wire::{Advert, MAX_DEVICES, Round, Shown, VERSION, now_ms},
 };
 
 /// Pause after a failed commit or a lost term, so that a persistent failure is no hot loop.
@@ -137,6 +139,15 @@ struct Term<'a> {
     committer: Committer<'a>,
     /// Set up on the first collection; its watch goes with the term.
     roster: Roster,
+    /// The term's first round was released by someone else (a predecessor, or this device
+    /// in an earlier term): it is finished on its own schedule ([`handover`]).
+    taking_over: bool,
+    /// How the round being led was taken over (`on_time`, `late`), for its report.
+    taken_over: Option<&'static str>,
+    /// What each member advertises, as last read ([`versions`]).
+    adverts: BTreeMap<String, Advert>,
+    /// The contract version results were last written in.
+    version: Option<u32>,
 }
 
 impl<'a> Term<'a> {
@@ -150,13 +161,17 @@ impl<'a> Term<'a> {
             starting: Backoff::new(settings.retry_initial, settings.retry_max),
             committer: Committer::new(node, settings.outbox_max),
             roster: Roster::new(&ctx.session),
+            taking_over: true,
+            taken_over: None,
+            adverts: BTreeMap::new(),
+            version: None,
         }
     }
 
     /// Leads rounds until a commit is fenced off or the round cannot be read.
     async fn lead(mut self) -> TermEnd {
         loop {
-            let state = match self.round_state().await {
+            let (state, released_ms) = match self.round_state().await {
                 Next::Go(state) => state,
                 Next::Again => continue,
                 Next::End(end) => return end,
@@ -166,6 +181,16 @@ impl<'a> Term<'a> {
                 Next::Again => continue,
                 Next::End(end) => return end,
             }
+            if std::mem::take(&mut self.taking_over)
+                && let Some(released_ms) = released_ms
+            {
+                match self.take_over(state, released_ms).await {
+                    Next::Go(()) => {}
+                    Next::Again => continue,
+                    Next::End(end) => return end,
+                }
+            }
+            self.check_base().await;
             let (collected, collect_time) = self.collect(state.round).await;
             tokio::time::sleep_until(self.schedule.commit_at()).await;
             let (aggregated, result) = self.aggregate(state.round, &collected).await;
@@ -184,14 +209,15 @@ impl<'a> Term<'a> {
         }
     }
 
-    /// `{root}/round`, starting the fleet's state when it has none.
-    async fn round_state(&mut self) -> Next<barrier::RoundState> {
+    /// `{root}/round` and when it was released (`None`: unknown), starting the fleet's state
+    /// when it has none.
+    async fn round_state(&mut self) -> Next<(barrier::RoundState, Option<i64>)> {
         let client = match self.ctx.session.client() {
             Ok(client) => client,
             Err(err) => return Next::End(TermEnd::Session(err)),
         };
-        match barrier::current(&client).await {
-            Ok(Some(state)) => Next::Go(state),
+        match barrier::current_released(&client).await {
+            Ok(Some((state, released_ms))) => Next::Go((state, Some(released_ms))),
             Ok(None) => {
                 drop(client);
                 self.start_state().await
@@ -200,7 +226,7 @@ impl<'a> Term<'a> {
                 match barrier::current_unreadable(&client).await {
                     Ok(Some(state)) => {
                         tracing::error!(found = %found, "{{root}}/round holds something that is not a round number");
-                        Next::Go(state)
+                        Next::Go((state, None))
                     }
                     Ok(None) => Next::Again,
                     Err(err) => Next::End(TermEnd::RoundUnreadable(err)),
@@ -211,7 +237,7 @@ impl<'a> Term<'a> {
     }
 
     /// Asks where the fleet continues, then starts its state; backs off while it cannot.
-    async fn start_state(&mut self) -> Next<barrier::RoundState> {
+    async fn start_state(&mut self) -> Next<(barrier::RoundState, Option<i64>)> {
         let started = match resume::resume_point(self.ctx).await {
             Ok(point) => resume::start(self.ctx, self.node, point).await,
             Err(err) => Err(err),
@@ -220,6 +246,8 @@ impl<'a> Term<'a> {
             Ok(()) => {
                 self.starting.reset();
                 self.committer.forget();
+                // Its first round is ours, released now.
+                self.taking_over = false;
                 // The first round gets a whole period, however long the start took.
                 self.schedule =
                     Schedule::new(Instant::now(), self.ctx.period(), self.ctx.collect_fraction);
@@ -248,6 +276,93 @@ impl<'a> Term<'a> {
         }
     }
 
+    /// The round the term starts with was released by someone else: finish it on its own
+    /// schedule, late, or (far too late) give it up and release the next one.
+    async fn take_over(&mut self, state: barrier::RoundState, released_ms: i64) -> Next<()> {
+        let ctx = self.ctx;
+        let round = state.round;
+        let period = ctx.period();
+        let grace = ctx.session.settings().session_timeout + period;
+        let elapsed = handover::elapsed_since(released_ms, now_ms());
+        let decision =
+            handover::decide(Instant::now(), elapsed, period, ctx.collect_fraction, grace);
+        let ago_ms = elapsed.as_millis();
+        match decision {
+            Handover::OnTime(schedule) => {
+                tracing::info!(
+                    round,
+                    released_ms_ago = ago_ms,
+                    "taking over the round in flight: finishing it at its deadline"
+                );
+                self.schedule = schedule;
+                self.taken_over = Some("on_time");
+                Next::Go(())
+            }
+            Handover::Late { schedule, late_by } => {
+                tracing::warn!(
+                    round,
+                    late_ms = late_by.as_millis(),
+                    "taking over the round in flight after its deadline (the previous leader's session had to expire): finishing it now with the readings devices wrote"
+                );
+                self.schedule = schedule;
+                self.taken_over = Some("late");
+                Next::Go(())
+            }
+            Handover::GiveUp { late_by } => self.give_up(state, late_by).await,
+        }
+    }
+
+    /// Releases past `state`'s round unfinished, saying so everywhere an operator looks.
+    async fn give_up(&mut self, state: barrier::RoundState, late_by: Duration) -> Next<()> {
+        let ctx = self.ctx;
+        let round = state.round;
+        let late_ms = u64::try_from(late_by.as_millis()).unwrap_or(u64::MAX);
+        tracing::error!(
+            round,
+            late_ms,
+            grace_ms = (ctx.session.settings().session_timeout + ctx.period()).as_millis(),
+            "GIVEN UP: round {round} was released by a previous leader and its deadline passed longer ago than a hand-over can cover (the fleet was down?); releasing the next round without a result for it"
+        );
+        ctx.telemetry.round_given_up("too_late");
+        let entry = GivenUp {
+            round,
+            reason: "too_late".into(),
+            late_ms,
+            leader: ctx.id.clone(),
+            at: now_ms(),
+        };
+        match ctx.session.client() {
+            Ok(client) => {
+                if let Err(err) = handover::record(&client, self.node, entry).await {
+                    tracing::warn!(round, error = %err, "cannot record the given-up round in {{root}}/given-up");
+                }
+            }
+            Err(err) => return Next::End(TermEnd::Session(err)),
+        }
+        let started = Instant::now();
+        match self.committer.commit(ctx, state, None).await {
+            Ok(committed) => {
+                tracing::info!(round, counter = committed.counter, commit_ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0), "round given up; next round released");
+                self.schedule = Schedule::new(Instant::now(), ctx.period(), ctx.collect_fraction);
+                Next::Again
+            }
+            Err(err) => match self.commit_failed(round, err).await {
+                Next::End(end) => Next::End(end),
+                Next::Go(()) | Next::Again => Next::Again,
+            },
+        }
+    }
+
+    /// While the counter's base is pending, asks the API for it; bounded, so that it only
+    /// eats into the round's collection.
+    async fn check_base(&mut self) {
+        let bound = (self.schedule.period() / 4).min(Duration::from_secs(2));
+        if let Ok(Err(err)) = tokio::time::timeout(bound, self.committer.check_base(self.ctx)).await
+        {
+            tracing::warn!(error = %err, "cannot read the counter's base");
+        }
+    }
+
     /// The round's readings, until every live device reported or collection ends.
     async fn collect(&mut self, round: u64) -> (Collected, Duration) {
         let started = Instant::now();
@@ -273,8 +388,49 @@ impl<'a> Term<'a> {
         (collected, collect_time)
     }
 
+    /// The contract version to write this round's result in: the newest every live member
+    /// reads; logged when it changes.
+    fn result_version(&mut self, collected: &Collected) -> u32 {
+        self.adverts.extend(
+            collected
+                .adverts
+                .iter()
+                .map(|(device, advert)| (device.clone(), advert.clone())),
+        );
+        let members = self.roster.members();
+        self.adverts.retain(|device, _| members.contains(device));
+        let choice = versions::choose(
+            &members,
+            &self.adverts,
+            self.ctx.publisher.settings().wire_version,
+        );
+        if self.version != Some(choice.version) {
+            match &choice.held_by {
+                Some(device) => tracing::warn!(
+                    version = choice.version,
+                    device = %device,
+                    agent = self.adverts.get(device).and_then(|a| a.agent.as_deref()).unwrap_or("0.1.0 or older"),
+                    "results are written in wire contract version {} while device {device} reads no newer (upgrade it to write version {VERSION})",
+                    choice.version
+                ),
+                None => tracing::info!(
+                    version = choice.version,
+                    "results are written in wire contract version {}",
+                    choice.version
+                ),
+            }
+            self.version = Some(choice.version);
+        }
+        choice.version
+    }
+
     /// The round's result with the aggregator the fleet's config names now.
-    async fn aggregate(&self, round: u64, collected: &Collected) -> (Aggregated, Option<Round>) {
+    async fn aggregate(
+        &mut self,
+        round: u64,
+        collected: &Collected,
+    ) -> (Aggregated, Option<Round>) {
+        let version = self.result_version(collected);
         let ctx = self.ctx;
         let wanted = ctx.dynconfig.aggregator.borrow().clone();
         ctx.plugins
@@ -284,22 +440,25 @@ impl<'a> Term<'a> {
             .plugins
             .aggregate(&collected.readings, &ctx.telemetry)
             .await;
-        let result = aggregated.value.map(|value| Round {
-            round,
-            value,
-            count: u32::try_from(collected.readings.len()).unwrap_or(u32::MAX),
-            devices: collected
-                .readings
-                .iter()
-                .map(|r| r.device.clone())
-                .collect(),
-            aggregator: aggregated.aggregator.clone(),
-            leader: ctx.id.clone(),
-            ts: now_ms(),
-            unit: ctx.plugins.unit().map(str::to_owned),
-            counter: None,
-            version: VERSION,
-            values: Some(collected.readings.iter().map(|r| r.value).collect()),
+        let result = aggregated.value.map(|value| {
+            Round {
+                round,
+                value,
+                count: u32::try_from(collected.readings.len()).unwrap_or(u32::MAX),
+                devices: collected
+                    .readings
+                    .iter()
+                    .map(|r| r.device.clone())
+                    .collect(),
+                aggregator: aggregated.aggregator.clone(),
+                leader: ctx.id.clone(),
+                ts: now_ms(),
+                unit: ctx.plugins.unit().map(str::to_owned),
+                counter: None,
+                version: VERSION,
+                values: Some(collected.readings.iter().map(|r| r.value).collect()),
+            }
+            .in_version(version)
         });
         (aggregated, result)
     }
@@ -318,18 +477,25 @@ impl<'a> Term<'a> {
                 self.report(round, &committed, gathered, commit_time);
                 Next::Go(())
             }
-            Err(CommitError::Fenced) => Next::End(TermEnd::Deposed),
-            Err(CommitError::RoundMoved) => {
+            Err(err) => self.commit_failed(round, err).await,
+        }
+    }
+
+    /// What a failed commit of `round` leads to.
+    async fn commit_failed(&mut self, round: u64, err: CommitError) -> Next<()> {
+        match err {
+            CommitError::Fenced => Next::End(TermEnd::Deposed),
+            CommitError::RoundMoved => {
                 tracing::warn!(round, "the round moved under us; re-reading");
                 Next::Go(())
             }
-            Err(err @ CommitError::CounterUnknown(_)) => {
+            err @ CommitError::CounterUnknown(_) => {
                 let wait = self.starting.next_delay();
                 tracing::warn!(round, error = %err, retry_in = ?wait, "commit postponed");
                 tokio::time::sleep(wait).await;
                 Next::Again
             }
-            Err(CommitError::Coord(err)) => {
+            CommitError::Coord(err) => {
                 tracing::warn!(round, error = %err, "commit failed; retrying the round");
                 // Not a hot loop when the failure persists (a refused ACL, say).
                 tokio::time::sleep(PAUSE).await;
@@ -340,7 +506,7 @@ impl<'a> Term<'a> {
 
     /// Metrics, the round's log line, and a nudge to the publisher when a result was stored.
     fn report(
-        &self,
+        &mut self,
         round: u64,
         committed: &Committed,
         gathered: &Gathered,
@@ -385,6 +551,14 @@ impl<'a> Term<'a> {
             commit_ms = %format_args!("{:.1}", commit_time.as_secs_f64() * 1000.0),
             "round committed; next round released"
         );
+        if let Some(outcome) = self.taken_over.take() {
+            ctx.telemetry.round_taken_over(outcome);
+            tracing::info!(
+                round,
+                outcome,
+                "the round in flight at the change of leader is finished"
+            );
+        }
         if committed.stored {
             self.nudge.notify_one();
         }

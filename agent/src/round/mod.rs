@@ -25,11 +25,13 @@ mod device;
 #[cfg(test)]
 mod fixtures;
 mod guard;
+pub mod handover;
 pub mod leader;
 mod plan;
 pub mod plugins;
 mod resume;
 pub mod schedule;
+mod versions;
 
 use std::{
     path::PathBuf,
@@ -100,6 +102,9 @@ impl Device {
 /// What the device and leader loops share.
 pub(crate) struct Ctx {
     id: String,
+    /// What this agent advertises in its device node (its version, the contract versions
+    /// it reads and writes).
+    advert: crate::wire::Advert,
     collect_fraction: f64,
     session: Session,
     plugins: Plugins,
@@ -176,6 +181,7 @@ pub async fn run(
     // They end with this function, however it returns.
     let _config_tasks = config_tasks;
     telemetry.set_dynconfig(dynconfig.clone());
+    let advert = crate::wire::advert(publisher.settings().wire_version);
     let check = retry_start(session, started, &shutdown, "count the fleet", || {
         check_fleet_size(session, &id)
     });
@@ -183,7 +189,11 @@ pub async fn run(
         return Ok(());
     }
     let Some(membership) = shutdown
-        .run_until_cancelled(Membership::join(session, &id, b"{}".to_vec()))
+        .run_until_cancelled(Membership::join(
+            session,
+            &id,
+            serde_json::to_vec(&advert).expect("an advert serializes"),
+        ))
         .await
     else {
         return Ok(());
@@ -193,6 +203,7 @@ pub async fn run(
 
     let ctx = Arc::new(Ctx {
         id: id.clone(),
+        advert,
         collect_fraction: config.collect_fraction,
         session: session.clone(),
         plugins,

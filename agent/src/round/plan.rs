@@ -76,11 +76,13 @@ impl Staged {
 }
 
 /// Stages `result` on a counter at `counter`: the round carries the counter it brings the
-/// fleet to, is checked against the wire contract and encoded for the outbox (`term`: our
-/// election node; `mark`: the fleet's commit-mark key).
+/// fleet to (none while the counter's base is pending, `counter_known` false), is checked
+/// against the wire contract and encoded for the outbox (`term`: our election node; `mark`:
+/// the fleet's commit-mark key).
 pub(super) fn stage(
     result: Option<&Round>,
     counter: i64,
+    counter_known: bool,
     term: &str,
     mark: Option<&MarkKey>,
 ) -> Result<Staged, CoordError> {
@@ -89,7 +91,8 @@ pub(super) fn stage(
     };
     let mut result = result.clone();
     let delta = i64::from(result.count);
-    result.counter = Some(counter::checked_add(counter, delta)?);
+    let after = counter::checked_add(counter, delta)?;
+    result.counter = counter_known.then_some(after);
     Ok(match result.validate() {
         Err(invalid) => Staged::Invalid(invalid),
         Ok(()) => Staged::Store {
@@ -111,6 +114,8 @@ pub(super) struct Inputs<'a> {
     pub counter: CounterValue,
     /// The counter node holds something the leader did not write: write `counter` back.
     pub restore_counter: bool,
+    /// The counter's pending base is added (in `counter`): delete its marker.
+    pub settle: Option<counter::PendingBase>,
     /// The outbox's ledger (read when there is a result to store).
     pub ledger: Option<LedgerState>,
     /// The outbox's bound.
@@ -139,6 +144,7 @@ pub(super) fn plan(inputs: Inputs<'_>, staged: Staged) -> Result<Plan, CoordErro
         state,
         counter: count,
         restore_counter,
+        settle,
         ledger,
         max,
     } = inputs;
@@ -178,6 +184,9 @@ pub(super) fn plan(inputs: Inputs<'_>, staged: Staged) -> Result<Plan, CoordErro
     }
     if restore_counter && !committed.stored {
         txn.push(counter::increment_op(count, 0)?);
+    }
+    if let Some(pending) = settle {
+        txn.push(counter::settle_base(pending));
     }
     txn.extend(barrier::release(acl, state)?);
     let written = committed.stored || restore_counter;
@@ -267,15 +276,57 @@ mod tests {
             state: state(7),
             counter: counter(40),
             restore_counter: false,
+            settle: None,
             ledger,
             max: MAX,
         }
     }
 
     #[test]
+    fn while_the_counter_base_is_pending_rounds_carry_no_counter_and_the_base_is_added_once() {
+        let acl = NodeAcl::open();
+        let staged = stage(Some(&result(7, 3)), 40, false, NODE, None).unwrap();
+        let plan = plan(inputs(&acl, Some(ledger(2, 100))), staged).unwrap();
+        let entry = plan.txn.labelled(Label::Entry).next().unwrap();
+        let OpKind::Create { data, .. } = &entry.kind else {
+            panic!("the entry is created");
+        };
+        let stored: Round = serde_json::from_slice(data).unwrap();
+        assert_eq!(stored.counter, None, "not the fleet's total yet");
+        assert_eq!(
+            set_data(&plan.txn, Label::Counter),
+            (COUNTER.into(), b"43".to_vec(), Some(5)),
+            "the readings are still counted"
+        );
+        assert!(!plan.txn.labels().contains(&Label::CounterBase));
+
+        // The API said the counter stood at 1000 before: 40 + 1000, and this round's 3.
+        let pending = counter::PendingBase {
+            since: 5,
+            version: 0,
+        };
+        let settled = Inputs {
+            counter: counter(1040),
+            restore_counter: true,
+            settle: Some(pending),
+            ..inputs(&acl, Some(ledger(2, 100)))
+        };
+        let staged = stage(Some(&result(7, 3)), 1040, true, NODE, None).unwrap();
+        let added = super::plan(settled, staged).unwrap();
+        assert_eq!(
+            set_data(&added.txn, Label::Counter),
+            (COUNTER.into(), b"1043".to_vec(), Some(5))
+        );
+        let marker = added.txn.labelled(Label::CounterBase).next().unwrap();
+        assert_eq!(marker.path, crate::coord::paths::COUNTER_BASE);
+        assert_eq!(marker.kind, OpKind::Delete { version: Some(0) });
+        assert_eq!(added.committed.counter, 1043);
+    }
+
+    #[test]
     fn a_result_is_stored_counted_and_the_next_round_released_in_one_fenced_transaction() {
         let acl = NodeAcl::open();
-        let staged = stage(Some(&result(7, 3)), 40, NODE, None).unwrap();
+        let staged = stage(Some(&result(7, 3)), 40, true, NODE, None).unwrap();
         let bytes = staged.encoded().unwrap().bytes;
         let plan = plan(inputs(&acl, Some(ledger(2, 100))), staged).unwrap();
         assert_eq!(
@@ -342,7 +393,11 @@ mod tests {
     #[test]
     fn no_result_commits_the_release_alone() {
         let acl = NodeAcl::open();
-        let plan = plan(inputs(&acl, None), stage(None, 40, NODE, None).unwrap()).unwrap();
+        let plan = plan(
+            inputs(&acl, None),
+            stage(None, 40, true, NODE, None).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             plan.txn.labels(),
             [Label::Fence, Label::Round, Label::Barrier, Label::Barrier]
@@ -361,7 +416,7 @@ mod tests {
     #[test]
     fn a_full_outbox_drops_the_result_but_the_round_still_advances() {
         let acl = NodeAcl::open();
-        let staged = stage(Some(&result(7, 3)), 40, NODE, None).unwrap();
+        let staged = stage(Some(&result(7, 3)), 40, true, NODE, None).unwrap();
         let full = ledger(MAX.rounds, 10);
         let plan = plan(inputs(&acl, Some(full)), staged).unwrap();
         assert!(!plan.txn.has(Label::Entry));
@@ -387,7 +442,7 @@ mod tests {
         let acl = NodeAcl::open();
         let mut bad = result(7, 3);
         bad.value = f64::NAN;
-        let staged = stage(Some(&bad), 40, NODE, None).unwrap();
+        let staged = stage(Some(&bad), 40, true, NODE, None).unwrap();
         assert!(matches!(staged, Staged::Invalid(_)));
         let plan = plan(inputs(&acl, None), staged).unwrap();
         assert!(!plan.txn.has(Label::Entry));
@@ -404,7 +459,7 @@ mod tests {
             };
             plan(inputs, staged).unwrap()
         };
-        let alone = restore(stage(None, 40, NODE, None).unwrap(), None);
+        let alone = restore(stage(None, 40, true, NODE, None).unwrap(), None);
         assert_eq!(
             set_data(&alone.txn, Label::Counter),
             (COUNTER.into(), b"40".to_vec(), Some(5)),
@@ -418,7 +473,7 @@ mod tests {
             }
         );
         let with_result = restore(
-            stage(Some(&result(7, 2)), 40, NODE, None).unwrap(),
+            stage(Some(&result(7, 2)), 40, true, NODE, None).unwrap(),
             Some(ledger(0, 0)),
         );
         assert_eq!(
@@ -436,7 +491,7 @@ mod tests {
         big.devices = (0..fleetmeter_wire::MAX_DEVICES)
             .map(|i| format!("{i:0width$}", width = fleetmeter_wire::MAX_ID_BYTES))
             .collect();
-        let staged = stage(Some(&big), 40, NODE, None).unwrap();
+        let staged = stage(Some(&big), 40, true, NODE, None).unwrap();
         let encoded = staged.encoded().unwrap().clone();
         assert!(!encoded.parts.is_empty(), "written before the transaction");
         let roomy = Inputs {
@@ -463,7 +518,7 @@ mod tests {
     #[test]
     fn a_marked_fleet_commits_marked_entries() {
         let key = MarkKey::from_token("secret");
-        let staged = stage(Some(&result(7, 1)), 0, NODE, Some(&key)).unwrap();
+        let staged = stage(Some(&result(7, 1)), 0, true, NODE, Some(&key)).unwrap();
         let entry: serde_json::Value =
             serde_json::from_slice(&staged.encoded().unwrap().entry).unwrap();
         assert!(entry["mark"].is_string(), "{entry}");
@@ -471,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_counter_at_its_limit_is_an_error_not_a_wrap() {
-        assert!(stage(Some(&result(7, 2)), i64::MAX, NODE, None).is_err());
+        assert!(stage(Some(&result(7, 2)), i64::MAX, true, NODE, None).is_err());
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub(super) struct Metrics {
     outbox_max_bytes: Gauge,
     outbox_rejected: Gauge,
     results_dropped: Family<ReasonLabels, Counter>,
+    rounds_taken_over: Family<OutcomeLabels, Counter>,
+    rounds_given_up: Family<ReasonLabels, Counter>,
+    entries_newer: Gauge,
     publish_tls_errors: Family<ReasonLabels, Counter>,
     untrusted_refused: Family<WhatLabels, Counter>,
     session_state: Family<StateLabels, Gauge>,
@@ -321,6 +324,21 @@ impl Metrics {
                 "results_dropped",
                 "Round results not stored, by reason (outbox_full; invalid: the API would refuse it)",
                 Family::default()
+            ),
+            rounds_taken_over: metric!(
+                "rounds_taken_over",
+                "Rounds released by a previous leader that this agent finished as the new leader, by outcome (on_time: within the round's deadline; late: after it, within the hand-over grace)",
+                Family::default()
+            ),
+            rounds_given_up: metric!(
+                "rounds_given_up",
+                "Rounds released by a previous leader that this agent could not finish and released past, by reason (too_late: later than the round's deadline plus the hand-over grace)",
+                Family::default()
+            ),
+            entries_newer: metric!(
+                "outbox_newer_entries",
+                "Outbox entries in a newer wire contract version than this agent reads, set aside (kept, not sent) for a newer leader",
+                Gauge::default()
             ),
             publish_tls_errors: metric!(
                 "publish_tls_errors",
@@ -532,6 +550,23 @@ impl Metrics {
         self.publish_tls_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub(super) fn round_taken_over(&self, outcome: &'static str) {
+        self.rounds_taken_over
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub(super) fn round_given_up(&self, reason: &'static str) {
+        self.rounds_given_up
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(super) fn newer_entries(&self, count: usize) {
+        self.entries_newer
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub(super) fn result_dropped(&self, reason: &'static str) {

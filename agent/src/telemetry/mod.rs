@@ -141,6 +141,16 @@ impl Telemetry {
         self.metrics.zk_refused(what);
     }
 
+    /// A round the previous leader released, finished by this agent (`on_time` or `late`).
+    pub fn round_taken_over(&self, outcome: &'static str) {
+        self.metrics.round_taken_over(outcome);
+    }
+
+    /// A round the previous leader released that this agent released past unfinished.
+    pub fn round_given_up(&self, reason: &'static str) {
+        self.metrics.round_given_up(reason);
+    }
+
     /// A round's result was not stored (`reason`: `invalid` or `outbox_full`).
     pub fn result_dropped(&self, reason: &'static str) {
         self.metrics.result_dropped(reason);
@@ -188,6 +198,10 @@ impl PublishEvents for Telemetry {
 
     fn rejected_waiting(&self, rejected: usize) {
         self.metrics.rejected_waiting(rejected);
+    }
+
+    fn newer(&self, entries: usize) {
+        self.metrics.newer_entries(entries);
     }
 
     fn tls(&self, problem: Option<TlsProblem>) {

@@ -48,6 +48,7 @@ pub async fn list(client: &FleetClient, mark: Option<&MarkKey>) -> Result<Vec<Li
             continue;
         };
         let path = format!("{RESULTS}/{name}");
+        let mut state = "waiting";
         let (value, count, bytes) = match store::load(client, &path, mark).await {
             Ok(loaded) => (
                 Some(loaded.round.value),
@@ -56,11 +57,15 @@ pub async fn list(client: &FleetClient, mark: Option<&MarkKey>) -> Result<Vec<Li
             ),
             Err(LoadError::Gone) => continue,
             Err(LoadError::Corrupt { data, .. }) => (None, None, data.len() as u64),
+            Err(LoadError::Newer { .. }) => {
+                state = "newer";
+                (None, None, 0)
+            }
             Err(LoadError::Coord(e)) => return Err(e),
         };
         out.push(Listed {
             round,
-            state: "waiting",
+            state,
             value,
             count,
             bytes,

@@ -137,6 +137,35 @@ pub(super) fn parse(data: &[u8]) -> Parsed {
     Parsed::Plain
 }
 
+/// The contract version a round's JSON declares (1 when it says none), read without the rest
+/// of the contract: a newer agent's round may hold fields this one does not know. `None`
+/// when it is not a JSON object.
+pub(super) fn declared_version(json: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct Declared {
+        #[serde(default)]
+        version: Option<u64>,
+        #[serde(default)]
+        round: Option<serde_json::Value>,
+    }
+    let declared: Declared = serde_json::from_slice(json).ok()?;
+    let version = declared.version.unwrap_or(1);
+    Some(u32::try_from(version).unwrap_or(u32::MAX)).filter(|_| declared.round.is_some())
+}
+
+/// The contract version the entry `data` (a round, or a marked round) declares, and its
+/// round number; see [`declared_version`].
+pub(super) fn declared_entry_version(data: &[u8]) -> Option<(u32, Option<u64>)> {
+    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let round = match value.get("round") {
+        Some(inner @ serde_json::Value::Object(_)) if value.get("mark").is_some() => inner,
+        _ => &value,
+    };
+    let version = declared_version(&serde_json::to_vec(round).ok()?)?;
+    let number = round.get("round").and_then(serde_json::Value::as_u64);
+    Some((version, number))
+}
+
 /// A round that parses and passes the wire contract: what the leader commits. Anything else
 /// in the outbox was not written by a leader and is never sent.
 pub(super) fn checked_round(json: &[u8]) -> Result<Round, String> {

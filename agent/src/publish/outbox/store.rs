@@ -17,7 +17,7 @@ use crate::{
         paths::{PARTS, REJECTED, RESULTS},
         txn::{Label, Op, Txn},
     },
-    wire::Round,
+    wire::{Round, VERSION},
 };
 
 /// Writes an encoded round's parts (overwriting what an earlier try of the same commit
@@ -83,6 +83,12 @@ pub enum LoadError {
         data: Vec<u8>,
         parts: Option<String>,
     },
+    /// A round in a newer wire contract version than this agent reads: set aside, unchanged,
+    /// for a leader that reads it.
+    #[error(
+        "round {round:?} is in wire contract version {version}; this agent reads up to {VERSION}: a newer fleetmeter publishes it"
+    )]
+    Newer { version: u32, round: Option<u64> },
     #[error(transparent)]
     Coord(#[from] CoordError),
 }
@@ -123,12 +129,26 @@ pub(super) async fn load_unchecked(
         data,
         parts,
     };
-    match codec::parse(&data) {
+    let parsed = codec::parse(&data);
+    if !matches!(parsed, Parsed::Parts { .. })
+        && let Some((version, round)) = codec::declared_entry_version(&data)
+        && version > VERSION
+    {
+        return Err(LoadError::Newer { version, round });
+    }
+    match parsed {
         Parsed::Parts { parts, mark } => {
             let json = match read_parts(client, &parts).await {
                 Ok(json) => json,
                 Err(reason) => return Err(corrupt(reason, Some(parts.dir), data)),
             };
+            if let Some(version) = codec::declared_version(&json)
+                && version > VERSION
+            {
+                let name = &parts.dir[PARTS.len() + 1..];
+                let round = parse_name(name.split('-').next().unwrap_or(name));
+                return Err(LoadError::Newer { version, round });
+            }
             match codec::checked_round(&json) {
                 Ok(round) => Ok((
                     Loaded {
@@ -322,7 +342,8 @@ pub async fn highest_round(
     let mut highest = None;
     for round in waiting {
         match load(client, &result_path(round), mark).await {
-            Ok(_) => {
+            // A newer agent's round is the fleet's too: numbers continue above it.
+            Ok(_) | Err(LoadError::Newer { .. }) => {
                 highest = Some(round);
                 break;
             }
