@@ -44,9 +44,15 @@ pub(super) enum Handover {
     GiveUp { late_by: Duration },
 }
 
+/// How late a round may still be finished: what a crash of its leader costs — its session
+/// expires between one and two session timeouts later (the server checks expiry on its
+/// ticks, and a session timeout is at least two ticks) — plus a period.
+pub(super) fn grace(session_timeout: Duration, period: Duration) -> Duration {
+    session_timeout * 2 + period
+}
+
 /// The decision for a round released `elapsed` ago, with `period` and `collect_fraction` in
-/// force and `grace` (the session timeout plus a period: what a crash of the predecessor
-/// costs) to finish it late.
+/// force and `grace` ([`grace`]) to finish it late.
 pub(super) fn decide(
     now: Instant,
     elapsed: Duration,

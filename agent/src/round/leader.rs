@@ -282,7 +282,7 @@ impl<'a> Term<'a> {
         let ctx = self.ctx;
         let round = state.round;
         let period = ctx.period();
-        let grace = ctx.session.settings().session_timeout + period;
+        let grace = handover::grace(ctx.session.settings().session_timeout, period);
         let elapsed = handover::elapsed_since(released_ms, now_ms());
         let decision =
             handover::decide(Instant::now(), elapsed, period, ctx.collect_fraction, grace);
@@ -320,7 +320,7 @@ impl<'a> Term<'a> {
         tracing::error!(
             round,
             late_ms,
-            grace_ms = (ctx.session.settings().session_timeout + ctx.period()).as_millis(),
+            grace_ms = handover::grace(ctx.session.settings().session_timeout, ctx.period()).as_millis(),
             "GIVEN UP: round {round} was released by a previous leader and its deadline passed longer ago than a hand-over can cover (the fleet was down?); releasing the next round without a result for it"
         );
         ctx.telemetry.round_given_up("too_late");

@@ -42,6 +42,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 pub use plugins::{Aggregated, Plugins, PluginsError};
+pub use resume::clock_round;
 
 use crate::{
     backoff::Backoff,

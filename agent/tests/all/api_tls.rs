@@ -44,6 +44,7 @@ fn publisher(url: &str, tls: ApiTls) -> Publisher {
             rounds: 100,
             bytes: 1 << 20,
         },
+        wire_version: fleetmeter::wire::VERSION,
         mark_key: None,
     })
     .unwrap()

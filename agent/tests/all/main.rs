@@ -18,6 +18,7 @@ mod docs;
 mod e2e;
 mod in_process;
 mod kazoo_interop;
+mod no_period_lost;
 mod nothing_lost;
 mod outbox;
 mod plugins;

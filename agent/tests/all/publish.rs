@@ -53,6 +53,7 @@ fn settings(format: PublishFormat, token: Option<&str>, api_url: &str) -> Publis
             rounds: 100,
             bytes: 1 << 20,
         },
+        wire_version: fleetmeter::wire::VERSION,
         mark_key: None,
     }
 }
