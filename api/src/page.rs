@@ -56,6 +56,7 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .device .value {{ font-size: 1.2rem; font-variant-numeric: tabular-nums; }}
 .device .missed {{ font-size: 0.8rem; color: #666; }}
 .device.stale .missed {{ color: #d62728; }}
+tr.gap td {{ color: #8a5a00; background: #fff8e6; font-style: italic; }}
 .spark {{ width: 120px; height: 28px; display: block; }}
 .spark polyline {{ fill: none; stroke: #1f77b4; stroke-width: 1.5; }}
 @media (max-width: 600px) {{
@@ -378,7 +379,11 @@ fn table(html: &mut String, rounds: &[Round]) {
         "<div class=\"scroll\"><table id=\"rounds\">\n<thead><tr><th>time (UTC)</th><th>round</th><th>value</th>\
          <th>devices</th><th>leader</th><th>aggregator</th></tr></thead>\n<tbody>\n",
     );
-    for r in rounds {
+    for (i, r) in rounds.iter().enumerate() {
+        // Newest first: the next row is the round stored before this one.
+        if i > 0 {
+            gap_row(html, rounds[i].round, rounds[i - 1].round);
+        }
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} {}</td>\
@@ -393,6 +398,41 @@ fn table(html: &mut String, rounds: &[Round]) {
         );
     }
     html.push_str("</tbody>\n</table></div>\n");
+}
+
+/// Rounds numbered after this one jump further than a commit-per-period fleet numbers them
+/// only when its state was started again (numbers then continue from the clock).
+const RESTART_JUMP: u64 = 1_000;
+
+/// A row between two stored rounds whose numbers are not consecutive: the rounds between
+/// published nothing (no readings, a result dropped, or given up by a new leader: the
+/// leader's log and `fleetmeter status` say which), or the fleet's state was started again.
+fn gap_row(html: &mut String, older: u64, newer: u64) {
+    let missing = newer.saturating_sub(older).saturating_sub(1);
+    if missing == 0 {
+        return;
+    }
+    let text = if missing >= RESTART_JUMP {
+        format!(
+            "round numbers jump from {older} to {newer}: the fleet's state was started again"
+        )
+    } else if missing == 1 {
+        format!(
+            "round {}: nothing published (no readings, a dropped result, or given up: see `fleetmeter status`)",
+            older + 1
+        )
+    } else {
+        format!(
+            "rounds {} to {}: nothing published (no readings, dropped results, or given up: see `fleetmeter status`)",
+            older + 1,
+            newer - 1
+        )
+    };
+    let _ = writeln!(
+        html,
+        "<tr class=\"gap\"><td colspan=\"6\">{}</td></tr>",
+        escape(&text)
+    );
 }
 
 /// Text from clients (device ids, leader, aggregator) goes through here before the page:
@@ -519,5 +559,16 @@ mod tests {
         assert!(html.contains("class=\"device stale\" data-device=\"d0000\""));
         assert!(html.contains(&format!("and {} more devices", 1000 - PANEL_DEVICES)));
         assert!(html.contains("missing: d0000"));
+    }
+
+    #[test]
+    fn rounds_that_published_nothing_and_a_restarted_state_are_marked_in_the_table() {
+        let r = |n| round(n, "1", &[("1", 20.0)]);
+        let rounds = vec![r(17_650_000_000), r(9), r(7), r(4), r(3)];
+        let html = render("h", &rounds, &[]);
+        assert!(html.contains("rounds 5 to 6: nothing published"), "{html}");
+        assert!(html.contains("round 8: nothing published"));
+        assert!(html.contains("round numbers jump from 9 to 17650000000"));
+        assert_eq!(html.matches("class=\"gap\"").count(), 3);
     }
 }

@@ -66,6 +66,23 @@ async fn rounds_are_stored_listed_newest_first_and_fetched() {
     assert_eq!(limited.as_array().unwrap().len(), 2);
     let (_, default) = get_json(&client, &api.url("/api/v1/rounds")).await;
     assert_eq!(default.as_array().unwrap().len(), 3);
+    // `before`: where the counter stood before a round (an agent whose fleet started while
+    // the API was down asks it).
+    for (before, expected) in [("3", vec![2]), ("2", vec![1]), ("1", vec![]), ("0", vec![])] {
+        let (status, below) = get_json(
+            &client,
+            &api.url(&format!("/api/v1/rounds?limit=1&before={before}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let numbers: Vec<u64> = below
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["round"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, expected, "before={before}");
+    }
 
     let (status, one) = get_json(&client, &api.url("/api/v1/rounds/2")).await;
     assert_eq!(status, StatusCode::OK);
@@ -377,6 +394,7 @@ async fn bad_input_gets_a_json_4xx_and_stores_nothing() {
         ("limit zero", "/api/v1/rounds?limit=0"),
         ("limit too large", "/api/v1/rounds?limit=1001"),
         ("limit not a number", "/api/v1/rounds?limit=ten"),
+        ("before not a number", "/api/v1/rounds?before=-1"),
         ("round not a number", "/api/v1/rounds/ten"),
     ] {
         let (status, error) = get_json(&client, &api.url(path)).await;

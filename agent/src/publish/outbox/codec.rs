@@ -139,18 +139,20 @@ pub(super) fn parse(data: &[u8]) -> Parsed {
 
 /// The contract version a round's JSON declares (1 when it says none), read without the rest
 /// of the contract: a newer agent's round may hold fields this one does not know. `None`
-/// when it is not a JSON object.
+/// when it is not a JSON object with a `round`.
 pub(super) fn declared_version(json: &[u8]) -> Option<u32> {
-    #[derive(Deserialize)]
-    struct Declared {
-        #[serde(default)]
-        version: Option<u64>,
-        #[serde(default)]
-        round: Option<serde_json::Value>,
-    }
-    let declared: Declared = serde_json::from_slice(json).ok()?;
-    let version = declared.version.unwrap_or(1);
-    Some(u32::try_from(version).unwrap_or(u32::MAX)).filter(|_| declared.round.is_some())
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    version_of(&value)
+}
+
+fn version_of(round: &serde_json::Value) -> Option<u32> {
+    let object = round.as_object()?;
+    object.get("round")?;
+    let version = match object.get("version") {
+        None => 1,
+        Some(v) => v.as_u64()?,
+    };
+    Some(u32::try_from(version).unwrap_or(u32::MAX))
 }
 
 /// The contract version the entry `data` (a round, or a marked round) declares, and its
@@ -161,7 +163,7 @@ pub(super) fn declared_entry_version(data: &[u8]) -> Option<(u32, Option<u64>)> 
         Some(inner @ serde_json::Value::Object(_)) if value.get("mark").is_some() => inner,
         _ => &value,
     };
-    let version = declared_version(&serde_json::to_vec(round).ok()?)?;
+    let version = version_of(round)?;
     let number = round.get("round").and_then(serde_json::Value::as_u64);
     Some((version, number))
 }
@@ -276,6 +278,22 @@ pub(super) fn entry_bytes(dir: &str, data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_round_is_recognised_by_its_declared_version_alone() {
+        // A version 3 round with a field this version does not know, plain and marked.
+        let newer = br#"{"round":9,"value":1,"count":1,"devices":["1"],"aggregator":"a","leader":"1","ts":1,"version":3,"quantities":{}}"#;
+        assert_eq!(declared_entry_version(newer), Some((3, Some(9))));
+        let marked = format!(r#"{{"mark":"m","round":{}}}"#, std::str::from_utf8(newer).unwrap());
+        assert_eq!(declared_entry_version(marked.as_bytes()), Some((3, Some(9))));
+        // No `version`: 1. Not a round: nothing.
+        assert_eq!(
+            declared_entry_version(br#"{"round":4,"value":1}"#),
+            Some((1, Some(4)))
+        );
+        assert_eq!(declared_entry_version(b"[1,2]"), None);
+        assert_eq!(declared_entry_version(br#"{"parts":{}}"#), None);
+    }
 
     fn round(devices: usize, id_len: usize) -> Round {
         let count = devices;
