@@ -1,12 +1,14 @@
-//! Failover time of a real fleet: a ZooKeeper from Debian's package and three release
+//! Failover of a real fleet: a ZooKeeper from Debian's package and three release
 //! `fleetmeter run` processes with the bundled plugins. The leader is stopped again and
-//! again, alternately with SIGKILL (its session must time out) and SIGTERM (it closes its
-//! session), and the time from the signal to the next committed round is measured, read
-//! from ZooKeeper's `{root}/round`. The stopped device is started again before the next
-//! trial, at a varying point of the period. At the end, `counter` is checked against every
-//! committed result (no API runs, so they all stay in the outbox): nothing lost or doubled.
+//! again with SIGTERM (it closes its session) and SIGKILL (its session must time out), at a
+//! random point of the period, and three things are measured per stop: the time from the
+//! signal to the process's exit, the time from the last commit before the signal to the next
+//! one (both commit times are ZooKeeper's, the modification time of `{root}/round`), and so
+//! the measurement periods with no committed round. The stopped device is started again
+//! before the next trial. At the end, `counter` is checked against every committed result (no
+//! API runs, so they all stay in the outbox): nothing lost or doubled.
 //!
-//! `scripts/bench-failover [--trials N] [--period S] [--session-timeout S]`
+//! `scripts/bench-failover [--terms N] [--kills N] [--period S] [--session-timeout S]`
 
 use std::{
     collections::BTreeMap,
@@ -28,9 +30,12 @@ use fleetmeter_testkit::{
 /// leader is stopped by SIGKILL or SIGTERM.
 #[derive(Parser)]
 struct Args {
-    /// Trials per signal.
+    /// Stops of the leader with SIGTERM.
     #[arg(long, default_value_t = 5)]
-    trials: usize,
+    terms: usize,
+    /// Stops of the leader with SIGKILL.
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
     /// The fleet's sampling period, seconds.
     #[arg(long, default_value_t = 1.0)]
     period: f64,
@@ -55,31 +60,54 @@ async fn next_round(observer: &Session, after: RoundState, deadline: Duration) -
     Ok(())
 }
 
-/// The fleet's round now.
-async fn round_now(client: &fleetmeter::coord::FleetClient) -> Result<RoundState> {
-    barrier::current(client)
+/// The fleet's round now, and when it was released (ZooKeeper's clock, ms).
+async fn round_now(client: &fleetmeter::coord::FleetClient) -> Result<(RoundState, i64)> {
+    barrier::current_released(client)
         .await?
         .context("the fleet has no round yet")
 }
 
-fn summary(label: &str, mut times: Vec<Duration>, reference_text: &str, reference: Duration) {
-    times.sort();
+/// What one stop of the leader cost.
+struct Trial {
+    /// From the signal to the process's exit.
+    exit: Duration,
+    /// From the last commit before the signal to the next one.
+    gap: Duration,
+    /// Periods with no committed round.
+    lost: u64,
+}
+
+fn summary(label: &str, trials: &[Trial], period: Duration, reference: &str) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let median = times[times.len() / 2];
+    let stats = |mut v: Vec<Duration>| {
+        v.sort();
+        (v[0], v[v.len() / 2], *v.last().unwrap())
+    };
+    let (emin, emed, emax) = stats(trials.iter().map(|t| t.exit).collect());
+    let (gmin, gmed, gmax) = stats(trials.iter().map(|t| t.gap).collect());
+    let lost: u64 = trials.iter().map(|t| t.lost).sum();
+    let with_loss = trials.iter().filter(|t| t.lost > 0).count();
     println!(
-        "{label:<8} n={:<3} min {:>7.0} ms   median {:>7.0} ms   max {:>7.0} ms   (reference: {reference_text} = {:.0} ms)",
-        times.len(),
-        ms(times[0]),
-        ms(median),
-        ms(*times.last().unwrap()),
-        ms(reference),
+        "{label:<8} n={:<3} exit min/median/max {:.1}/{:.1}/{:.1} ms   commit gap {:.0}/{:.0}/{:.0} ms (period {:.0} ms)   periods with no committed round: {lost} in total, {with_loss} of {} stops lost any (goal: {reference})",
+        trials.len(),
+        ms(emin),
+        ms(emed),
+        ms(emax),
+        ms(gmin),
+        ms(gmed),
+        ms(gmax),
+        ms(period),
+        trials.len(),
     );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.trials > 0, "--trials must be at least 1");
+    ensure!(
+        args.terms > 0 && args.kills > 0,
+        "--terms and --kills must be at least 1"
+    );
     let binary = match args.fleetmeter {
         Some(path) => path,
         None => std::env::current_exe()?
@@ -147,17 +175,23 @@ async fn main() -> Result<()> {
     barrier::ensure(&client).await?;
 
     println!(
-        "fleet of 3 agents, period {:?}, session timeout {:?}, {} trials per signal; logs in {}",
+        "fleet of 3 agents, period {:?}, session timeout {:?}, {} SIGTERMs and {} SIGKILLs of the leader; logs in {}",
         period,
         session_timeout,
-        args.trials,
+        args.terms,
+        args.kills,
         work.path().display()
     );
     for id in ["1", "2", "3"] {
         fleet.spawn(id, &config, &[])?;
     }
-    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
-    for trial in 0..2 * args.trials {
+    let mut trials: BTreeMap<&str, Vec<Trial>> = BTreeMap::new();
+    let mut signals: Vec<&str> = std::iter::repeat_n("TERM", args.terms)
+        .chain(std::iter::repeat_n("KILL", args.kills))
+        .collect();
+    // Interleaved: a SIGKILL's successor and a SIGTERM's meet every kind of predecessor.
+    signals.sort_by_key(|_| rand::random::<u32>());
+    for (trial, signal) in signals.into_iter().enumerate() {
         // A full fleet, a few rounds in, then a stop at a varying point of the period.
         let deadline = Instant::now() + Duration::from_secs(60);
         while election::contenders(&client).await?.len() < 3 {
@@ -167,12 +201,11 @@ async fn main() -> Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let start = round_now(&client).await?;
+        let (start, _) = round_now(&client).await?;
         let opened = barrier::wait_for_round(&observer, Some(start)).await?;
         next_round(&observer, opened, 10 * period + session_timeout).await?;
         tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
 
-        let signal = if trial % 2 == 0 { "KILL" } else { "TERM" };
         let leader = election::contenders(&client)
             .await?
             .first()
@@ -181,18 +214,29 @@ async fn main() -> Result<()> {
         let mut child = fleet.signal(&leader, signal)?;
         let signalled = Instant::now();
         child.wait()?;
+        let exit = signalled.elapsed();
         // A dead process commits nothing more: the next round is the new leader's.
-        let last = round_now(&client).await?;
-        next_round(&observer, last, 4 * (session_timeout + period)).await?;
-        let took = signalled.elapsed();
+        // The last commit before the stop (the leader may have committed as the signal came).
+        let (before, committed_at) = round_now(&client).await?;
+        next_round(&observer, before, 4 * (session_timeout + period)).await?;
+        let (after, next_at) = round_now(&client).await?;
+        let gap = Duration::from_millis(u64::try_from(next_at - committed_at).unwrap_or(0));
+        // Each period should see one commit: a gap of k periods lost k - 1 of them.
+        let lost = ((gap.as_secs_f64() / period.as_secs_f64()).round() as u64).saturating_sub(1);
         let now_leading = election::contenders(&client).await?;
         println!(
-            "trial {:>2}: SIG{signal:<4} to leader {leader}: next round committed after {:>6.0} ms (now led by {})",
+            "trial {:>2}: SIG{signal:<4} to leader {leader}: exited in {:>5.1} ms; round {} committed {:>6.0} ms after round {} ({lost} period(s) lost; now led by {})",
             trial + 1,
-            took.as_secs_f64() * 1000.0,
+            exit.as_secs_f64() * 1000.0,
+            after.round - 1,
+            gap.as_secs_f64() * 1000.0,
+            before.round - 1,
             now_leading.first().map_or("nobody", String::as_str),
         );
-        times.entry(signal).or_default().push(took);
+        trials
+            .entry(signal)
+            .or_default()
+            .push(Trial { exit, gap, lost });
         fleet.spawn(&leader, &config, &[])?;
     }
 
@@ -221,12 +265,17 @@ async fn main() -> Result<()> {
 
     println!();
     summary(
-        "SIGKILL",
-        times.remove("KILL").unwrap(),
-        "session timeout + period",
-        session_timeout + period,
+        "SIGTERM",
+        &trials.remove("TERM").unwrap(),
+        period,
+        "0 periods lost, exit <= 100 ms",
     );
-    summary("SIGTERM", times.remove("TERM").unwrap(), "period", period);
+    summary(
+        "SIGKILL",
+        &trials.remove("KILL").unwrap(),
+        period,
+        "no more periods than the session's expiry spans",
+    );
     println!(
         "exactly once: counter {counted}, readings in the {} committed rounds {committed}: {}",
         results.len(),
