@@ -190,7 +190,7 @@ async fn main() -> Result<()> {
         .chain(std::iter::repeat_n("KILL", args.kills))
         .collect();
     // Interleaved: a SIGKILL's successor and a SIGTERM's meet every kind of predecessor.
-    signals.sort_by_key(|_| rand::random::<u32>());
+    rand::seq::SliceRandom::shuffle(signals.as_mut_slice(), &mut rand::rng());
     for (trial, signal) in signals.into_iter().enumerate() {
         // A full fleet, a few rounds in, then a stop at a varying point of the period.
         let deadline = Instant::now() + Duration::from_secs(60);

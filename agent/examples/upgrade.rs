@@ -106,9 +106,12 @@ impl Fleet {
         let mut state = barrier::current(&client).await?.context("no round")?;
         let bound = (self.period + self.timeout) * 4;
         for _ in 0..rounds {
-            state = tokio::time::timeout(bound, barrier::wait_for_round(&self.session, Some(state)))
-                .await
-                .with_context(|| format!("no round after {} within {bound:?} (a hang)", state.round))??;
+            state =
+                tokio::time::timeout(bound, barrier::wait_for_round(&self.session, Some(state)))
+                    .await
+                    .with_context(|| {
+                        format!("no round after {} within {bound:?} (a hang)", state.round)
+                    })??;
         }
         Ok(())
     }
@@ -124,16 +127,21 @@ impl Fleet {
         let config = self.config.clone();
         let mut child = self.agents(from).signal(id, "TERM")?;
         child.wait()?;
-        let (before, committed_at) = barrier::current_released(&client).await?.context("no round")?;
+        let (before, committed_at) = barrier::current_released(&client)
+            .await?
+            .context("no round")?;
         self.agents(to).spawn(id, &config, &[])?;
         self.runs[index] = to;
         let bound = (self.period + self.timeout) * 4;
         tokio::time::timeout(bound, barrier::wait_for_round(&self.session, Some(before)))
             .await
             .context("no commit after the replacement (a hang)")??;
-        let (_, next_at) = barrier::current_released(&client).await?.context("no round")?;
+        let (_, next_at) = barrier::current_released(&client)
+            .await?
+            .context("no round")?;
         let gap = Duration::from_millis(u64::try_from(next_at - committed_at).unwrap_or(0));
-        let lost = ((gap.as_secs_f64() / self.period.as_secs_f64()).round() as u64).saturating_sub(1);
+        let lost =
+            ((gap.as_secs_f64() / self.period.as_secs_f64()).round() as u64).saturating_sub(1);
         let successor = self.leader().await?;
         let successor_runs = self.runs[IDS.iter().position(|i| *i == successor).unwrap()];
         println!(
@@ -173,7 +181,7 @@ impl Fleet {
 
 fn start_api(binary: &Path, port: u16, redis: &str, log: &Path) -> Result<Child> {
     let log = std::fs::File::create(log)?;
-    Ok(Command::new(binary)
+    Command::new(binary)
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", redis)
         .env("API_ALLOW_ANONYMOUS_WRITES", "true")
@@ -181,7 +189,7 @@ fn start_api(binary: &Path, port: u16, redis: &str, log: &Path) -> Result<Child>
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?)
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -194,9 +202,10 @@ async fn main() -> Result<()> {
         .to_owned();
     let current = args.current.unwrap_or_else(|| here.join("fleetmeter"));
     let api = args.api.unwrap_or_else(|| {
-        current
-            .parent()
-            .map_or_else(|| PathBuf::from("fleetmeter-api"), |d| d.join("fleetmeter-api"))
+        current.parent().map_or_else(
+            || PathBuf::from("fleetmeter-api"),
+            |d| d.join("fleetmeter-api"),
+        )
     });
     for binary in [&args.previous, &current, &api] {
         ensure!(binary.is_file(), "{} not found", binary.display());
@@ -278,7 +287,12 @@ async fn main() -> Result<()> {
     // The stored series, once the outbox drained (with the agents running: only a leader
     // publishes), plus what was committed in the last moments before they stopped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !client.list_children(paths::RESULTS).await.unwrap_or_default().is_empty() {
+    while !client
+        .list_children(paths::RESULTS)
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "the outbox did not drain within 30 s"
@@ -302,10 +316,18 @@ async fn main() -> Result<()> {
     // Committed as the agents stopped: each must be readable by the current build (no
     // newer version left behind) and is counted once.
     let mut waiting = Vec::new();
-    for name in client.list_children(paths::RESULTS).await.unwrap_or_default() {
-        let (data, _) = client.get_data(&format!("{}/{name}", paths::RESULTS)).await?;
+    for name in client
+        .list_children(paths::RESULTS)
+        .await
+        .unwrap_or_default()
+    {
+        let (data, _) = client
+            .get_data(&format!("{}/{name}", paths::RESULTS))
+            .await?;
         let round: serde_json::Value = serde_json::from_slice(&data)?;
-        let n = round["round"].as_u64().context("an outbox entry has a round")?;
+        let n = round["round"]
+            .as_u64()
+            .context("an outbox entry has a round")?;
         ensure!(
             round["version"].as_u64().unwrap_or(1) <= u64::from(fleetmeter::wire::VERSION),
             "round {n} waits in a version the current build cannot read"
@@ -317,7 +339,10 @@ async fn main() -> Result<()> {
     }
     waiting.sort_unstable();
     let counted = counter::read(&client).await?.value;
-    let rejected = client.list_children(paths::REJECTED).await.unwrap_or_default();
+    let rejected = client
+        .list_children(paths::REJECTED)
+        .await
+        .unwrap_or_default();
     let given_up = client.check_stat(paths::GIVEN_UP).await?.is_some();
     let versions: std::collections::BTreeSet<u64> = rounds
         .iter()

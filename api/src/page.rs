@@ -413,9 +413,7 @@ fn gap_row(html: &mut String, older: u64, newer: u64) {
         return;
     }
     let text = if missing >= RESTART_JUMP {
-        format!(
-            "round numbers jump from {older} to {newer}: the fleet's state was started again"
-        )
+        format!("round numbers jump from {older} to {newer}: the fleet's state was started again")
     } else if missing == 1 {
         format!(
             "round {}: nothing published (no readings, a dropped result, or given up: see `fleetmeter status`)",

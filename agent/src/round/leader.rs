@@ -6,6 +6,10 @@
 //! this device leads. When `{root}/round` is absent the leader first starts the fleet's
 //! state ([`super::resume`]).
 //!
+//! The term's first round was released by someone else (the previous leader): it is
+//! finished on that leader's schedule, late, or given up ([`super::handover`]). Each result is
+//! written in the newest wire contract version every member reads ([`super::versions`]).
+//!
 //! A round with no readings (or no value) commits nothing but the release: nothing is
 //! published, the round still advances, and the counter only ever grows by the `count` of a
 //! stored result, so it equals the sum of `count` over stored rounds. A result is checked
@@ -320,7 +324,8 @@ impl<'a> Term<'a> {
         tracing::error!(
             round,
             late_ms,
-            grace_ms = handover::grace(ctx.session.settings().session_timeout, ctx.period()).as_millis(),
+            grace_ms =
+                handover::grace(ctx.session.settings().session_timeout, ctx.period()).as_millis(),
             "GIVEN UP: round {round} was released by a previous leader and its deadline passed longer ago than a hand-over can cover (the fleet was down?); releasing the next round without a result for it"
         );
         ctx.telemetry.round_given_up("too_late");

@@ -17,7 +17,10 @@
 //! - `plan`: the commit as data (a labelled transaction and what it will have done), pure.
 //! - `guard`: what the leader trusts (only the round and counter it left), pure.
 //! - `commit`: reading what a commit builds on, applying the plan, retrying.
-//! - `resume`: starting the fleet's state where the API and the outbox say it continues.
+//! - `resume`: starting the fleet's state where the API and the outbox say it continues, or
+//!   from the clock when the API cannot be asked.
+//! - [`handover`]: the round in flight at a change of leader, finished or given up.
+//! - `versions`: the wire contract version results are written in.
 
 pub mod collect;
 mod commit;

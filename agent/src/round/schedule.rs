@@ -16,11 +16,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The first round a leader leads starts `now`: the round open may have started under
-    /// the previous leader, and gets a full period.
-    pub fn new(now: Instant, period: Duration, collect_fraction: f64) -> Self {
+    /// A round that starts at `start` (a leader's own release: now; a round taken over from
+    /// the previous leader: when it released it, see `round::handover`).
+    pub fn new(start: Instant, period: Duration, collect_fraction: f64) -> Self {
         Self {
-            start: now,
+            start,
             period,
             collect_fraction,
         }

@@ -81,7 +81,10 @@ async fn the_successor_finishes_the_round(signal: &str, outcome: &str) {
     let finished = stored(&fleet, open, Duration::from_secs(30)).await;
     let previous = stored(&fleet, open - 1, Duration::from_secs(5)).await;
     let successor = leader_of(&finished);
-    assert_ne!(successor, old, "round {open} was finished by another device");
+    assert_ne!(
+        successor, old,
+        "round {open} was finished by another device"
+    );
     assert!(
         finished["count"].as_u64().unwrap() >= 2,
         "the readings the other devices wrote for round {open} are in it: {finished}"
@@ -113,7 +116,10 @@ async fn the_successor_finishes_the_round(signal: &str, outcome: &str) {
     let next = stored(&fleet, open + 2, Duration::from_secs(30)).await;
     assert_eq!(leader_of(&next), successor);
     let rounds = final_check(&mut fleet).await;
-    let numbers: Vec<u64> = rounds.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
     let first = numbers[0];
     let contiguous: Vec<u64> = (first..first + numbers.len() as u64).collect();
     assert_eq!(numbers, contiguous, "no round skipped");
@@ -206,7 +212,13 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     wait_until(
         "rounds committed while the API is down",
         Duration::from_secs(30),
-        || async { client.list_children(paths::RESULTS).await.map_or(0, |c| c.len()) >= 4 },
+        || async {
+            client
+                .list_children(paths::RESULTS)
+                .await
+                .map_or(0, |c| c.len())
+                >= 4
+        },
     )
     .await;
     let first = open_round(&fleet).await;
@@ -233,9 +245,15 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
         rounds.len(),
         up.elapsed().as_secs_f64()
     );
-    let numbers: Vec<u64> = rounds.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
     let contiguous: Vec<u64> = (numbers[0]..numbers[0] + numbers.len() as u64).collect();
-    assert_eq!(numbers, contiguous, "a round for every period since the start");
+    assert_eq!(
+        numbers, contiguous,
+        "a round for every period since the start"
+    );
     // The base (nothing stored before: 0) is added once the API answers; from then on
     // rounds carry the counter again.
     wait_until("the counter's base", Duration::from_secs(30), || async {
@@ -259,21 +277,32 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     wait_until(
         "rounds committed after the wipe, API down",
         Duration::from_secs(60),
-        || async { client.list_children(paths::RESULTS).await.map_or(0, |c| c.len()) >= 3 },
+        || async {
+            client
+                .list_children(paths::RESULTS)
+                .await
+                .map_or(0, |c| c.len())
+                >= 3
+        },
     )
     .await;
     fleet.start_api();
-    wait_until("a counted round after the wipe", Duration::from_secs(60), || async {
-        fleet
-            .rounds_after(before)
-            .await
-            .iter()
-            .any(|r| r["counter"].is_i64())
-    })
+    wait_until(
+        "a counted round after the wipe",
+        Duration::from_secs(60),
+        || async {
+            fleet
+                .rounds_after(before)
+                .await
+                .iter()
+                .any(|r| r["counter"].is_i64())
+        },
+    )
     .await;
     let all = fleet.rounds().await;
     assert!(
-        all.windows(2).all(|w| w[0]["round"].as_u64() < w[1]["round"].as_u64()),
+        all.windows(2)
+            .all(|w| w[0]["round"].as_u64() < w[1]["round"].as_u64()),
         "numbers only grow"
     );
     let from = all.iter().position(|r| r["counter"].is_i64()).unwrap();
@@ -294,15 +323,19 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
 
 /// Stored rounds, once `n` of them carry the counter.
 async fn wait_for_counted(fleet: &Fleet, n: usize) -> Vec<Value> {
-    wait_until("rounds with the counter", Duration::from_secs(30), || async {
-        fleet
-            .rounds()
-            .await
-            .iter()
-            .filter(|r| r["counter"].is_i64())
-            .count()
-            >= n
-    })
+    wait_until(
+        "rounds with the counter",
+        Duration::from_secs(30),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .iter()
+                .filter(|r| r["counter"].is_i64())
+                .count()
+                >= n
+        },
+    )
     .await;
     fleet.rounds().await
 }
@@ -357,9 +390,17 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     fleet.stop_api();
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until("version 2 results waiting", Duration::from_secs(30), || async {
-        client.list_children(paths::RESULTS).await.map_or(0, |c| c.len()) >= 2
-    })
+    wait_until(
+        "version 2 results waiting",
+        Duration::from_secs(30),
+        || async {
+            client
+                .list_children(paths::RESULTS)
+                .await
+                .map_or(0, |c| c.len())
+                >= 2
+        },
+    )
     .await;
     for id in ["1", "2"] {
         fleet.signal(id, "TERM").wait().unwrap();
@@ -403,12 +444,16 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     fleet.spawn("1");
     fleet.round_once_joined(&["1"]).await;
     fleet.signal("3", "TERM").wait().unwrap();
-    wait_until("the set-aside rounds published", Duration::from_secs(30), || async {
-        client
-            .list_children(paths::RESULTS)
-            .await
-            .is_ok_and(|c| c.is_empty())
-    })
+    wait_until(
+        "the set-aside rounds published",
+        Duration::from_secs(30),
+        || async {
+            client
+                .list_children(paths::RESULTS)
+                .await
+                .is_ok_and(|c| c.is_empty())
+        },
+    )
     .await;
     let rounds = fleet.rounds().await;
     for (path, _) in &set_aside {
