@@ -202,9 +202,10 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
 
-    // 1. A new fleet whose API is down: rounds are measured and wait in the outbox.
+    // 1. A new fleet whose API is down for 15 s: rounds are measured and wait in the outbox.
     fleet.stop_api();
     let started = fleetmeter::wire::now_ms();
+    let down = Instant::now();
     for id in ["1", "2", "3"] {
         fleet.spawn(id);
     }
@@ -229,6 +230,7 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     let status = fleetmeter(&fleet, &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("counted from 0 since round"), "{text}");
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(down.elapsed())).await;
 
     fleet.start_api();
     let up = Instant::now();
@@ -241,8 +243,9 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     .await;
     let rounds = fleet.rounds().await;
     eprintln!(
-        "{} rounds measured with the API down reached it {:.1} s after it came up",
+        "{} rounds measured with the API down for {:.1} s reached it {:.1} s after it came up",
         rounds.len(),
+        (up - down).as_secs_f64(),
         up.elapsed().as_secs_f64()
     );
     let numbers: Vec<u64> = rounds
