@@ -618,7 +618,10 @@ async fn metrics_follow_the_rounds_and_health_flips_with_zookeeper() {
         assert_eq!(
             metric(
                 &m,
-                &format!("fleetmeter_agent_info{{device=\"{id}\",version=\"0.1.0\"}}")
+                &format!(
+                    "fleetmeter_agent_info{{device=\"{id}\",version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
             ),
             1.0
         );
