@@ -12,7 +12,7 @@ use crate::support::{
     fixture,
     fleet::{
         Fleet, SERIAL, SESSION_TIMEOUT, config_with_sensor, final_check, fleetmeter, leader_of,
-        metric,
+        metric, wait_for_outbox,
     },
     repo_root, wait_until,
 };
@@ -246,15 +246,11 @@ async fn rounds_committed_while_the_api_is_down_are_all_stored_once_in_order() {
     fleet.stop_api();
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until(
+    wait_for_outbox(
+        &client,
+        4,
         "several rounds committed into the outbox",
         Duration::from_secs(30),
-        || async {
-            client
-                .list_children(paths::RESULTS)
-                .await
-                .is_ok_and(|c| c.len() >= 4)
-        },
     )
     .await;
     drop(client);

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    fleet::{Fleet, PERIOD, SERIAL, final_check, fleetmeter, leader_of, metric},
+    fleet::{Fleet, PERIOD, SERIAL, final_check, fleetmeter, leader_of, metric, wait_for_outbox},
     wait_until,
 };
 use fleetmeter::coord::{barrier, paths};
@@ -210,16 +210,11 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
         fleet.spawn(id);
     }
     fleet.round_once_joined(&["1", "2", "3"]).await;
-    wait_until(
+    wait_for_outbox(
+        &client,
+        4,
         "rounds committed while the API is down",
         Duration::from_secs(30),
-        || async {
-            client
-                .list_children(paths::RESULTS)
-                .await
-                .map_or(0, |c| c.len())
-                >= 4
-        },
     )
     .await;
     let first = open_round(&fleet).await;
@@ -234,13 +229,7 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
 
     fleet.start_api();
     let up = Instant::now();
-    wait_until("the outbox to drain", Duration::from_secs(30), || async {
-        client
-            .list_children(paths::RESULTS)
-            .await
-            .is_ok_and(|c| c.is_empty())
-    })
-    .await;
+    wait_for_outbox(&client, 0, "the outbox to drain", Duration::from_secs(30)).await;
     let rounds = fleet.rounds().await;
     eprintln!(
         "{} rounds measured with the API down for {:.1} s reached it {:.1} s after it came up",
@@ -277,16 +266,11 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
     fleet.zk.wipe();
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until(
+    wait_for_outbox(
+        &client,
+        3,
         "rounds committed after the wipe, API down",
         Duration::from_secs(60),
-        || async {
-            client
-                .list_children(paths::RESULTS)
-                .await
-                .map_or(0, |c| c.len())
-                >= 3
-        },
     )
     .await;
     fleet.start_api();
@@ -393,16 +377,11 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     fleet.stop_api();
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until(
+    wait_for_outbox(
+        &client,
+        2,
         "version 2 results waiting",
         Duration::from_secs(30),
-        || async {
-            client
-                .list_children(paths::RESULTS)
-                .await
-                .map_or(0, |c| c.len())
-                >= 2
-        },
     )
     .await;
     for id in ["1", "2"] {
@@ -447,15 +426,11 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     fleet.spawn("1");
     fleet.round_once_joined(&["1"]).await;
     fleet.signal("3", "TERM").wait().unwrap();
-    wait_until(
+    wait_for_outbox(
+        &client,
+        0,
         "the set-aside rounds published",
         Duration::from_secs(30),
-        || async {
-            client
-                .list_children(paths::RESULTS)
-                .await
-                .is_ok_and(|c| c.is_empty())
-        },
     )
     .await;
     let rounds = fleet.rounds().await;

@@ -343,6 +343,24 @@ impl Drop for Fleet {
     }
 }
 
+/// Waits until the outbox (`{root}/results`) holds at least `n` entries (`n` = 0: until it
+/// is empty), saying `what` if it does not within `deadline`.
+pub async fn wait_for_outbox(
+    client: &fleetmeter::coord::FleetClient,
+    n: usize,
+    what: &str,
+    deadline: Duration,
+) {
+    wait_until(what, deadline, || async {
+        let held = client
+            .list_children(paths::RESULTS)
+            .await
+            .map_or(0, |c| c.len());
+        if n == 0 { held == 0 } else { held >= n }
+    })
+    .await;
+}
+
 pub fn leader_of(round: &Value) -> String {
     round["leader"].as_str().unwrap().to_owned()
 }
@@ -353,14 +371,7 @@ pub fn leader_of(round: &Value) -> String {
 pub async fn final_check(fleet: &mut Fleet) -> Vec<Value> {
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_until("the outbox to drain", Duration::from_secs(30), || async {
-        client
-            .list_children(paths::RESULTS)
-            .await
-            .map(|c| c.is_empty())
-            .unwrap_or(true)
-    })
-    .await;
+    wait_for_outbox(&client, 0, "the outbox to drain", Duration::from_secs(30)).await;
     for (_, child) in fleet.agents.children.iter_mut() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
