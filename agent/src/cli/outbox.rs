@@ -116,9 +116,13 @@ fn render(listed: &[Listed]) -> String {
     }
     let mut out = String::new();
     for entry in listed {
-        let value = entry
-            .value
-            .map_or_else(|| "unreadable".to_owned(), |v| format!("value={v}"));
+        let value = match entry.value {
+            Some(v) => format!("value={v}"),
+            None if entry.state == "newer" => {
+                "in a newer wire contract version: set aside for a newer leader".to_owned()
+            }
+            None => "unreadable".to_owned(),
+        };
         let count = entry
             .count
             .map(|c| format!(" count={c}"))

@@ -451,5 +451,26 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     drop(client);
     admin.close().await;
     final_check(&mut fleet).await;
+
+    // A round from a future version (one more field, version 3) is listed for what it is.
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    let future = br#"{"round":999999,"value":1,"count":1,"devices":["1"],"aggregator":"a@1","leader":"1","ts":1,"version":3,"quantities":{}}"#;
+    client
+        .create(
+            &format!("{}/{:020}", paths::RESULTS, 999_999),
+            future,
+            &client.persistent(),
+        )
+        .await
+        .unwrap();
+    let listed = fleetmeter(&fleet, &["outbox", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("999999  newer") && text.contains("set aside for a newer leader"),
+        "{text}"
+    );
+    drop(client);
+    admin.close().await;
     fleet.stop_all().await;
 }
