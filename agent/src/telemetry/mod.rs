@@ -247,8 +247,12 @@ mod tests {
         };
         t.plugin_call(PluginKind::Sensor, "random-temperature", &before, &after);
         let text = t.render();
+        let info = format!(
+            "fleetmeter_agent_info{{device=\"7\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         for line in [
-            "fleetmeter_agent_info{device=\"7\",version=\"0.1.0\"} 1",
+            info.as_str(),
             "fleetmeter_leader 1",
             "fleetmeter_leader_acquired_total 1",
             "fleetmeter_round 12",
