@@ -3,8 +3,8 @@
 //! predecessor's schedule when it can (a SIGTERM: the successor is elected within
 //! milliseconds and commits at the round's deadline, as the predecessor would have), late
 //! when the predecessor died and its session had to expire first (the readings stay in the
-//! device nodes until the next release). A round whose deadline passed more than the grace
-//! ago (the whole fleet was down, say) is given up: the leader releases the next round
+//! device nodes until the next release; after an outage of ZooKeeper's quorum too). A round
+//! whose deadline passed more than the grace ago ([`grace`]: at least 30 s) is given up: the leader releases the next round
 //! without a result and records why in `{root}/given-up` (`fleetmeter status`), the log and
 //! `fleetmeter_rounds_given_up_total`.
 //!
@@ -44,11 +44,17 @@ pub(super) enum Handover {
     GiveUp { late_by: Duration },
 }
 
+/// The least [`grace`]: an outage of ZooKeeper's quorum expires every session and leaves the
+/// round in flight with its readings (devices re-create their nodes with them); finishing it
+/// within half a minute publishes real measurements, only late.
+pub const MIN_GRACE: Duration = Duration::from_secs(30);
+
 /// How late a round may still be finished: what a crash of its leader costs — its session
 /// expires between one and two session timeouts later (the server checks expiry on its
-/// ticks, and a session timeout is at least two ticks) — plus a period.
+/// ticks, and a session timeout is at least two ticks) — plus a period, and at least
+/// [`MIN_GRACE`]. Later than that its readings are too stale to publish as that round.
 pub(super) fn grace(session_timeout: Duration, period: Duration) -> Duration {
-    session_timeout * 2 + period
+    (session_timeout * 2 + period).max(MIN_GRACE)
 }
 
 /// The decision for a round released `elapsed` ago, with `period` and `collect_fraction` in
@@ -184,6 +190,12 @@ mod tests {
             decide(now, ms(7_000), PERIOD, 0.8, GRACE),
             Handover::GiveUp { late_by: ms(6_000) }
         );
+    }
+
+    #[test]
+    fn the_grace_covers_a_crash_and_at_least_half_a_minute() {
+        assert_eq!(grace(ms(2_000), ms(1_000)), MIN_GRACE);
+        assert_eq!(grace(ms(20_000), ms(5_000)), ms(45_000));
     }
 
     #[test]

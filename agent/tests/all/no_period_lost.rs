@@ -146,13 +146,13 @@ async fn a_round_found_far_too_late_is_given_up_and_said_so() {
     fleet.round_once_joined(&["1", "2"]).await;
     fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
     // The whole fleet stops while a round is open, and stays down longer than the
-    // hand-over's grace (2 × session timeout + period = 5 s here).
+    // hand-over's grace (2 × session timeout + period, at least 30 s).
     let open = round_open_for(&fleet, 0.3).await;
     for id in ["1", "2"] {
         fleet.signal(id, "TERM").wait().unwrap();
     }
     assert_eq!(open_round(&fleet).await, open, "nobody released past it");
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(Duration::from_secs(33)).await;
     for id in ["1", "2"] {
         fleet.spawn(id);
     }
