@@ -10,10 +10,11 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{
-        DefaultBodyLimit, MatchedPath, Path, Query, Request, State,
+        DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, RawPathParams, Request,
+        State,
         rejection::{BytesRejection, QueryRejection},
     },
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
@@ -27,7 +28,7 @@ use crate::{
     metrics::{RequestLabels, RouteLabels},
     page,
     round::Round,
-    store::{PutOutcome, StoreError, StoredReading},
+    store::{PutOutcome, Store, StoreError, StoredReading, valid_fleet_name},
 };
 
 /// Largest accepted request body: the largest valid round (10,000 devices with the longest
@@ -42,13 +43,22 @@ pub const PAGE_ROUNDS: usize = 50;
 pub const RECENT_ROUNDS: usize = 20;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // A fleet's page and endpoints: the default fleet's at the root, any other's under
+    // `/fleets/{fleet}/` with its own keys ([`FleetStore`]).
+    let fleet = || {
+        Router::new()
+            .route("/api/v1/rounds", post(post_round).get(list_rounds))
+            .route("/api/v1/rounds/{n}", get(get_round))
+            .route("/api/v1/devices", get(list_devices))
+            .route("/api/v1/devices/{id}/readings", get(device_readings))
+    };
     Router::new()
         .route("/", get(index))
+        .route("/fleets/{fleet}", get(index))
+        .route("/fleets/{fleet}/", get(index))
+        .merge(fleet())
+        .nest("/fleets/{fleet}", fleet())
         .route("/nuevo", get(nuevo))
-        .route("/api/v1/rounds", post(post_round).get(list_rounds))
-        .route("/api/v1/rounds/{n}", get(get_round))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}/readings", get(device_readings))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
@@ -89,6 +99,41 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         })
         .inc();
     response
+}
+
+/// The store of the fleet a request is for: `/fleets/{fleet}/…` has its own keys
+/// ([`Store::for_fleet`]); every other path is the default fleet's.
+struct FleetStore(Store);
+
+impl FromRequestParts<Arc<AppState>> for FleetStore {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let Some((_, name)) = params.iter().find(|(key, _)| *key == "fleet") else {
+            return Ok(Self(state.store.clone()));
+        };
+        if !valid_fleet_name(name) {
+            return Err(ApiError::BadRequest(format!(
+                "a fleet's name is 1 to 64 letters, digits, `-` or `_`, got {:?}",
+                name.chars().take(80).collect::<String>()
+            )));
+        }
+        Ok(Self(state.store.for_fleet(name)))
+    }
+}
+
+/// A named path parameter (`{n}`, `{id}`), beside the fleet's when there is one.
+fn param(params: &HashMap<String, String>, name: &str) -> Result<String, ApiError> {
+    params
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(format!("no `{name}` in the route")))
 }
 
 fn now_ms() -> u64 {
@@ -182,6 +227,7 @@ async fn nuevo(
 /// `POST /api/v1/rounds`: idempotent by round number.
 async fn post_round(
     State(state): State<Arc<AppState>>,
+    FleetStore(store): FleetStore,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -208,8 +254,7 @@ async fn post_round(
     round
         .validate()
         .map_err(|e| ApiError::Unprocessable(format!("invalid round: {e}")))?;
-    let outcome = state
-        .store
+    let outcome = store
         .put_round(&round)
         .await
         .map_err(|e| state.storage_failed(e))?;
@@ -246,6 +291,7 @@ async fn post_round(
 /// stood before its first round).
 async fn list_rounds(
     State(state): State<Arc<AppState>>,
+    FleetStore(store): FleetStore,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<Round>>, ApiError> {
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -258,8 +304,7 @@ async fn list_rounds(
             ))
         })?),
     };
-    let rounds = state
-        .store
+    let rounds = store
         .rounds_before(limit, before)
         .await
         .map_err(|e| state.storage_failed(e))?;
@@ -282,10 +327,13 @@ fn limit(params: &HashMap<String, String>) -> Result<usize, ApiError> {
 /// `GET /api/v1/devices`: every device seen in a stored round, by id, with its latest
 /// reading (from version 2 rounds; `null` when only older agents' rounds name it) and how
 /// many of the latest [`RECENT_ROUNDS`] stored rounds went without it.
-async fn list_devices(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Value>>, ApiError> {
+async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    FleetStore(store): FleetStore,
+) -> Result<Json<Vec<Value>>, ApiError> {
     let failed = |e| state.storage_failed(e);
-    let latest = state.store.devices().await.map_err(failed)?;
-    let recent = state.store.rounds(RECENT_ROUNDS).await.map_err(failed)?;
+    let latest = store.devices().await.map_err(failed)?;
+    let recent = store.rounds(RECENT_ROUNDS).await.map_err(failed)?;
     let mut ids: std::collections::BTreeSet<&str> = latest.keys().map(String::as_str).collect();
     ids.extend(
         recent
@@ -318,15 +366,16 @@ async fn list_devices(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Val
 /// `GET /api/v1/devices/{id}/readings?limit=N`: the device's latest readings, newest first.
 async fn device_readings(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    FleetStore(store): FleetStore,
+    Path(path): Path<HashMap<String, String>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Vec<StoredReading>>, ApiError> {
+    let id = param(&path, "id")?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = limit(&params)?;
     fleetmeter_wire::validate_device_id(&id)
         .map_err(|e| ApiError::BadRequest(format!("device id {e}")))?;
-    let readings = state
-        .store
+    let readings = store
         .readings(&id, limit)
         .await
         .map_err(|e| state.storage_failed(e))?;
@@ -342,31 +391,29 @@ async fn device_readings(
 /// `GET /api/v1/rounds/{n}`.
 async fn get_round(
     State(state): State<Arc<AppState>>,
-    Path(n): Path<String>,
+    FleetStore(store): FleetStore,
+    Path(path): Path<HashMap<String, String>>,
 ) -> Result<Json<Round>, ApiError> {
+    let n = param(&path, "n")?;
     let n: u64 = n.parse().map_err(|_| {
         ApiError::BadRequest(format!("round must be a non-negative integer, got {n:?}"))
     })?;
-    match state
-        .store
-        .round(n)
-        .await
-        .map_err(|e| state.storage_failed(e))?
-    {
+    match store.round(n).await.map_err(|e| state.storage_failed(e))? {
         Some(round) => Ok(Json(round)),
         None => Err(ApiError::NotFound(format!("round {n} is not stored"))),
     }
 }
 
-/// `GET /`: the HTML page.
-async fn index(State(state): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
-    let rounds = state
-        .store
+/// `GET /` (and `/fleets/{fleet}/`): the HTML page.
+async fn index(
+    State(state): State<Arc<AppState>>,
+    FleetStore(store): FleetStore,
+) -> Result<Html<String>, ApiError> {
+    let rounds = store
         .rounds(PAGE_ROUNDS)
         .await
         .map_err(|e| state.storage_failed(e))?;
-    let values = state
-        .store
+    let values = store
         .values(20)
         .await
         .map_err(|e| state.storage_failed(e))?;

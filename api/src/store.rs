@@ -23,6 +23,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::round::{LegacyValue, Round};
 
+/// The rule for a fleet's name in `/fleets/{name}/`: 1 to 64 ASCII letters, digits, `-` or
+/// `_` (it names Redis keys and appears in URLs).
+pub fn valid_fleet_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Readings kept per device (older ones are dropped as new rounds arrive): a day of rounds
 /// every 10 s.
 pub const READINGS_KEPT: usize = 8640;
@@ -114,6 +123,16 @@ return redis.call('MGET', unpack(keys))
 ";
 
 impl Store {
+    /// The same Redis, with fleet `name`'s own keys (`{prefix}:fleet:{name}:…`): one API
+    /// serves several fleets, each under `/fleets/{name}/`. `name` is checked by the caller
+    /// ([`valid_fleet_name`]).
+    pub fn for_fleet(&self, name: &str) -> Self {
+        Self {
+            prefix: format!("{}:fleet:{name}", self.prefix),
+            ..self.clone()
+        }
+    }
+
     /// Does not connect: the first request does, so the API starts (and answers 503) while
     /// Redis is down.
     pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {

@@ -474,3 +474,107 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     admin.close().await;
     fleet.stop_all().await;
 }
+
+/// An admin session on `root` of the fleet's ZooKeeper.
+async fn admin_on(fleet: &Fleet, root: &str) -> fleetmeter::coord::Session {
+    fleetmeter::coord::Session::connect(fleetmeter::coord::ZkSettings {
+        connect_timeout: Duration::from_secs(20),
+        ..fleetmeter::coord::ZkSettings::new(fleet.zk.hosts(), root)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_api_serves_two_fleets_that_numbered_their_rounds_from_the_clock() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    fleet.stop_api();
+    let config = fleet.dir.path().join("agent.toml");
+    let fleets = [("north", ["n1", "n2"]), ("south", ["s1", "s2"])];
+    for (name, ids) in fleets {
+        for id in ids {
+            let env = [
+                ("FLEETMETER_ROOT", format!("/{name}")),
+                ("API_URL", format!("{}fleets/{name}/", fleet.api_url())),
+                ("FLEETMETER_METRICS_LISTEN", "off".to_owned()),
+            ];
+            fleet.agents.spawn(id, &config, &env).unwrap();
+        }
+    }
+    // Both measure with the API down: their numbers come from the same clock.
+    let mut admins = Vec::new();
+    for (name, _) in fleets {
+        let admin = admin_on(&fleet, &format!("/{name}")).await;
+        let client = admin.client().unwrap();
+        wait_for_outbox(
+            &client,
+            3,
+            &format!("{name}'s rounds waiting"),
+            Duration::from_secs(60),
+        )
+        .await;
+        admins.push(admin);
+    }
+    fleet.start_api();
+    let mut numbers = Vec::new();
+    for (admin, (name, ids)) in admins.iter().zip(fleets) {
+        let client = admin.client().unwrap();
+        wait_for_outbox(
+            &client,
+            0,
+            &format!("{name}'s outbox to drain"),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            client
+                .list_children(paths::REJECTED)
+                .await
+                .unwrap_or_default()
+                .is_empty(),
+            "nothing of {name} refused as a conflict"
+        );
+        let rounds: Vec<Value> = fleet
+            .http
+            .get(format!(
+                "{}fleets/{name}/api/v1/rounds?limit=1000",
+                fleet.api_url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(rounds.len() >= 3, "{name}: {rounds:?}");
+        for round in &rounds {
+            for device in round["devices"].as_array().unwrap() {
+                assert!(
+                    ids.contains(&device.as_str().unwrap()),
+                    "{name}'s round holds only its devices: {round}"
+                );
+            }
+        }
+        numbers.push(
+            rounds
+                .iter()
+                .map(|r| r["round"].as_u64().unwrap())
+                .collect::<std::collections::BTreeSet<u64>>(),
+        );
+    }
+    eprintln!(
+        "north and south stored rounds {:?} and {:?}; numbers in both: {}",
+        numbers[0].first()..=numbers[0].last(),
+        numbers[1].first()..=numbers[1].last(),
+        numbers[0].intersection(&numbers[1]).count()
+    );
+    assert!(
+        fleet.rounds().await.is_empty(),
+        "the default fleet's paths hold neither"
+    );
+    for admin in admins {
+        admin.close().await;
+    }
+    fleet.stop_all().await;
+}

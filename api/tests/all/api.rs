@@ -94,6 +94,64 @@ async fn rounds_are_stored_listed_newest_first_and_fetched() {
 }
 
 /// A version 2 round: each device's value in `values`, in the order of `devices`.
+#[tokio::test]
+async fn one_api_serves_several_fleets_each_under_its_own_path() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(&redis, None).await;
+    let client = Client::new();
+    // Two fleets that numbered their rounds alike (both from the clock, say): no conflict.
+    for (fleet, value) in [("north", 81.0), ("south", 62.0)] {
+        let response = client
+            .post(api.url(&format!("/fleets/{fleet}/api/v1/rounds")))
+            .json(&round_json(17_650_000_000, value))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{fleet}");
+    }
+    for (fleet, value) in [("north", 81.0), ("south", 62.0)] {
+        let (status, rounds) =
+            get_json(&client, &api.url(&format!("/fleets/{fleet}/api/v1/rounds"))).await;
+        assert_eq!(status, StatusCode::OK);
+        let rounds = rounds.as_array().unwrap();
+        assert_eq!(rounds.len(), 1, "{fleet}");
+        assert_eq!(rounds[0]["value"], value, "{fleet}");
+        let (status, one) = get_json(
+            &client,
+            &api.url(&format!("/fleets/{fleet}/api/v1/rounds/17650000000")),
+        )
+        .await;
+        assert_eq!((status, &one["value"]), (StatusCode::OK, &json!(value)));
+        let (status, devices) = get_json(
+            &client,
+            &api.url(&format!("/fleets/{fleet}/api/v1/devices")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!devices.as_array().unwrap().is_empty(), "{fleet}");
+        let page = client
+            .get(api.url(&format!("/fleets/{fleet}/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        assert!(page.text().await.unwrap().contains("17650000000"));
+    }
+    // The default fleet (the root paths) is a third one, untouched.
+    assert!(stored_rounds(&client, &api).await.is_empty());
+    // A name that could escape its keys or its URL is refused.
+    for bad in ["a:b", "a.b", "a%20b", "x".repeat(65).as_str()] {
+        let (status, error) =
+            get_json(&client, &api.url(&format!("/fleets/{bad}/api/v1/rounds"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {error}");
+        assert!(
+            error["error"].as_str().unwrap().contains("fleet"),
+            "{error}"
+        );
+    }
+    api.stop().await.expect("clean stop");
+}
+
 fn round_v2(round: u64, readings: &[(&str, f64)]) -> Value {
     let values: Vec<f64> = readings.iter().map(|(_, v)| *v).collect();
     let mut body = round_json(round, values.iter().sum::<f64>() / values.len() as f64);
