@@ -535,18 +535,7 @@ async fn one_api_serves_two_fleets_that_numbered_their_rounds_from_the_clock() {
                 .is_empty(),
             "nothing of {name} refused as a conflict"
         );
-        let rounds: Vec<Value> = fleet
-            .http
-            .get(format!(
-                "{}fleets/{name}/api/v1/rounds?limit=1000",
-                fleet.api_url()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rounds = fleet.rounds_at(&format!("fleets/{name}/")).await;
         assert!(rounds.len() >= 3, "{name}: {rounds:?}");
         for round in &rounds {
             for device in round["devices"].as_array().unwrap() {

@@ -201,9 +201,15 @@ impl Fleet {
 
     /// Stored rounds, oldest first.
     pub async fn rounds(&self) -> Vec<Value> {
+        self.rounds_at("").await
+    }
+
+    /// Stored rounds of the fleet whose API base is `{api_url}{path}` (`fleets/NAME/` for
+    /// another fleet on the same API), oldest first.
+    pub async fn rounds_at(&self, path: &str) -> Vec<Value> {
         let Ok(response) = self
             .http
-            .get(format!("{}api/v1/rounds?limit=1000", self.api_url()))
+            .get(format!("{}{path}api/v1/rounds?limit=1000", self.api_url()))
             .send()
             .await
         else {
