@@ -63,17 +63,21 @@ pub(crate) async fn collect(
             && let Some(data) = source.readings(&missing).await
         {
             for (device, data) in missing.iter().zip(data) {
-                if let Some(data) = &data
-                    && let Ok(advert) = serde_json::from_slice::<Advert>(data)
-                {
-                    adverts.insert((*device).clone(), advert);
-                }
-                if let Some(data) = data
-                    && let Ok(reading) = serde_json::from_slice::<DeviceReading>(&data)
-                    && reading.round == round
-                    && reading.value.is_finite()
-                {
-                    readings.insert((*device).clone(), reading.value);
+                let Some(data) = data else { continue };
+                // One parse for a reading (which carries the advert); the advert alone for a
+                // node without a reading yet.
+                match serde_json::from_slice::<DeviceReading>(&data) {
+                    Ok(reading) => {
+                        if reading.round == round && reading.value.is_finite() {
+                            readings.insert((*device).clone(), reading.value);
+                        }
+                        adverts.insert((*device).clone(), reading.advert);
+                    }
+                    Err(_) => {
+                        if let Ok(advert) = serde_json::from_slice::<Advert>(&data) {
+                            adverts.insert((*device).clone(), advert);
+                        }
+                    }
                 }
             }
         }
@@ -248,6 +252,27 @@ mod tests {
         );
         assert_eq!(values(&collected), [("1", 80.0)]);
         assert_eq!((collected.live, collected.missed), (3, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_each_device_runs_is_read_with_or_without_a_reading() {
+        let start = Instant::now();
+        let mut source = Scripted::new(&["1", "2", "3"])
+            .raw(
+                "1",
+                br#"{"round":7,"value":80.0,"ts":1,"agent":"0.2.0","wire":[1,2]}"#,
+            )
+            .raw("2", br#"{"agent":"0.2.0","wire":[1,1]}"#)
+            .raw("3", br#"{"round":7,"value":81.0,"ts":1}"#);
+        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(1)).await;
+        assert_eq!(values(&collected), [("1", 80.0), ("3", 81.0)]);
+        assert_eq!(collected.adverts["1"].wire, Some([1, 2]));
+        assert_eq!(collected.adverts["2"].wire, Some([1, 1]), "no reading yet");
+        assert_eq!(
+            collected.adverts["3"],
+            Advert::default(),
+            "an agent before 0.2.0"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -351,10 +351,14 @@ impl<'a> Term<'a> {
                 self.schedule = Schedule::new(Instant::now(), ctx.period(), ctx.collect_fraction);
                 Next::Again
             }
-            Err(err) => match self.commit_failed(round, err).await {
-                Next::End(end) => Next::End(end),
-                Next::Go(()) | Next::Again => Next::Again,
-            },
+            Err(err) => {
+                // Decide again with the round read again: it is still not ours.
+                self.taking_over = true;
+                match self.commit_failed(round, err).await {
+                    Next::End(end) => Next::End(end),
+                    Next::Go(()) | Next::Again => Next::Again,
+                }
+            }
         }
     }
 
@@ -403,7 +407,9 @@ impl<'a> Term<'a> {
                 .map(|(device, advert)| (device.clone(), advert.clone())),
         );
         let members = self.roster.members();
-        self.adverts.retain(|device, _| members.contains(device));
+        // A set: a fleet of 10,000 devices must not cost 10^8 comparisons a round.
+        let live: std::collections::BTreeSet<&String> = members.iter().collect();
+        self.adverts.retain(|device, _| live.contains(device));
         let choice = versions::choose(
             &members,
             &self.adverts,
