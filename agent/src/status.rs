@@ -15,7 +15,7 @@ use crate::{
     },
     publish::outbox::{self, Ledger},
     round::handover::GivenUp,
-    wire::{Advert, DeviceReading, Shown},
+    wire::{Advert, DeviceReading, MAX_ID_BYTES, Shown},
 };
 
 /// One device as `status` shows it.
@@ -96,10 +96,14 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
     let mut members = Vec::with_capacity(ids.len());
     for id in ids {
         let (reading, advert) = match client.get_data(&paths::device(&id)).await {
-            Ok((data, _)) => (
-                serde_json::from_slice(&data).ok(),
-                serde_json::from_slice(&data).unwrap_or_default(),
-            ),
+            // A reading carries the advert; a node without a reading yet, the advert alone.
+            Ok((data, _)) => match serde_json::from_slice::<DeviceReading>(&data) {
+                Ok(reading) => {
+                    let advert = reading.advert.clone();
+                    (Some(reading), advert)
+                }
+                Err(_) => (None, serde_json::from_slice(&data).unwrap_or_default()),
+            },
             Err(_) => (None, Advert::default()),
         };
         members.push(Member {
@@ -137,7 +141,7 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
 /// is escaped onto one line: anyone who can write a node cannot forge lines or recolour the
 /// operator's terminal.
 pub fn render(status: &Status) -> String {
-    use crate::text::one_line;
+    use crate::text::{one_line, one_line_bounded};
     let mut out = String::new();
     let leader = one_line(status.leader.as_deref().unwrap_or("none"));
     out.push_str(&format!("fleet:    {}\n", status.root));
@@ -157,9 +161,9 @@ pub fn render(status: &Status) -> String {
         out.push_str(&format!(
             "given up: round {} ({}, {:.1} s past its deadline, by leader {})\n",
             g.round,
-            one_line(&g.reason),
+            one_line_bounded(&g.reason, 64),
             g.late_ms as f64 / 1000.0,
-            one_line(&g.leader)
+            one_line_bounded(&g.leader, MAX_ID_BYTES)
         ));
     }
     out.push_str(&format!(
@@ -202,9 +206,12 @@ pub fn render(status: &Status) -> String {
         };
         let runs = match (&m.advert.agent, m.advert.wire) {
             (Some(agent), Some([oldest, newest])) => {
-                format!("fleetmeter {}, wire {oldest}-{newest}", one_line(agent))
+                format!(
+                    "fleetmeter {}, wire {oldest}-{newest}",
+                    one_line_bounded(agent, 64)
+                )
             }
-            (Some(agent), None) => format!("fleetmeter {}", one_line(agent)),
+            (Some(agent), None) => format!("fleetmeter {}", one_line_bounded(agent, 64)),
             (None, _) => "fleetmeter 0.1.0 or older".to_owned(),
         };
         match &m.reading {

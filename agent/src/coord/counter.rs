@@ -145,8 +145,8 @@ pub struct PendingBase {
 }
 
 /// `{root}/counter-base`, if the counter's base is pending. A node that does not hold a
-/// round number counts as pending since round 0 (every stored round is below it... none:
-/// the base is then the API's latest round).
+/// round number (written by hand) counts as pending since the highest round: the base is
+/// then the API's latest round.
 pub async fn pending_base(client: &FleetClient) -> Result<Option<PendingBase>, CoordError> {
     match client.get_data(COUNTER_BASE).await {
         Ok((data, stat)) => Ok(Some(PendingBase {

@@ -183,6 +183,16 @@ impl Publisher {
         pending.sort();
         let total = pending.len();
         let mut newer = 0;
+        // Entries set aside earlier and gone since (published by a newer leader, discarded)
+        // are forgotten: the set stays within the outbox's bound.
+        self.newer_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|path| {
+                path.rsplit('/')
+                    .next()
+                    .is_some_and(|name| pending.binary_search_by(|p| p.as_str().cmp(name)).is_ok())
+            });
         self.report(|e| e.backlog(total));
         for (done, name) in pending.iter().enumerate() {
             let path = format!("{RESULTS}/{name}");

@@ -130,13 +130,18 @@ fn with(mut list: Vec<GivenUp>, entry: GivenUp) -> Vec<GivenUp> {
     list
 }
 
+/// Attempts at adding to `{root}/given-up` while someone else changes it meanwhile.
+const RECORD_ATTEMPTS: usize = 5;
+
 /// Adds `entry` to `{root}/given-up`, fenced by the leader's election node `node`.
 pub(super) async fn record(
     client: &FleetClient,
     node: &str,
     entry: GivenUp,
 ) -> Result<(), CoordError> {
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let (list, version) = read_node(client).await?;
         let data = serde_json::to_vec(&with(list, entry.clone())).expect("a list serializes");
         let mut txn = Txn::new("given-up (multi)", GIVEN_UP);
@@ -148,8 +153,9 @@ pub(super) async fn record(
         match txn.commit(client).await {
             Ok(()) => return Ok(()),
             Err(err)
-                if err.is_at(Label::GivenUp, &ZkError::BadVersion)
-                    || err.is_at(Label::GivenUp, &ZkError::NodeExists) =>
+                if attempts < RECORD_ATTEMPTS
+                    && (err.is_at(Label::GivenUp, &ZkError::BadVersion)
+                        || err.is_at(Label::GivenUp, &ZkError::NodeExists)) =>
             {
                 continue;
             }

@@ -420,7 +420,8 @@ impl<'a> Term<'a> {
                 Some(device) => tracing::warn!(
                     version = choice.version,
                     device = %device,
-                    agent = self.adverts.get(device).and_then(|a| a.agent.as_deref()).unwrap_or("0.1.0 or older"),
+                    // What a device node says is bounded and escaped before it is logged.
+                    agent = %self.adverts.get(device).and_then(|a| a.agent.as_deref()).map_or_else(|| "0.1.0 or older".to_owned(), |a| crate::text::one_line_bounded(a, 64)),
                     "results are written in wire contract version {} while device {device} reads no newer (upgrade it to write version {VERSION})",
                     choice.version
                 ),
