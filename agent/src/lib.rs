@@ -22,6 +22,7 @@ pub mod config;
 pub mod coord;
 pub mod plugin;
 pub mod publish;
+pub mod rollout;
 pub mod round;
 pub mod status;
 pub mod telemetry;

@@ -52,6 +52,8 @@ pub struct Status {
     /// The outbox's ledger (waiting plus refused), as the leader keeps it.
     pub outbox: Option<Ledger>,
     pub config: BTreeMap<String, Option<String>>,
+    /// The fleet's plugin rollout, when there is one (or why its record does not parse).
+    pub rollout: Option<Result<crate::rollout::Rollout, String>>,
 }
 
 /// Connects briefly (10 s to reach ZooKeeper) for a one-shot command.
@@ -130,6 +132,9 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
         given_up: crate::round::handover::read(&client).await?,
         rejected: outbox::rejected_rounds(&client).await?,
         outbox: outbox::ledger::peek(&client).await?,
+        rollout: crate::rollout::store::read_rollout(&client)
+            .await?
+            .map(|read| read.value),
         contenders,
         members,
         backlog,
@@ -197,6 +202,25 @@ pub fn render(status: &Status) -> String {
             ledger.rounds, ledger.bytes
         ));
     }
+    match &status.rollout {
+        Some(Ok(r)) => out.push_str(&format!(
+            "rollout:  {} {} {} (sha256:{}) {}{}; judged {} round(s) of {} (`fleetmeter plugin rollout status`)\n",
+            r.id,
+            r.kind.name(),
+            one_line_bounded(&r.artifact.label(), 100),
+            one_line_bounded(r.artifact.sha256.get(..12).unwrap_or(""), 12),
+            r.state.name(),
+            r.end_round
+                .map_or_else(|| format!(", canaries from round {}", r.start_round), |e| format!(" from round {e}")),
+            r.judged.rounds,
+            r.rounds
+        )),
+        Some(Err(problem)) => out.push_str(&format!(
+            "rollout:  {{root}}/rollout does not parse: {}\n",
+            one_line_bounded(problem, 200)
+        )),
+        None => {}
+    }
     out.push_str(&format!("members:  {}\n", status.members.len()));
     for m in &status.members {
         let mark = if Some(&m.id) == status.leader.as_ref() {
@@ -204,7 +228,7 @@ pub fn render(status: &Status) -> String {
         } else {
             ""
         };
-        let runs = match (&m.advert.agent, m.advert.wire) {
+        let mut runs = match (&m.advert.agent, m.advert.wire) {
             (Some(agent), Some([oldest, newest])) => {
                 format!(
                     "fleetmeter {}, wire {oldest}-{newest}",
@@ -214,6 +238,26 @@ pub fn render(status: &Status) -> String {
             (Some(agent), None) => format!("fleetmeter {}", one_line_bounded(agent, 64)),
             (None, _) => "fleetmeter 0.1.0 or older".to_owned(),
         };
+        if let Some(sensor) = &m.advert.sensor {
+            // `sha256:` and the first 12 hex digits, as `plugin list` can be searched by.
+            runs.push_str(&format!(
+                ", sensor {}",
+                one_line_bounded(sensor.get(..19).unwrap_or(sensor), 19)
+            ));
+        }
+        if let Some(failed) = &m.advert.failed {
+            runs.push_str(&format!(
+                ", failed in round {}: {}",
+                failed.round,
+                one_line_bounded(&failed.why, 120)
+            ));
+        }
+        if let Some(err) = &m.advert.rollout_error {
+            runs.push_str(&format!(
+                ", cannot run the rollout's plugin: {}",
+                one_line_bounded(err, 160)
+            ));
+        }
         match &m.reading {
             Some(r) => out.push_str(&format!(
                 "  {}{mark}: {} in round {} [{runs}]\n",
@@ -321,6 +365,7 @@ mod tests {
                 advert: Advert {
                     agent: Some(forged.into()),
                     wire: Some([1, 2]),
+                    ..Advert::default()
                 },
             }],
             round: Some(1),
@@ -337,6 +382,7 @@ mod tests {
             rejected: vec![7],
             outbox: None,
             config: BTreeMap::from([("api_url".to_owned(), Some(forged.to_owned()))]),
+            rollout: Some(Err(forged.to_owned())),
         };
         let text = render(&status);
         assert!(
@@ -378,6 +424,7 @@ mod tests {
             rejected: vec![],
             outbox: None,
             config: BTreeMap::new(),
+            rollout: None,
         };
         let text = render(&status);
         assert!(

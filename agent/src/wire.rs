@@ -16,6 +16,7 @@ pub fn advert(wire_version: u32) -> Advert {
     Advert {
         agent: Some(AGENT_VERSION.to_owned()),
         wire: Some([OLDEST, wire_version.clamp(OLDEST, VERSION)]),
+        ..Advert::default()
     }
 }
 

@@ -488,6 +488,8 @@ mod tests {
                 counter: None,
                 version: fleetmeter_wire::VERSION,
                 values: Some(vec![80.0 + n as f64]),
+                shadow: None,
+                rollout: None,
             })
             .collect();
         let html = render("host-1", &rounds, &[]);
@@ -509,6 +511,8 @@ mod tests {
             counter: None,
             version: fleetmeter_wire::VERSION,
             values: Some(readings.iter().map(|(_, v)| *v).collect()),
+            shadow: None,
+            rollout: None,
         }
     }
 

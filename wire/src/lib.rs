@@ -33,8 +33,10 @@ pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3 + 25) + 8 
 
 /// The contract's version, `"version"` in a [`Round`]. 1: the round's aggregate only (a round
 /// without `"version"` is a version 1 round, as agents before version 2 send them). 2: also
-/// each device's value, `"values"`, in the order of `"devices"`.
-pub const VERSION: u32 = 2;
+/// each device's value, `"values"`, in the order of `"devices"`. 3: also, while a plugin
+/// rollout runs, the rollout in effect (`"rollout"`) and a shadow aggregator's value
+/// (`"shadow"`).
+pub const VERSION: u32 = 3;
 
 /// The oldest contract version this side reads and writes.
 pub const OLDEST: u32 = 1;
@@ -92,7 +94,45 @@ pub struct Round {
     /// version 1 round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<f64>>,
+    /// Version 3: what a new aggregator in canary computed from the same readings (not
+    /// published: `value` is the published aggregator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+    /// Version 3: the fleet's plugin rollout in effect when the round was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutMark>,
 }
+
+/// A shadow aggregator's result for a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shadow {
+    /// `NAME@VERSION` of the aggregator in canary.
+    pub aggregator: String,
+    /// Its value (finite), or none when it published nothing or failed.
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A plugin rollout, as a round records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutMark {
+    /// The rollout's id.
+    pub id: u64,
+    /// `sensor` or `aggregator`.
+    pub kind: String,
+    /// `NAME@VERSION` of the artifact rolled out.
+    pub plugin: String,
+    /// `canary`, `waiting`, `promoted`, `rolled_back` or `aborted`.
+    pub state: String,
+}
+
+/// The longest shadow error kept in a round.
+pub const MAX_SHADOW_ERROR: usize = 256;
 
 /// Why a round is refused; the message names the field.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -133,8 +173,8 @@ pub enum InvalidRound {
         "`version` {0} is not one this side knows (1 to {VERSION}): upgrade the API before the agents"
     )]
     Version(u32),
-    /// A version 2 round without its per-device values.
-    #[error("`values` must be present in a version 2 round, one per device")]
+    /// A version 2 or 3 round without its per-device values.
+    #[error("`values` must be present in a version 2 or 3 round, one per device")]
     ValuesMissing,
     /// Per-device values in a version 1 round.
     #[error("`values` is only part of version 2 rounds; this round says version 1")]
@@ -147,6 +187,14 @@ pub enum InvalidRound {
         /// How many `devices`.
         devices: usize,
     },
+    /// `shadow` or `rollout` in a round of version 1 or 2.
+    #[error("`shadow` and `rollout` are only part of version 3 rounds")]
+    FieldsOfVersion3,
+    /// A shadow or rollout field out of bounds.
+    #[error(
+        "`{0}` is out of bounds (labels of at most {MAX_ID_BYTES} bytes, no control characters, a finite value)"
+    )]
+    Rollout(&'static str),
     /// A per-device value is NaN or infinite.
     #[error("`values[{index}]` must be a finite number, got {value}")]
     ValueNotFinite {
@@ -234,11 +282,31 @@ impl Round {
         if self.ts == 0 {
             return Err(InvalidRound::Timestamp);
         }
+        if self.version < 3 && (self.shadow.is_some() || self.rollout.is_some()) {
+            return Err(InvalidRound::FieldsOfVersion3);
+        }
+        let label =
+            |l: &str| !l.is_empty() && l.len() <= MAX_ID_BYTES && !l.chars().any(char::is_control);
+        if let Some(shadow) = &self.shadow
+            && (!label(&shadow.aggregator)
+                || shadow.value.is_some_and(|v| !v.is_finite())
+                || shadow
+                    .error
+                    .as_ref()
+                    .is_some_and(|e| e.len() > MAX_SHADOW_ERROR || e.chars().any(char::is_control)))
+        {
+            return Err(InvalidRound::Rollout("shadow"));
+        }
+        if let Some(mark) = &self.rollout
+            && (!label(&mark.kind) || !label(&mark.plugin) || !label(&mark.state))
+        {
+            return Err(InvalidRound::Rollout("rollout"));
+        }
         match (self.version, &self.values) {
             (1, None) => {}
             (1, Some(_)) => return Err(InvalidRound::ValuesInVersion1),
-            (2, None) => return Err(InvalidRound::ValuesMissing),
-            (2, Some(values)) => {
+            (2 | 3, None) => return Err(InvalidRound::ValuesMissing),
+            (2 | 3, Some(values)) => {
                 if values.len() != self.devices.len() {
                     return Err(InvalidRound::ValuesMismatch {
                         values: values.len(),
@@ -260,6 +328,11 @@ impl Round {
     /// per-device values.
     #[must_use]
     pub fn in_version(mut self, version: u32) -> Self {
+        if version < 3 {
+            self.version = self.version.min(2);
+            self.shadow = None;
+            self.rollout = None;
+        }
         if version < 2 {
             self.version = 1;
             self.values = None;
@@ -302,6 +375,25 @@ pub struct Advert {
     /// The contract versions it reads and writes, `[oldest, newest]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wire: Option<[u32; 2]>,
+    /// The sensor it runs, `sha256:HEX` of the component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensor: Option<String>,
+    /// Its sensor's last failed call: a node with this and no reading for the round says
+    /// why the reading is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Failed>,
+    /// Why it cannot run what the fleet's rollout asks of it (fetch, signature, load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_error: Option<String>,
+}
+
+/// A failed sensor call, as a device node reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    /// The round whose reading it cost.
+    pub round: u64,
+    /// What failed (trap, timeout, the plugin's error), on one line.
+    pub why: String,
 }
 
 impl Advert {
@@ -328,6 +420,8 @@ mod tests {
             counter: Some(14),
             version: VERSION,
             values: Some(vec![80.0, 81.0]),
+            shadow: None,
+            rollout: None,
         }
     }
 
@@ -399,10 +493,10 @@ mod tests {
             (Round { ts: 0, ..round() }, "`ts`"),
             (
                 Round {
-                    version: 3,
+                    version: 4,
                     ..round()
                 },
-                "`version` 3",
+                "`version` 4",
             ),
             (
                 Round {
@@ -515,6 +609,8 @@ mod tests {
             counter: Some(i64::MIN),
             version: VERSION,
             values: Some(vec![-f64::MAX; MAX_DEVICES]),
+            shadow: None,
+            rollout: None,
         };
         assert_eq!(big.validate(), Ok(()));
         let json = serde_json::to_vec(&big).unwrap();

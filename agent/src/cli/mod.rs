@@ -9,6 +9,7 @@
 //! - `outbox`: `fleetmeter outbox list|resend|discard`.
 //! - `secure`: `fleetmeter secure-root`.
 //! - `plugin`: `fleetmeter plugin inspect|run|aggregate`.
+//! - `ship`: `fleetmeter plugin keygen|sign|publish|list|gc|rollout`.
 //!
 //! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
 
@@ -19,6 +20,7 @@ mod plugin;
 mod replay;
 mod run;
 mod secure;
+mod ship;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode};

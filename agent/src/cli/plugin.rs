@@ -1,4 +1,5 @@
-//! `fleetmeter plugin inspect|run|aggregate`: the plugin author's tools.
+//! `fleetmeter plugin inspect|run|aggregate`: the plugin author's tools (and, in `ship`,
+//! shipping a plugin to the fleet).
 
 use std::{
     io::Write,
@@ -20,6 +21,8 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    #[command(flatten)]
+    Ship(super::ship::ShipCommand),
     /// Show what a plugin file is: world, contract version, metadata, exports, imports,
     /// size and sha256. Exits 1 if the agent would refuse to load it, saying why.
     Inspect {
@@ -162,6 +165,7 @@ pub(super) fn run(command: PluginCommand) -> Result<ExitCode> {
 
 async fn run_async(command: PluginCommand) -> Result<ExitCode> {
     match command {
+        PluginCommand::Ship(command) => super::ship::run(command).await,
         PluginCommand::Inspect { file, engine: args } => {
             let path = locate(&file, &args)?;
             let inspection = plugin::inspect(&engine(&args, false)?, &path).await?;

@@ -258,9 +258,9 @@ pub const OUTBOX_MAX_ROUNDS: Key = Key::file(
 pub const WIRE_VERSION: Key = Key::file(
     "[publish] wire_version",
     "[publish] wire_version",
-    "2",
+    "3",
 )
-.range(1.0, 2.0, "version")
+.range(1.0, 3.0, "version")
 .note("the newest wire contract version this agent reads and writes (its device node says so; the leader writes results every member can read). Lower it only to keep a fleet readable by an older API or agent");
 pub const OUTBOX_MAX_MIB: Key =
     Key::file("[publish] outbox_max_mib", "[publish] outbox_max_mib", "64")
@@ -280,6 +280,23 @@ pub const PLUGIN_DIR: Key = Key::file("plugin directory", "[plugins] dir", "\"pl
 pub const CACHE_DIR: Key = Key::file("[plugins] cache_dir", "[plugins] cache_dir", "").note(
     "compiled plugins; default `$XDG_CACHE_HOME/fleetmeter/plugins`, else `~/.cache/fleetmeter/plugins`",
 );
+pub const TRUSTED_KEYS: Key = Key::file("[plugins] trusted_keys", "[plugins] trusted_keys", "[]")
+    .flag("trusted-key", "KEY")
+    .env("FLEETMETER_TRUSTED_KEYS")
+    .note("minisign public keys (`RW…`) whose signatures this agent accepts on fleet plugin artifacts; the variable takes them comma-separated, the flag is repeatable. With none, rollouts are refused unless `allow_unsigned_rollouts`");
+pub const ALLOW_UNSIGNED_ROLLOUTS: Key = Key::file(
+    "[plugins] allow_unsigned_rollouts",
+    "[plugins] allow_unsigned_rollouts",
+    "false",
+)
+.note("with no trusted keys, run rolled-out artifacts that nobody signed (local experiments)");
+pub const MAX_ARTIFACT_MIB: Key = Key::file(
+    "[plugins] max_artifact_mib",
+    "[plugins] max_artifact_mib",
+    "4",
+)
+.range(1.0, 16.0, "MiB")
+.note("a rolled-out artifact larger than this is refused before it is fetched");
 pub const SENSOR_CONFIG: Key = Key::file("[plugins.sensor_config]", "[plugins.sensor_config]", "")
     .note("a table; each `KEY = value` is given to the sensor's `init`");
 pub const AGGREGATOR_CONFIG: Key = Key::file(
@@ -409,6 +426,9 @@ pub const ALL: &[Key] = &[
     AGGREGATOR,
     PLUGIN_DIR,
     CACHE_DIR,
+    TRUSTED_KEYS,
+    ALLOW_UNSIGNED_ROLLOUTS,
+    MAX_ARTIFACT_MIB,
     SENSOR_CONFIG,
     AGGREGATOR_CONFIG,
     LIMIT_TIMEOUT,

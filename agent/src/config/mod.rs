@@ -96,6 +96,8 @@ pub enum ConfigError {
 /// Why one value was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidSetting {
+    #[error(transparent)]
+    TrustedKey(#[from] crate::rollout::signing::SignatureError),
     #[error("must be between {min} and {max} {unit}, got {value}")]
     OutOfRange {
         value: f64,
@@ -167,9 +169,20 @@ pub struct AgentConfig {
     pub sensor_settings: PluginSettings,
     pub aggregator: String,
     pub aggregator_settings: PluginSettings,
+    /// What fleet plugin rollouts this agent accepts.
+    pub rollouts: RolloutSettings,
     pub telemetry: TelemetrySettings,
     /// Where the file values came from, for messages.
     pub file: Option<PathBuf>,
+}
+
+/// What fleet plugin rollouts an agent accepts (`[plugins] trusted_keys`,
+/// `allow_unsigned_rollouts`, `max_artifact_mib`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutSettings {
+    pub trust: crate::rollout::signing::TrustPolicy,
+    /// Larger artifacts are refused before they are fetched.
+    pub max_artifact_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -73,6 +73,11 @@ pub struct Overrides {
     /// [default: 127.0.0.1:9464].
     #[arg(long = keys::METRICS_LISTEN.long(), env = keys::METRICS_LISTEN.var(), value_name = keys::METRICS_LISTEN.value())]
     pub metrics_listen: Option<String>,
+    /// A minisign public key (`RW…`) whose signatures on fleet plugin artifacts this agent
+    /// accepts (repeatable; the variable takes them comma-separated). Replaces the file's
+    /// [plugins] trusted_keys.
+    #[arg(long = keys::TRUSTED_KEYS.long(), env = keys::TRUSTED_KEYS.var(), value_name = keys::TRUSTED_KEYS.value(), value_delimiter = ',')]
+    pub trusted_keys: Vec<String>,
 }
 
 impl Overrides {

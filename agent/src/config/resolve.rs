@@ -109,6 +109,7 @@ pub(super) fn resolve(
         .clone()
         .unwrap_or_else(|| config.plugins.dir.clone());
     let cache_dir = config.plugins.cache_dir.clone();
+    let rollouts = rollouts(origin, &config.plugins, &o)?;
     let (sensor_settings, aggregator_settings) = plugins(origin, config.plugins)?;
     let telemetry = telemetry(origin, &config.telemetry, &o)?;
     Ok(AgentConfig {
@@ -123,8 +124,37 @@ pub(super) fn resolve(
         sensor_settings,
         aggregator,
         aggregator_settings,
+        rollouts,
         telemetry,
         file,
+    })
+}
+
+/// The trusted keys (the flag or variable replaces the file's list) and the artifact bound.
+fn rollouts(
+    origin: Origin<'_>,
+    file: &PluginsSection,
+    o: &Overrides,
+) -> Result<crate::config::RolloutSettings, ConfigError> {
+    let overridden = !o.trusted_keys.is_empty();
+    let raw = if overridden {
+        &o.trusted_keys
+    } else {
+        &file.trusted_keys
+    };
+    let trusted = raw
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| crate::rollout::signing::TrustedKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| origin.invalid(&keys::TRUSTED_KEYS, overridden, e.into()))?;
+    let mib = count(origin, &keys::MAX_ARTIFACT_MIB, file.max_artifact_mib)?;
+    Ok(crate::config::RolloutSettings {
+        trust: crate::rollout::signing::TrustPolicy {
+            trusted,
+            allow_unsigned: file.allow_unsigned_rollouts,
+        },
+        max_artifact_bytes: mib << 20,
     })
 }
 

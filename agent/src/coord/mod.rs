@@ -47,6 +47,9 @@ pub mod paths {
     pub const CONFIG: &str = "/config";
     pub const GIVEN_UP: &str = "/given-up";
     pub const COUNTER_BASE: &str = "/counter-base";
+    pub const ARTIFACTS: &str = "/artifacts";
+    pub const ROLLOUT: &str = "/rollout";
+    pub const PLUGINS: &str = "/plugins";
 
     pub fn device(id: &str) -> String {
         format!("{DEVICES}/{id}")

@@ -36,6 +36,14 @@ pub enum Label {
     GivenUp,
     /// `{root}/counter-base`: the counter started without its base (the API was down).
     CounterBase,
+    /// `{root}/artifacts/sha256-HEX`: a plugin artifact's node, its manifest as data.
+    Artifact,
+    /// One chunk of a plugin artifact.
+    Chunk,
+    /// `{root}/rollout`: the fleet's rollout record.
+    Rollout,
+    /// `{root}/plugins/{sensor,aggregator}`: what the fleet runs after a promoted rollout.
+    Assignment,
 }
 
 impl Label {
@@ -51,6 +59,10 @@ impl Label {
             Label::Ledger => "ledger",
             Label::GivenUp => "given-up",
             Label::CounterBase => "counter-base",
+            Label::Artifact => "artifact",
+            Label::Chunk => "chunk",
+            Label::Rollout => "rollout",
+            Label::Assignment => "assignment",
         }
     }
 }

@@ -10,6 +10,7 @@ use super::{
         aggregator::{Aggregator, AggregatorPre},
         types,
     },
+    engine::PluginSource,
     host::HostState,
     instance::{Call, Runner, World},
 };
@@ -94,9 +95,23 @@ impl AggregatorPlugin {
         path: &Path,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
+        Self::load_source(engine, PluginSource::File(path.to_owned()), settings).await
+    }
+
+    /// Loads and initialises the plugin from `source` (a file, or a fetched artifact).
+    pub async fn load_source(
+        engine: &PluginEngine,
+        source: PluginSource,
+        settings: PluginSettings,
+    ) -> Result<Self, LoadError> {
         Ok(Self {
-            runner: Runner::load(engine, path, settings).await?,
+            runner: Runner::load(engine, source, settings).await?,
         })
+    }
+
+    /// Hex SHA-256 of the component it runs.
+    pub fn sha256(&self) -> &str {
+        self.runner.sha256()
     }
 
     /// The round's value from its readings (passed to the plugin in device-id order, as the

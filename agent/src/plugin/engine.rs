@@ -91,6 +91,14 @@ impl std::fmt::Debug for PluginEngine {
     }
 }
 
+/// Where a plugin's component comes from: a file, or bytes in memory (an artifact fetched
+/// from the fleet's store and checked), with a name for messages.
+#[derive(Clone, Debug)]
+pub enum PluginSource {
+    File(PathBuf),
+    Bytes { label: PathBuf, bytes: Arc<Vec<u8>> },
+}
+
 /// A compiled component and where it came from.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -208,8 +216,14 @@ impl PluginEngine {
             path: path.to_owned(),
             source,
         })?;
-        check_component_header(path, &bytes)?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        self.compile_bytes(path, &bytes)
+    }
+
+    /// Like [`Self::compile`], for a component already in memory (a fetched artifact);
+    /// `path` names it in messages.
+    pub fn compile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, LoadError> {
+        check_component_header(path, bytes)?;
+        let sha256 = format!("{:x}", Sha256::digest(bytes));
         let size = bytes.len() as u64;
         if let Some(component) = self.loaded(&sha256) {
             tracing::debug!(path = %path.display(), "plugin already loaded by this agent");
@@ -221,7 +235,7 @@ impl PluginEngine {
                 from_cache: true,
             });
         }
-        let compiled = self.compile_new(path, &bytes, &sha256)?;
+        let compiled = self.compile_new(path, bytes, &sha256)?;
         self.inner
             .loaded
             .lock()
@@ -312,6 +326,24 @@ impl PluginEngine {
         let exports = self.export_names(&compiled.component);
         check_world(path, kind, &exports)?;
         Ok(compiled)
+    }
+
+    /// Compiles `source` and checks that it implements `kind` at the supported contract
+    /// version.
+    pub fn compile_source(
+        &self,
+        source: &PluginSource,
+        kind: PluginKind,
+    ) -> Result<Compiled, LoadError> {
+        match source {
+            PluginSource::File(path) => self.compile_plugin(path, kind),
+            PluginSource::Bytes { label, bytes } => {
+                let compiled = self.compile_bytes(label, bytes)?;
+                let exports = self.export_names(&compiled.component);
+                check_world(label, kind, &exports)?;
+                Ok(compiled)
+            }
+        }
     }
 
     /// Names of the component's top-level exports.

@@ -25,7 +25,7 @@ use wasmtime::{Store, Trap, component::InstancePre};
 
 use super::{
     CallError, Failure, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
-    engine::Compiled,
+    engine::{Compiled, PluginSource},
     host::{HostState, MAX_MESSAGE, wasi_ctx},
     logs::LogGate,
     metadata,
@@ -129,6 +129,8 @@ pub(crate) struct Runner<W: World> {
     backoff_until: Option<Instant>,
     stats: PluginStats,
     from_cache: bool,
+    /// Hex SHA-256 of the component.
+    sha256: String,
 }
 
 impl<W: World> Runner<W> {
@@ -137,12 +139,12 @@ impl<W: World> Runner<W> {
     /// not at the first call.
     pub async fn load(
         engine: &PluginEngine,
-        path: &Path,
+        source: PluginSource,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
         let compiled = {
-            let (engine, path) = (engine.clone(), path.to_owned());
-            tokio::task::spawn_blocking(move || engine.compile_plugin(&path, W::KIND))
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.compile_source(&source, W::KIND))
                 .await
                 .map_err(|e| LoadError::Engine(format!("the compile task failed: {e}")))??
         };
@@ -187,6 +189,7 @@ impl<W: World> Runner<W> {
     ) -> Result<Self, LoadError> {
         let path = compiled.path;
         let from_cache = compiled.from_cache;
+        let sha256 = compiled.sha256;
         let stem: Arc<str> = path
             .file_stem()
             .map(|s| text::one_line(&s.to_string_lossy()).into())
@@ -232,6 +235,7 @@ impl<W: World> Runner<W> {
             backoff_until: None,
             stats: PluginStats::default(),
             from_cache,
+            sha256,
         };
         let metadata = runner
             .describe()
@@ -284,6 +288,10 @@ impl<W: World> Runner<W> {
 
     pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Drops the live instance and builds a new one, as after a trap.

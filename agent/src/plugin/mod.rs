@@ -32,7 +32,7 @@ mod sensor;
 use std::path::{Path, PathBuf};
 
 pub use aggregator::AggregatorPlugin;
-pub use engine::{Compiled, EngineOptions, PluginEngine, default_cache_dir};
+pub use engine::{Compiled, EngineOptions, PluginEngine, PluginSource, default_cache_dir};
 pub use error::{CallError, Failure, LoadError};
 pub use inspect::{Inspection, inspect};
 pub use instance::PluginStats;

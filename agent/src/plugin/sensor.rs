@@ -7,6 +7,7 @@ use wasmtime::{Store, component::InstancePre};
 use super::{
     CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats,
     bindings::sensor::{Sensor, SensorPre},
+    engine::PluginSource,
     host::HostState,
     instance::{Call, Runner, World},
 };
@@ -91,9 +92,23 @@ impl SensorPlugin {
         path: &Path,
         settings: PluginSettings,
     ) -> Result<Self, LoadError> {
+        Self::load_source(engine, PluginSource::File(path.to_owned()), settings).await
+    }
+
+    /// Loads and initialises the plugin from `source` (a file, or a fetched artifact).
+    pub async fn load_source(
+        engine: &PluginEngine,
+        source: PluginSource,
+        settings: PluginSettings,
+    ) -> Result<Self, LoadError> {
         Ok(Self {
-            runner: Runner::load(engine, path, settings).await?,
+            runner: Runner::load(engine, source, settings).await?,
         })
+    }
+
+    /// Hex SHA-256 of the component it runs.
+    pub fn sha256(&self) -> &str {
+        self.runner.sha256()
     }
 
     /// One reading. A failure costs this reading only: the instance is rebuilt if needed.

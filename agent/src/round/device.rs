@@ -1,6 +1,8 @@
-//! What every device does, leader or not: wait for the next round on the barrier, sample the
-//! sensor once, and write the round-tagged reading `{"round":n,"value":v,"ts":ms}` to its
-//! node. A failed sample costs that round's reading only.
+//! What every device does, leader or not: wait for the next round on the barrier, switch to
+//! the sensor the fleet's rollout names for that round (if it is not running), sample it
+//! once, and write the round-tagged reading `{"round":n,"value":v,"ts":ms}` with the sensor's
+//! digest to its node. A failed sample costs that round's reading only; the node then says
+//! why (`"failed":{"round":n,"why":…}`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,8 +11,48 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use crate::{
     coord::{CoordError, barrier, membership::Membership},
-    wire::{DeviceReading, Shown, now_ms},
+    rollout::{
+        follow::slot_of,
+        record::{Kind, advertised, wanted},
+    },
+    wire::{DeviceReading, Failed, Shown, now_ms},
 };
+
+/// Switches to the sensor the fleet's rollout state says this device runs in `round`;
+/// `Some(why)` when that sensor is not ready here (the current one keeps running).
+async fn switch_sensor(ctx: &Ctx, round: u64, last_problem: &mut Option<String>) -> Option<String> {
+    let view = ctx.rollouts.borrow().clone();
+    let want = wanted(
+        Kind::Sensor,
+        &ctx.id,
+        round,
+        view.rollout.as_ref(),
+        view.assignment(Kind::Sensor),
+    );
+    let slot = slot_of(&want, ctx.plugins.local_sensor());
+    match ctx.plugins.switch_sensor(&slot, &ctx.telemetry).await {
+        Ok(switched) => {
+            if switched {
+                tracing::info!(device = %ctx.id, round, sha256 = %ctx.plugins.sensor_sha256(), "SWITCHED sensor at the round the fleet's rollout announced");
+            }
+            *last_problem = None;
+            None
+        }
+        Err(why) => {
+            let why = slot
+                .sha256()
+                .and_then(|d| view.errors.get(d).cloned())
+                .unwrap_or(why);
+            let why = crate::text::one_line_bounded(&why, 300);
+            // Once per problem: it stands every round until the rollout or the agent changes.
+            if last_problem.as_ref() != Some(&why) {
+                tracing::warn!(device = %ctx.id, round, problem = %why, "cannot switch to the sensor the fleet's rollout names; keeping the current one (its node says why)");
+                *last_problem = Some(why.clone());
+            }
+            Some(why)
+        }
+    }
+}
 
 /// Pause before re-reading the round after a ZooKeeper error.
 const RETRY: Duration = Duration::from_millis(500);
@@ -20,6 +62,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
     let id = &ctx.id;
     let mut rounds = barrier::RoundWatch::new(&ctx.session, None);
     let mut last = None;
+    let mut last_problem = None;
     loop {
         let Some(next) = stop.run_until_cancelled(rounds.next()).await else {
             return;
@@ -45,6 +88,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
         last = Some(round);
         let round = round.round;
         ctx.telemetry.round_opened(round);
+        let rollout_error = switch_sensor(&ctx, round, &mut last_problem).await;
         // Bounded by the sensor's time limit; dropped at once on shutdown.
         let Some(sampled) = stop
             .run_until_cancelled(ctx.plugins.sample(&ctx.telemetry))
@@ -53,24 +97,36 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
             return;
         };
         ctx.telemetry.sample(sampled.as_ref().ok().copied());
-        let value = match sampled {
-            Ok(value) => value,
+        let mut advert = ctx.advert.clone();
+        advert.sensor = Some(advertised(&ctx.plugins.sensor_sha256()));
+        advert.rollout_error = rollout_error;
+        let data = match sampled {
+            Ok(value) => serde_json::to_vec(&DeviceReading {
+                round,
+                value,
+                ts: now_ms(),
+                advert,
+            }),
             Err(err) => {
                 tracing::warn!(device = %id, round, error = %err, "no reading this round");
-                continue;
+                // The node says why the reading is missing (the leader judges a canary
+                // by it); it carries no reading, so no leader takes an old one for new.
+                advert.failed = Some(Failed {
+                    round,
+                    why: crate::text::one_line_bounded(&err.to_string(), 200),
+                });
+                serde_json::to_vec(&advert)
             }
-        };
-        let reading = DeviceReading {
-            round,
-            value,
-            ts: now_ms(),
-            advert: ctx.advert.clone(),
-        };
-        let data = serde_json::to_vec(&reading).expect("a reading serializes");
+        }
+        .expect("a device node serializes");
+        let value = serde_json::from_slice::<DeviceReading>(&data).map(|r| r.value);
         match membership.publish(data).await {
-            Ok(()) => {
-                tracing::info!(device = %id, round, value = %Shown(value), "reading sent to ZooKeeper")
-            }
+            Ok(()) => match value {
+                Ok(value) => {
+                    tracing::info!(device = %id, round, value = %Shown(value), "reading sent to ZooKeeper")
+                }
+                Err(_) => tracing::info!(device = %id, round, "failure sent to ZooKeeper"),
+            },
             Err(CoordError::Closed) => return,
             Err(err) => {
                 tracing::warn!(device = %id, round, error = %err, "cannot write the reading")

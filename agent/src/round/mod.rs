@@ -11,7 +11,8 @@
 //! # Layout
 //! - [`schedule`]: when a round starts, stops collecting and commits (no drift).
 //! - [`collect`]: the leader's wait for the round's readings, up to the deadline.
-//! - [`plugins`]: the loaded sensor and aggregator, as the loop calls them.
+//! - [`plugins`]: the loaded sensor and aggregator, as the loop calls them, with the
+//!   instances a rollout switches to on standby.
 //! - [`device`]: the sampling loop every device runs.
 //! - [`leader`]: a leader's term, one named step after another.
 //! - `plan`: the commit as data (a labelled transaction and what it will have done), pure.
@@ -111,7 +112,9 @@ pub(crate) struct Ctx {
     advert: crate::wire::Advert,
     collect_fraction: f64,
     session: Session,
-    plugins: Plugins,
+    plugins: Arc<Plugins>,
+    /// The fleet's rollout state, as this agent's follower last read and prepared it.
+    rollouts: tokio::sync::watch::Receiver<Arc<crate::rollout::View>>,
     dynconfig: DynConfig,
     publisher: Publisher,
     telemetry: Arc<Telemetry>,
@@ -205,12 +208,24 @@ pub async fn run(
     let membership = membership?;
     let election = Election::start(session, &id);
 
+    let plugins = Arc::new(plugins);
+    let (rollouts_tx, rollouts) = tokio::sync::watch::channel(Arc::default());
+    let follower = tokio::spawn(crate::rollout::follow::follow(
+        session.clone(),
+        plugins.clone(),
+        config.rollouts.clone(),
+        telemetry.clone(),
+        rollouts_tx,
+    ));
+    // Ends with this function, however it returns.
+    let _follower = AbortOnDrop(follower);
     let ctx = Arc::new(Ctx {
         id: id.clone(),
         advert,
         collect_fraction: config.collect_fraction,
         session: session.clone(),
         plugins,
+        rollouts,
         dynconfig,
         publisher,
         telemetry,
@@ -228,6 +243,15 @@ pub async fn run(
     let _ = tokio::join!(device, leader);
     drop(election);
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs a start step again after transient ZooKeeper errors — a start storm (every device

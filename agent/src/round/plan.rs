@@ -254,6 +254,8 @@ mod tests {
             counter: None,
             version: crate::wire::VERSION,
             values: Some(vec![21.5; count]),
+            shadow: None,
+            rollout: None,
         }
     }
 

@@ -47,6 +47,7 @@ mod tests {
         Advert {
             agent: Some("x".into()),
             wire: Some([1, newest]),
+            ..Advert::default()
         }
     }
 

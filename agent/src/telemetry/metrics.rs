@@ -59,6 +59,13 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunningLabels {
+    kind: &'static str,
+    plugin: String,
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     device: String,
     version: &'static str,
@@ -131,11 +138,15 @@ pub(super) struct Metrics {
     results_dropped: Family<ReasonLabels, Counter>,
     rounds_taken_over: Family<OutcomeLabels, Counter>,
     rounds_given_up: Family<ReasonLabels, Counter>,
+    artifacts_refused: Family<ReasonLabels, Counter>,
+    rollout_transitions: Family<StateLabels, Counter>,
+    plugin_running: Family<RunningLabels, Gauge>,
     entries_newer: Gauge,
     publish_tls_errors: Family<ReasonLabels, Counter>,
     untrusted_refused: Family<WhatLabels, Counter>,
     session_state: Family<StateLabels, Gauge>,
     sessions: Counter,
+    running_last: std::sync::Mutex<std::collections::HashMap<&'static str, RunningLabels>>,
 }
 
 /// Scrape-time values: read from the dynamic configuration when `/metrics` is asked for.
@@ -335,6 +346,21 @@ impl Metrics {
                 "Rounds released by a previous leader that this agent could not finish and released past, by reason (too_late: later than the round's deadline plus the hand-over grace)",
                 Family::default()
             ),
+            artifacts_refused: metric!(
+                "artifacts_refused",
+                "Fleet plugin artifacts or rollout records this agent refused, by reason (unknown, incomplete, bad_manifest, too_large, bad_chunk, digest_mismatch, signature, load, bad_record, zookeeper); it keeps its current plugin",
+                Family::default()
+            ),
+            rollout_transitions: metric!(
+                "rollout_transitions",
+                "Plugin rollout transitions this agent decided as the leader, by state entered (promoted, waiting, rolled_back)",
+                Family::default()
+            ),
+            plugin_running: metric!(
+                "plugin_running",
+                "1 for the plugin this agent runs for each kind, with its component's sha256 (0 for the ones it ran before)",
+                Family::default()
+            ),
             entries_newer: metric!(
                 "outbox_newer_entries",
                 "Outbox entries in a newer wire contract version than this agent reads, set aside (kept, not sent) for a newer leader",
@@ -365,6 +391,7 @@ impl Metrics {
                 "ZooKeeper sessions established (more than 1: a session expired and was rebuilt)",
                 Counter::default()
             ),
+            running_last: std::sync::Mutex::default(),
             registry,
         };
         // Series that exist from the start read 0 rather than "no data" in Prometheus
@@ -556,6 +583,36 @@ impl Metrics {
         self.rounds_taken_over
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    pub(super) fn artifact_refused(&self, reason: &'static str) {
+        self.artifacts_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(super) fn rollout_transition(&self, state: &'static str) {
+        self.rollout_transitions
+            .get_or_create(&StateLabels { state })
+            .inc();
+    }
+
+    /// `plugin`@`sha256` is what runs for `kind` now; the others of that kind are set to 0.
+    pub(super) fn plugin_running(&self, kind: PluginKind, plugin: &str, sha256: &str) {
+        let kind = kind_name(kind);
+        let labels = RunningLabels {
+            kind,
+            plugin: plugin.to_owned(),
+            sha256: sha256.to_owned(),
+        };
+        // A family cannot be iterated: the one set before is remembered instead.
+        let mut last = self.running_last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = last.insert(kind, labels.clone())
+            && previous != labels
+        {
+            self.plugin_running.get_or_create(&previous).set(0);
+        }
+        self.plugin_running.get_or_create(&labels).set(1);
     }
 
     pub(super) fn round_given_up(&self, reason: &'static str) {

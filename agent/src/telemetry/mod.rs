@@ -146,6 +146,21 @@ impl Telemetry {
         self.metrics.round_taken_over(outcome);
     }
 
+    /// A fleet artifact or rollout record refused (`reason`: the metrics label).
+    pub fn artifact_refused(&self, reason: &'static str) {
+        self.metrics.artifact_refused(reason);
+    }
+
+    /// A rollout transition this agent decided as the leader.
+    pub fn rollout_transition(&self, state: &'static str) {
+        self.metrics.rollout_transition(state);
+    }
+
+    /// What runs for `kind` now, with its component's digest.
+    pub fn plugin_running(&self, kind: PluginKind, plugin: &str, sha256: &str) {
+        self.metrics.plugin_running(kind, plugin, sha256);
+    }
+
     /// A round the previous leader released that this agent released past unfinished.
     pub fn round_given_up(&self, reason: &'static str) {
         self.metrics.round_given_up(reason);

@@ -25,6 +25,7 @@ mod plugins;
 mod publish;
 mod quorum;
 mod replay;
+mod rollout;
 mod sandbox;
 mod security;
 mod start_storm;

@@ -37,6 +37,8 @@ fn round(n: u64, devices: usize) -> Round {
         counter: Some(n as i64),
         version: fleetmeter::wire::VERSION,
         values: Some(vec![20.5; count]),
+        shadow: None,
+        rollout: None,
     }
 }
 

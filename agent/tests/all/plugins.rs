@@ -352,6 +352,8 @@ fn the_largest_metadata_a_plugin_may_declare_makes_a_round_the_api_accepts() {
         counter: None,
         version: fleetmeter::wire::VERSION,
         values: Some(vec![21.5]),
+        shadow: None,
+        rollout: None,
     };
     let json = serde_json::to_string(&round).unwrap();
     let stored: fleetmeter_api::round::Round = serde_json::from_str(&json).unwrap();

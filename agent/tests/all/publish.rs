@@ -71,6 +71,8 @@ fn result(round: u64, value: f64) -> Round {
         counter: Some(round as i64),
         version: fleetmeter::wire::VERSION,
         values: Some(vec![value - 0.5, value + 0.5]),
+        shadow: None,
+        rollout: None,
     }
 }
 

@@ -251,11 +251,11 @@ async fn devices_and_their_readings_come_from_the_stored_rounds() {
         "{refused}"
     );
     let mut future = round_v2(5, &[("1", 1.0)]);
-    future["version"] = json!(3);
+    future["version"] = json!(4);
     let (status, refused) = post(&client, &api, &future).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(
-        refused["error"].as_str().unwrap().contains("`version` 3"),
+        refused["error"].as_str().unwrap().contains("`version` 4"),
         "{refused}"
     );
     let (_, readings) = get_json(&client, &api.url("/api/v1/devices/1/readings")).await;

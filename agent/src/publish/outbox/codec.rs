@@ -121,7 +121,8 @@ pub(super) enum Parsed {
     },
     Marked {
         mark: String,
-        round: Round,
+        /// Boxed: a round is far larger than the other variants.
+        round: Box<Round>,
     },
     /// Anything else: the round's JSON, if it is one.
     Plain,
@@ -132,7 +133,10 @@ pub(super) fn parse(data: &[u8]) -> Parsed {
         return Parsed::Parts { parts, mark };
     }
     if let Ok(MarkedEntry { mark, round }) = serde_json::from_slice::<MarkedEntry>(data) {
-        return Parsed::Marked { mark, round };
+        return Parsed::Marked {
+            mark,
+            round: Box::new(round),
+        };
     }
     Parsed::Plain
 }
@@ -318,6 +322,8 @@ mod tests {
             counter: Some(3),
             version: crate::wire::VERSION,
             values: Some(vec![-1.7976931348623157e308; count]),
+            shadow: None,
+            rollout: None,
         }
     }
 

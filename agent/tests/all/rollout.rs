@@ -1,0 +1,552 @@
+//! Shipping plugins to a running fleet, with real parts only (ZooKeeper, Redis, the API,
+//! `fleetmeter run` processes, Debian's `minisign` where it is installed): no agent is
+//! restarted in any of these. Sensors switch at the announced round, canaries are judged by
+//! the leader, a trapping sensor is rolled back by itself, an aggregator runs in shadow,
+//! untrusted or altered artifacts are refused while rounds go on, a leader killed
+//! mid-rollout hands it over, and a device that joins mid-rollout runs the right plugin.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use crate::support::{
+    fixture,
+    fleet::{Fleet, SERIAL, fleetmeter, leader_of},
+    plugin, wait_until,
+};
+use fleetmeter::coord::barrier;
+use serde_json::Value;
+
+/// Runs `fleetmeter` on the fleet; panics with its output unless it succeeds.
+fn ok(fleet: &Fleet, args: &[&str]) -> String {
+    let out = fleetmeter(fleet, args);
+    assert!(
+        out.status.success(),
+        "fleetmeter {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a `fleetmeter` command that needs no fleet (keygen, sign).
+fn local(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fleetmeter {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A key pair made by `fleetmeter plugin keygen` in DIR: the public key.
+fn keygen(_fleet: &Fleet, dir: &Path) -> String {
+    local(&["plugin", "keygen", "--out", dir.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+/// Copies `wasm` into the fleet's directory as NAME.wasm, signs it with `secret`, publishes
+/// it; returns `NAME@sha256:HEX` as `publish` printed it.
+fn sign_and_publish(fleet: &Fleet, wasm: &Path, name: &str, secret: &Path) -> String {
+    let file = fleet.dir.path().join(format!("{name}.wasm"));
+    std::fs::copy(wasm, &file).unwrap();
+    local(&[
+        "plugin",
+        "sign",
+        file.to_str().unwrap(),
+        "--secret-key",
+        secret.to_str().unwrap(),
+    ]);
+    ok(fleet, &["plugin", "publish", file.to_str().unwrap()])
+        .trim()
+        .to_owned()
+}
+
+async fn open_round(fleet: &Fleet) -> u64 {
+    let admin = fleet.admin().await;
+    let client = admin.client().unwrap();
+    let open = barrier::current(&client).await.unwrap().unwrap().round;
+    drop(client);
+    admin.close().await;
+    open
+}
+
+fn rollout_status(fleet: &Fleet) -> Value {
+    serde_json::from_str(&ok(fleet, &["plugin", "rollout", "status", "--json"])).unwrap()
+}
+
+/// Waits until the rollout's state is `state`; returns the record.
+async fn wait_for_state(fleet: &Fleet, state: &str, deadline: Duration) -> Value {
+    wait_until(&format!("the rollout {state}"), deadline, || async {
+        rollout_status(fleet)["state"] == state
+    })
+    .await;
+    rollout_status(fleet)
+}
+
+/// Device `id`'s value in a stored round.
+fn value_of(round: &Value, id: &str) -> Option<f64> {
+    let devices = round["devices"].as_array()?;
+    let at = devices.iter().position(|d| d == id)?;
+    round["values"][at].as_f64()
+}
+
+/// A fleet of three whose agents trust the key made in `keys/`; returns the fleet and the
+/// secret key's path.
+async fn fleet_with_key() -> (Fleet, std::path::PathBuf) {
+    let mut fleet = Fleet::start("").await;
+    let keys = fleet.dir.path().join("keys");
+    let public = keygen(&fleet, &keys);
+    assert!(public.starts_with("RW"), "{public}");
+    fleet.agent_env("FLEETMETER_TRUSTED_KEYS", public);
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    fleet.round_once_joined(&["1", "2", "3"]).await;
+    fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+    (fleet, keys.join("fleetmeter.key"))
+}
+
+/// The tutorial's path end to end: a sensor signed with Debian's `minisign` (the standard
+/// tool), published, canaried on one device, promoted by its gates; each device's stored
+/// values switch at the announced rounds, and a device that joins mid-rollout runs what the
+/// rollout says for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_rounds() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    let keys = fleet.dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (secret, public_file) = (keys.join("k.key"), keys.join("k.pub"));
+    // The standard tool when installed (scripts/test installs it), else our own keygen.
+    let minisign = Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public_file)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let public = if minisign {
+        std::fs::read_to_string(&public_file)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .to_owned()
+    } else {
+        eprintln!("minisign is not installed: signing with fleetmeter plugin keygen|sign");
+        let public = keygen(&fleet, &keys);
+        std::fs::copy(keys.join("fleetmeter.key"), &secret).unwrap();
+        public
+    };
+    fleet.agent_env("FLEETMETER_TRUSTED_KEYS", public.clone());
+    for id in ["1", "2", "3"] {
+        fleet.spawn(id);
+    }
+    fleet.round_once_joined(&["1", "2", "3"]).await;
+    fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+
+    let file = fleet.dir.path().join("one.wasm");
+    std::fs::copy(fixture("raw-sensor"), &file).unwrap();
+    if minisign {
+        let signed = Command::new("minisign")
+            .args(["-S", "-s"])
+            .arg(&secret)
+            .arg("-m")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(signed.status.success(), "{signed:?}");
+    } else {
+        local(&[
+            "plugin",
+            "sign",
+            file.to_str().unwrap(),
+            "--secret-key",
+            secret.to_str().unwrap(),
+        ]);
+    }
+    let published = ok(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
+    let reference = published.trim();
+    assert!(reference.starts_with("raw-sensor@sha256:"), "{reference}");
+    // The same bytes again: a no-op.
+    let again = fleetmeter(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already stored"),
+        "{again:?}"
+    );
+    let listed = ok(&fleet, &["plugin", "list"]);
+    assert!(listed.contains("raw-sensor@0.1.0"), "{listed}");
+
+    let now = open_round(&fleet).await;
+    let at = now + 10;
+    let started = std::time::Instant::now();
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            reference,
+            "--canary",
+            "2",
+            "--rounds",
+            "4",
+            "--at-round",
+            &at.to_string(),
+        ],
+    );
+    // A second rollout while this one runs is refused, naming it.
+    let second = fleetmeter(
+        &fleet,
+        &["plugin", "rollout", "sensor", reference, "--canary", "1"],
+    );
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("rollout 1"),
+        "{second:?}"
+    );
+    // A device that joins during the canary: not a canary, so it runs its own sensor until
+    // the promotion.
+    wait_until("the canary round", Duration::from_secs(30), || async {
+        open_round(&fleet).await >= at
+    })
+    .await;
+    eprintln!(
+        "canary switch {} s after `rollout`",
+        started.elapsed().as_secs_f64()
+    );
+    fleet.spawn("4");
+    let record = wait_for_state(&fleet, "promoted", Duration::from_secs(60)).await;
+    let end = record["end_round"].as_u64().unwrap();
+    assert_eq!(record["judged"]["rounds"], 4, "{record}");
+    wait_until(
+        "rounds past the promotion",
+        Duration::from_secs(30),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .iter()
+                .any(|r| r["round"].as_u64().unwrap() >= end + 2)
+        },
+    )
+    .await;
+    let rounds = fleet.rounds().await;
+    for round in &rounds {
+        let n = round["round"].as_u64().unwrap();
+        for id in ["1", "2", "3", "4"] {
+            let Some(v) = value_of(round, id) else {
+                continue;
+            };
+            let switched = n >= end || (id == "2" && n >= at);
+            assert_eq!(
+                v == 1.0,
+                switched,
+                "round {n}, device {id}: value {v} (canary from {at}, everyone from {end})"
+            );
+        }
+    }
+    // Every round was stored: none lost to the switches.
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    // The status shows each device's digest, and the metrics carry it.
+    let digest = reference.split("sha256:").nth(1).unwrap();
+    let status = ok(&fleet, &["status"]);
+    assert!(status.contains(&digest[..12]), "{status}");
+    let metrics = fleet.scrape(&fleet.metrics_url("3")).await;
+    assert!(
+        metrics.contains(&format!("sha256=\"{digest}\"")),
+        "{metrics}"
+    );
+    let round = rounds.last().unwrap();
+    assert_eq!(round["rollout"]["state"], "promoted", "{round}");
+    assert_eq!(round["version"], 3);
+}
+
+/// A sensor that traps on every call is rolled back by itself within its canary rounds;
+/// no round is lost, and the canary reads its old sensor again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_sensor_is_rolled_back_by_itself_with_no_round_lost() {
+    let _serial = SERIAL.lock().await;
+    let (fleet, secret) = fleet_with_key().await;
+    let reference = sign_and_publish(&fleet, &fixture("misbehaving-sensor"), "trap", &secret);
+    let now = open_round(&fleet).await;
+    let at = now + 10;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            &reference,
+            "--canary",
+            "1",
+            "--config",
+            "mode=trap",
+            "--rounds",
+            "5",
+            "--at-round",
+            &at.to_string(),
+        ],
+    );
+    let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(60)).await;
+    let end = record["end_round"].as_u64().unwrap();
+    assert!(end <= at + 5 + 2, "rolled back at {end}, canary from {at}");
+    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("failures gate"), "{reason}");
+    wait_until(
+        "rounds past the rollback",
+        Duration::from_secs(30),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .iter()
+                .any(|r| r["round"].as_u64().unwrap() >= end + 2)
+        },
+    )
+    .await;
+    let rounds = fleet.rounds().await;
+    let numbers: Vec<u64> = rounds
+        .iter()
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    for round in &rounds {
+        let n = round["round"].as_u64().unwrap();
+        let has_1 = value_of(round, "1").is_some();
+        // The canary's readings are missing while it trapped, and back from the end round.
+        if (at..end).contains(&n) {
+            assert!(
+                !has_1,
+                "round {n} has device 1 while its sensor trapped: {round}"
+            );
+        } else if n >= end {
+            assert!(
+                has_1,
+                "round {n} misses device 1 after the rollback: {round}"
+            );
+        }
+    }
+    let log = fleet.log("agent-1.log");
+    assert!(log.contains("SWITCHED sensor"), "{log}");
+}
+
+/// An aggregator runs in shadow on the leader: its values are recorded beside the published
+/// ones, in the stored rounds and the record, then it is promoted and publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_runs_in_shadow_then_is_promoted() {
+    let _serial = SERIAL.lock().await;
+    let (fleet, secret) = fleet_with_key().await;
+    let reference = sign_and_publish(&fleet, &plugin("median"), "median", &secret);
+    let now = open_round(&fleet).await;
+    let at = now + 10;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "aggregator",
+            &reference,
+            "--rounds",
+            "3",
+            "--at-round",
+            &at.to_string(),
+        ],
+    );
+    let record = wait_for_state(&fleet, "promoted", Duration::from_secs(60)).await;
+    let end = record["end_round"].as_u64().unwrap();
+    let shadow = record["shadow"].as_array().unwrap();
+    assert_eq!(shadow.len(), 3, "{record}");
+    wait_until(
+        "rounds past the promotion",
+        Duration::from_secs(30),
+        || async {
+            fleet
+                .rounds()
+                .await
+                .iter()
+                .any(|r| r["round"].as_u64().unwrap() > end)
+        },
+    )
+    .await;
+    let rounds = fleet.rounds().await;
+    let mut shadowed = 0;
+    for round in &rounds {
+        let n = round["round"].as_u64().unwrap();
+        let aggregator = round["aggregator"].as_str().unwrap();
+        if n >= end {
+            assert!(aggregator.starts_with("median@"), "round {n}: {round}");
+        } else {
+            assert!(aggregator.starts_with("mean@"), "round {n}: {round}");
+        }
+        if !round["shadow"].is_null() {
+            shadowed += 1;
+            assert!(
+                round["shadow"]["aggregator"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("median@")
+            );
+            // The shadow is the median of the same readings.
+            let mut values: Vec<f64> = round["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            values.sort_by(f64::total_cmp);
+            let median = if values.len() % 2 == 1 {
+                values[values.len() / 2]
+            } else {
+                (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
+            };
+            let got = round["shadow"]["value"].as_f64().unwrap();
+            assert!((got - median).abs() < 1e-9, "round {n}: {got} vs {median}");
+        }
+    }
+    assert!(shadowed >= 3, "{shadowed} rounds with a shadow value");
+    let status = ok(&fleet, &["plugin", "rollout", "status"]);
+    assert!(
+        status.contains("shadow (round: published | shadow)"),
+        "{status}"
+    );
+}
+
+/// Unsigned, signed by an untrusted key, a chunk altered in ZooKeeper: each refused by the
+/// agents (logged, counted), the canary keeps its sensor, the rollout is rolled back, and
+/// the fleet's rounds go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_or_altered_artifacts_are_refused_while_the_fleet_runs_on() {
+    let _serial = SERIAL.lock().await;
+    let (fleet, _secret) = fleet_with_key().await;
+    // Unsigned.
+    let unsigned = fleet.dir.path().join("unsigned.wasm");
+    std::fs::copy(fixture("raw-sensor"), &unsigned).unwrap();
+    let unsigned = ok(&fleet, &["plugin", "publish", unsigned.to_str().unwrap()]);
+    // Signed by a key the agents do not trust.
+    let other = fleet.dir.path().join("other");
+    keygen(&fleet, &other);
+    let stranger = sign_and_publish(
+        &fleet,
+        &fixture("misbehaving-sensor"),
+        "stranger",
+        &other.join("fleetmeter.key"),
+    );
+    // Altered after publication: one chunk rewritten in ZooKeeper.
+    let altered = sign_and_publish(
+        &fleet,
+        &plugin("thermal-zone"),
+        "altered",
+        &fleet.dir.path().join("keys/fleetmeter.key"),
+    );
+    let digest = altered.split("sha256:").nth(1).unwrap().to_owned();
+    {
+        let admin = fleet.admin().await;
+        let client = admin.client().unwrap();
+        let chunk = format!("/artifacts/sha256-{digest}/c0000");
+        let (mut data, _) = client.get_data(&chunk).await.unwrap();
+        data[100] ^= 0xff;
+        client.set_data(&chunk, &data, None).await.unwrap();
+        drop(client);
+        admin.close().await;
+    }
+    for (reference, expect) in [
+        (unsigned.trim(), "unsigned"),
+        (stranger.as_str(), "does not trust"),
+        (altered.as_str(), "altered"),
+    ] {
+        let before = fleet.rounds().await.len();
+        let now = open_round(&fleet).await;
+        ok(
+            &fleet,
+            &[
+                "plugin",
+                "rollout",
+                "sensor",
+                reference,
+                "--canary",
+                "2",
+                "--rounds",
+                "3",
+                "--at-round",
+                &(now + 8).to_string(),
+            ],
+        );
+        let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(60)).await;
+        let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(reason.contains("does not run the artifact"), "{reason}");
+        assert!(reason.contains(expect), "{expect}: {reason}");
+        let log = fleet.log("agent-2.log");
+        assert!(log.contains("REFUSED a fleet plugin artifact"), "{log}");
+        // The canary never ran it; the fleet stored rounds throughout.
+        assert!(!log.contains("SWITCHED sensor"), "{log}");
+        assert!(fleet.rounds().await.len() > before);
+    }
+    let metrics = fleet.metrics("2").await;
+    for reason in ["signature", "bad_chunk"] {
+        let key = format!("fleetmeter_artifacts_refused_total{{reason=\"{reason}\"}}");
+        assert!(
+            metrics.get(&key).copied().unwrap_or(0.0) >= 1.0,
+            "{key}: {metrics:?}"
+        );
+    }
+}
+
+/// The leader killed mid-canary: the next leader continues the rollout from the stored
+/// record and promotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_rollout_and_the_next_finishes_it() {
+    let _serial = SERIAL.lock().await;
+    let (mut fleet, secret) = fleet_with_key().await;
+    let reference = sign_and_publish(&fleet, &fixture("raw-sensor"), "one", &secret);
+    let leader = leader_of(fleet.rounds().await.last().unwrap());
+    let canary = ["1", "2", "3"].into_iter().find(|d| *d != leader).unwrap();
+    let now = open_round(&fleet).await;
+    let at = now + 10;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            &reference,
+            "--canary",
+            canary,
+            "--rounds",
+            "6",
+            "--at-round",
+            &at.to_string(),
+        ],
+    );
+    wait_until(
+        "two judged canary rounds",
+        Duration::from_secs(40),
+        || async { rollout_status(&fleet)["judged"]["rounds"].as_u64() >= Some(2) },
+    )
+    .await;
+    fleet.signal(&leader, "KILL").wait().unwrap();
+    let record = wait_for_state(&fleet, "promoted", Duration::from_secs(60)).await;
+    let deciders: Vec<&str> = record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["by"].as_str())
+        .collect();
+    assert!(
+        deciders.last().is_some_and(|by| *by != leader),
+        "promoted by {deciders:?}; the killed leader was {leader}"
+    );
+    // Judged exactly `rounds` rounds in all: none counted twice across the leaders.
+    assert_eq!(record["judged"]["rounds"], 6, "{record}");
+}
