@@ -44,11 +44,16 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .axis {{ font-size: 11px; fill: #666; }}
 .mark-leader line {{ stroke: #9467bd; stroke-dasharray: 4 3; }}
 .mark-leader text {{ fill: #9467bd; }}
+.mark-rollout line {{ stroke: #2ca02c; stroke-dasharray: 2 2; }}
+.mark-rollout text {{ fill: #2ca02c; }}
+.shadow {{ fill: #fff; stroke: #ff7f0e; stroke-width: 2; }}
 .legend {{ font-size: 0.85rem; color: #555; }}
 .legend span {{ display: inline-block; width: 1.2rem; height: 0.6rem; margin: 0 0.3rem 0 0.8rem; vertical-align: middle; }}
 .key-line {{ border-top: 2px solid #1f77b4; }}
 .key-missing {{ border: 2px solid #d62728; border-radius: 50%; width: 0.5rem !important; height: 0.5rem !important; }}
 .key-leader {{ border-left: 2px dashed #9467bd; width: 0 !important; height: 0.9rem !important; }}
+.key-rollout {{ border-left: 2px dotted #2ca02c; width: 0 !important; height: 0.9rem !important; }}
+.key-shadow {{ border: 2px solid #ff7f0e; border-radius: 50%; width: 0.5rem !important; height: 0.5rem !important; }}
 #devices {{ display: flex; flex-wrap: wrap; gap: 0.6rem; }}
 .device {{ border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 0.7rem; min-width: 9rem; background: #fff; }}
 .device.stale {{ border-color: #d62728; background: #fff5f5; }}
@@ -188,6 +193,49 @@ fn chart(html: &mut String, rounds: &[Round]) {
             );
         }
     }
+    // Plugin rollouts: where the rollout in effect (or its state) changed.
+    for pair in points.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        let state = |r: &Round| r.rollout.as_ref().map(|m| (m.id, m.state.clone()));
+        if let Some(mark) = &after.rollout
+            && state(before) != state(after)
+        {
+            let at = x(after.ts);
+            let label = format!("rollout {} {}", mark.id, mark.state);
+            let _ = writeln!(
+                html,
+                r#"<g class="mark-rollout" data-round="{}"><line x1="{at:.1}" x2="{at:.1}" y1="{TOP}" y2="{:.1}"/><text class="axis" x="{at:.1}" y="{:.1}" text-anchor="middle">{}</text><title>round {}: {} rollout {} of {} is {}</title></g>"#,
+                after.round,
+                H - BOTTOM,
+                TOP - 8.0,
+                escape(&short(&label)),
+                after.round,
+                escape(&mark.kind),
+                mark.id,
+                escape(&mark.plugin),
+                escape(&mark.state)
+            );
+        }
+    }
+    // A new aggregator in shadow: its value beside the published one.
+    for r in &points {
+        if let Some(shadow) = &r.shadow
+            && let Some(v) = shadow.value
+            && v.is_finite()
+        {
+            let _ = writeln!(
+                html,
+                r#"<circle class="shadow" data-round="{}" cx="{:.1}" cy="{:.1}" r="3"><title>round {}: {} in shadow: {} (published: {})</title></circle>"#,
+                r.round,
+                x(r.ts),
+                y(v.clamp(lo, hi)),
+                r.round,
+                escape(&shadow.aggregator),
+                Shown(v),
+                Shown(r.value)
+            );
+        }
+    }
     let polyline: Vec<String> = points
         .iter()
         .map(|r| format!("{:.1},{:.1}", x(r.ts), y(r.value)))
@@ -243,7 +291,9 @@ fn chart(html: &mut String, rounds: &[Round]) {
     html.push_str(
         "<p class=\"legend\"><span class=\"key-line\"></span> value per round \
          <span class=\"key-missing\"></span> a device missing \
-         <span class=\"key-leader\"></span> leader changed</p>\n",
+         <span class=\"key-leader\"></span> leader changed \
+         <span class=\"key-rollout\"></span> plugin rollout \
+         <span class=\"key-shadow\"></span> aggregator in shadow</p>\n",
     );
 }
 
@@ -549,6 +599,43 @@ mod tests {
         );
         assert_eq!(html.matches("<svg class=\"spark\"").count(), 3);
         assert!(!html.contains("0000000"), "no float noise: {html}");
+    }
+
+    #[test]
+    fn rollout_transitions_and_shadow_values_are_marked() {
+        use fleetmeter_wire::{RolloutMark, Shadow};
+        let mark = |state: &str| RolloutMark {
+            id: 2,
+            kind: "aggregator".into(),
+            plugin: "median@0.1.0".into(),
+            state: state.into(),
+        };
+        let mut rounds = vec![
+            round(4, "1", &[("1", 80.4), ("2", 79.1)]),
+            round(3, "1", &[("1", 80.3), ("2", 79.2)]),
+            round(2, "1", &[("1", 80.2), ("2", 79.3)]),
+            round(1, "1", &[("1", 80.1), ("2", 79.4)]),
+        ];
+        rounds[2].rollout = Some(mark("canary"));
+        rounds[2].shadow = Some(Shadow {
+            aggregator: "median<b>@0.1.0".into(),
+            value: Some(79.75),
+            error: None,
+        });
+        rounds[1].rollout = Some(mark("canary"));
+        rounds[0].rollout = Some(mark("promoted"));
+        let html = render("h", &rounds, &[]);
+        assert_eq!(html.matches("class=\"mark-rollout\"").count(), 2, "{html}");
+        assert!(html.contains("<g class=\"mark-rollout\" data-round=\"2\">"));
+        assert!(
+            html.contains("aggregator rollout 2 of median@0.1.0 is promoted"),
+            "{html}"
+        );
+        assert_eq!(html.matches("<circle class=\"shadow\"").count(), 1);
+        assert!(
+            html.contains("median&lt;b&gt;@0.1.0 in shadow: 79.75"),
+            "{html}"
+        );
     }
 
     #[test]

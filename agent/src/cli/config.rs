@@ -45,9 +45,28 @@ pub(super) async fn run(command: ConfigCommand) -> Result<ExitCode> {
             let (parsed, value) = crate::status::validate(&key, &value, &plugin_dir)?;
             let session = fleet.connect().await?;
             let written = crate::status::set(&session, parsed, &value).await;
+            // A promoted aggregator rollout takes precedence over this key: say so.
+            let assigned = match (&written, parsed, session.client()) {
+                (Ok(()), Key::Aggregator, Ok(client)) => crate::rollout::store::read_assignment(
+                    &client,
+                    crate::rollout::Kind::Aggregator,
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|read| read.value.ok()),
+                _ => None,
+            };
             session.close().await;
             written?;
             println!("{key} = {value}");
+            if let Some(a) = assigned {
+                eprintln!(
+                    "warning: the fleet publishes with {} (promoted by rollout {}), which takes precedence over this key; roll out another aggregator to change it",
+                    crate::text::one_line_bounded(&a.artifact.label(), 100),
+                    a.rollout
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -686,8 +686,25 @@ fn operator() -> String {
     format!("cli:{}", one_line_bounded(&user, 32))
 }
 
-/// `promote` or `abort`, by hand.
+/// `promote` or `abort`, by hand; read again and retried when the leader wrote the record
+/// meanwhile (it does every canary round).
 async fn decide(client: &FleetClient, state: State, reason: String) -> Result<ExitCode> {
+    for _ in 0..5 {
+        match decide_once(client, state, reason.clone()).await {
+            Err(err)
+                if err
+                    .downcast_ref::<store::WriteError>()
+                    .is_some_and(|e| matches!(e, store::WriteError::Moved)) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            done => return done,
+        }
+    }
+    bail!("the rollout record kept changing under this command; try again")
+}
+
+async fn decide_once(client: &FleetClient, state: State, reason: String) -> Result<ExitCode> {
     let Some(Read {
         value: Ok(mut r),
         version,

@@ -550,3 +550,211 @@ async fn a_leader_killed_mid_rollout_and_the_next_finishes_it() {
     // Judged exactly `rounds` rounds in all: none counted twice across the leaders.
     assert_eq!(record["judged"]["rounds"], 6, "{record}");
 }
+
+/// The artifact store against a real ZooKeeper: a plugin larger than one transaction is
+/// written in several and is visible only once complete; the same bytes twice are a no-op;
+/// an artifact over the reader's bound is refused before any chunk is read; a missing chunk,
+/// an altered chunk and a manifest naming other bytes are each refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_artifact_store_checks_every_byte_it_hands_out() {
+    use fleetmeter::{
+        coord::{Session, ZkSettings},
+        rollout::artifacts::{self, ArtifactError, Manifest, Published},
+    };
+    let zk = crate::support::zk::ZkServer::start();
+    let session = Session::connect(ZkSettings {
+        connect_timeout: Duration::from_secs(20),
+        ..ZkSettings::new(zk.hosts(), "/store")
+    })
+    .await
+    .unwrap();
+    session.ensure_root().await.unwrap();
+    let client = session.client().unwrap();
+    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let manifest = artifacts::describe(
+        &bytes,
+        Manifest {
+            format: 0,
+            name: "big".into(),
+            version: "1.0.0".into(),
+            kind: "sensor".into(),
+            contract: "0.1.0".into(),
+            unit: String::new(),
+            sha256: String::new(),
+            size: 0,
+            chunk_bytes: 0,
+            chunks: Vec::new(),
+            signature: None,
+            signer: None,
+            published_at: 1,
+        },
+    );
+    let digest = manifest.sha256.clone();
+    let published = artifacts::publish(&client, &bytes, &manifest)
+        .await
+        .unwrap();
+    let Published::Stored {
+        transactions,
+        bytes: written,
+    } = published
+    else {
+        panic!("{published:?}")
+    };
+    assert_eq!(transactions, 2, "1 MB in transactions of at most 768 KiB");
+    eprintln!("1,000,000 bytes stored as {written} bytes in {transactions} transactions");
+    assert_eq!(
+        artifacts::publish(&client, &bytes, &manifest)
+            .await
+            .unwrap(),
+        Published::AlreadyThere
+    );
+    let (read, fetched) = artifacts::fetch(&client, &digest, 4 << 20).await.unwrap();
+    assert_eq!(read, manifest);
+    assert_eq!(fetched, bytes);
+    // Every node has the root's ACL (here: open, as the root).
+    let node = artifacts::node(&digest);
+    let (acl, _) = client.get_acl(&format!("{node}/c0000")).await.unwrap();
+    let (root_acl, _) = client.get_acl("/").await.unwrap();
+    assert_eq!(acl, root_acl);
+
+    // Over the reader's bound: refused from the manifest alone.
+    let err = artifacts::fetch(&client, &digest, 512 * 1024)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ArtifactError::TooLarge { .. }), "{err}");
+    // A manifest that claims 20 MiB over no chunks at all: refused before any chunk read.
+    let fake = "f".repeat(64);
+    let mut huge = manifest.clone();
+    huge.sha256 = fake.clone();
+    huge.size = 20 << 20;
+    huge.chunks = vec!["0".repeat(64); (20 << 20) / artifacts::CHUNK_BYTES];
+    client
+        .create(
+            &artifacts::node(&fake),
+            &serde_json::to_vec(&huge).unwrap(),
+            &client.persistent(),
+        )
+        .await
+        .unwrap();
+    let err = artifacts::fetch(&client, &fake, 4 << 20).await.unwrap_err();
+    assert!(matches!(err, ArtifactError::TooLarge { .. }), "{err}");
+
+    // An altered chunk.
+    let chunk = format!("{node}/c0003");
+    let (original, _) = client.get_data(&chunk).await.unwrap();
+    let mut altered = original.clone();
+    altered[0] ^= 1;
+    client.set_data(&chunk, &altered, None).await.unwrap();
+    let err = artifacts::fetch(&client, &digest, 4 << 20)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chunk 3"), "{err}");
+    assert_eq!(err.reason(), "bad_chunk");
+    // A truncated chunk list.
+    client.set_data(&chunk, &original, None).await.unwrap();
+    client.delete(&format!("{node}/c0007"), None).await.unwrap();
+    let err = artifacts::fetch(&client, &digest, 4 << 20)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("list"), "{err}");
+    // A manifest naming other bytes.
+    let mut other = manifest.clone();
+    other.sha256 = "e".repeat(64);
+    client
+        .set_data(&node, &serde_json::to_vec(&other).unwrap(), None)
+        .await
+        .unwrap();
+    let err = artifacts::fetch(&client, &digest, 4 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "bad_manifest", "{err}");
+    // Unknown.
+    let err = artifacts::fetch(&client, &"a".repeat(64), 4 << 20)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "unknown", "{err}");
+    drop(client);
+    session.close().await;
+}
+
+/// A rollout record of garbage is refused by every agent (logged, counted); the fleet's
+/// rounds go on with the plugins it runs. Agents with no trusted key refuse rollouts, and
+/// say both ways out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start("").await;
+    for id in ["1", "2"] {
+        fleet.spawn(id);
+    }
+    fleet.round_once_joined(&["1", "2"]).await;
+    fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+    {
+        let admin = fleet.admin().await;
+        let client = admin.client().unwrap();
+        client
+            .create(
+                "/rollout",
+                b"{\"id\": \"garbage\x1b[31m",
+                &client.persistent(),
+            )
+            .await
+            .unwrap();
+        drop(client);
+        admin.close().await;
+    }
+    wait_until(
+        "the garbage record refused",
+        Duration::from_secs(20),
+        || async { fleet.log("agent-1.log").contains("does not parse") },
+    )
+    .await;
+    let before = fleet.rounds().await.len();
+    fleet
+        .wait_for_rounds(before + 2, Duration::from_secs(20))
+        .await;
+    let metrics = fleet.metrics("1").await;
+    assert!(
+        metrics
+            .get("fleetmeter_artifacts_refused_total{reason=\"bad_record\"}")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics:?}"
+    );
+    assert!(!fleet.log("agent-1.log").contains("\x1b[31m"), "escaped");
+    let status = ok(&fleet, &["status"]);
+    assert!(status.contains("does not parse"), "{status}");
+    // Replace it with a real rollout: these agents trust no key.
+    {
+        let admin = fleet.admin().await;
+        let client = admin.client().unwrap();
+        client.delete("/rollout", None).await.unwrap();
+        drop(client);
+        admin.close().await;
+    }
+    let file = fleet.dir.path().join("one.wasm");
+    std::fs::copy(fixture("raw-sensor"), &file).unwrap();
+    let reference = ok(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
+    let now = open_round(&fleet).await;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            reference.trim(),
+            "--canary",
+            "1",
+            "--at-round",
+            &(now + 6).to_string(),
+        ],
+    );
+    let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(40)).await;
+    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("trusted_keys"), "{reason}");
+    assert!(reason.contains("allow_unsigned_rollouts"), "{reason}");
+}
