@@ -266,8 +266,13 @@ pub fn render(status: &Status) -> String {
                 r.round
             )),
             None => out.push_str(&format!(
-                "  {}{mark}: no reading yet [{runs}]\n",
-                one_line(&m.id)
+                "  {}{mark}: {} [{runs}]\n",
+                one_line(&m.id),
+                if m.advert.failed.is_some() {
+                    "no reading"
+                } else {
+                    "no reading yet"
+                }
             )),
         }
     }

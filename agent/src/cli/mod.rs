@@ -14,6 +14,7 @@
 //! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
 
 mod config;
+mod engine_args;
 mod health;
 mod outbox;
 mod plugin;
@@ -28,7 +29,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use plugin::{EngineArgs, LimitArgs, PluginCommand};
+pub use engine_args::EngineArgs;
+pub use plugin::{LimitArgs, PluginCommand};
 pub use run::RunArgs;
 
 use crate::config::keys;

@@ -3,7 +3,6 @@
 
 use std::{
     io::Write,
-    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -11,12 +10,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::{
-    config::keys,
-    plugin::{
-        self, AggregatorPlugin, CallError, DirGrant, EngineOptions, Grants, Limits, PluginEngine,
-        PluginSettings, Reading, SensorPlugin,
-    },
+pub use super::engine_args::EngineArgs;
+use super::engine_args::{engine, locate, parse_key_value};
+use crate::plugin::{
+    self, AggregatorPlugin, CallError, DirGrant, Grants, Limits, PluginSettings, Reading,
+    SensorPlugin,
 };
 
 #[derive(Debug, Subcommand)]
@@ -77,25 +75,6 @@ pub enum PluginCommand {
     },
 }
 
-/// Where plugins and compiled code live.
-#[derive(Debug, Args)]
-pub struct EngineArgs {
-    /// Directory where plugin names are looked up (`mean` means DIR/mean.wasm).
-    #[arg(
-        long = keys::PLUGIN_DIR.long(),
-        env = keys::PLUGIN_DIR.var(),
-        default_value = keys::PLUGIN_DIR.default.trim_matches('"')
-    )]
-    pub plugin_dir: PathBuf,
-    /// Directory for compiled plugins [default: $XDG_CACHE_HOME/fleetmeter/plugins or
-    /// ~/.cache/fleetmeter/plugins].
-    #[arg(long, env = "FLEETMETER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Compile plugins on every start instead of using the cache.
-    #[arg(long)]
-    pub no_cache: bool,
-}
-
 /// Sandbox limits for one call.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
@@ -119,43 +98,6 @@ impl LimitArgs {
             ..Limits::default()
         }
     }
-}
-
-pub(super) fn parse_key_value(raw: &str) -> Result<(String, String), String> {
-    match raw.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err(format!("`{raw}` is not KEY=VALUE")),
-    }
-}
-
-pub(super) fn engine(args: &EngineArgs, fuel: bool) -> Result<PluginEngine> {
-    let cache_dir = if args.no_cache {
-        None
-    } else {
-        args.cache_dir.clone().or_else(plugin::default_cache_dir)
-    };
-    Ok(PluginEngine::new(EngineOptions {
-        cache_dir,
-        fuel,
-        ..EngineOptions::default()
-    })?)
-}
-
-pub(super) fn locate(file: &str, args: &EngineArgs) -> Result<PathBuf> {
-    let path = plugin::resolve(file, &args.plugin_dir);
-    if !path.exists() {
-        if path.starts_with(&args.plugin_dir) {
-            bail!(
-                "no plugin `{file}`: {} does not exist (build the bundled plugins with \
-                 scripts/build-plugins, or pass a path to a .wasm file)",
-                path.display()
-            );
-        }
-        bail!("plugin file {} does not exist", path.display());
-    }
-    Ok(path)
 }
 
 /// Plugin calls are futures under a deadline: they run on a small runtime of their own.

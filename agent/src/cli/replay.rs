@@ -8,7 +8,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::plugin::{EngineArgs, LimitArgs, engine, locate, parse_key_value};
+use super::{
+    engine_args::{EngineArgs, engine, locate, parse_key_value},
+    plugin::LimitArgs,
+};
 use crate::{
     plugin::{AggregatorPlugin, Grants, PluginSettings, Reading},
     publish::read_bounded,

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 
 use super::{
     FleetArgs,
-    plugin::{EngineArgs, engine, locate, parse_key_value},
+    engine_args::{EngineArgs, engine, locate, parse_key_value},
 };
 use crate::{
     config::keys,

@@ -284,6 +284,14 @@ pub const TRUSTED_KEYS: Key = Key::file("[plugins] trusted_keys", "[plugins] tru
     .flag("trusted-key", "KEY")
     .env("FLEETMETER_TRUSTED_KEYS")
     .note("minisign public keys (`RW…`) whose signatures this agent accepts on fleet plugin artifacts; the variable takes them comma-separated, the flag is repeatable. With none, rollouts are refused unless `allow_unsigned_rollouts`");
+pub const TRUSTED_KEYS_FILE: Key = Key::file(
+    "[plugins] trusted_keys_file",
+    "[plugins] trusted_keys_file",
+    "",
+)
+.flag("trusted-keys-file", "PATH")
+.env("FLEETMETER_TRUSTED_KEYS_FILE")
+.note("a file of trusted minisign public keys, one per line (a minisign `.pub` file is one); added to `trusted_keys`");
 pub const ALLOW_UNSIGNED_ROLLOUTS: Key = Key::file(
     "[plugins] allow_unsigned_rollouts",
     "[plugins] allow_unsigned_rollouts",
@@ -427,6 +435,7 @@ pub const ALL: &[Key] = &[
     PLUGIN_DIR,
     CACHE_DIR,
     TRUSTED_KEYS,
+    TRUSTED_KEYS_FILE,
     ALLOW_UNSIGNED_ROLLOUTS,
     MAX_ARTIFACT_MIB,
     SENSOR_CONFIG,

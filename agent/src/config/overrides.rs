@@ -78,6 +78,9 @@ pub struct Overrides {
     /// [plugins] trusted_keys.
     #[arg(long = keys::TRUSTED_KEYS.long(), env = keys::TRUSTED_KEYS.var(), value_name = keys::TRUSTED_KEYS.value(), value_delimiter = ',')]
     pub trusted_keys: Vec<String>,
+    /// A file of trusted minisign public keys, one per line (a minisign .pub file is one).
+    #[arg(long = keys::TRUSTED_KEYS_FILE.long(), env = keys::TRUSTED_KEYS_FILE.var(), value_name = keys::TRUSTED_KEYS_FILE.value())]
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 impl Overrides {

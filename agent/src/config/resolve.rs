@@ -142,12 +142,26 @@ fn rollouts(
     } else {
         &file.trusted_keys
     };
-    let trusted = raw
+    let mut trusted = raw
         .iter()
         .filter(|k| !k.trim().is_empty())
         .map(|k| crate::rollout::signing::TrustedKey::parse(k))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| origin.invalid(&keys::TRUSTED_KEYS, overridden, e.into()))?;
+    let file_overridden = o.trusted_keys_file.is_some();
+    if let Some(path) = o
+        .trusted_keys_file
+        .as_ref()
+        .or(file.trusted_keys_file.as_ref())
+    {
+        let found = crate::rollout::signing::TrustedKey::read_all(path)
+            .map_err(|e| origin.invalid(&keys::TRUSTED_KEYS_FILE, file_overridden, e.into()))?;
+        for key in found {
+            if !trusted.contains(&key) {
+                trusted.push(key);
+            }
+        }
+    }
     let mib = count(origin, &keys::MAX_ARTIFACT_MIB, file.max_artifact_mib)?;
     Ok(crate::config::RolloutSettings {
         trust: crate::rollout::signing::TrustPolicy {

@@ -90,16 +90,27 @@ impl TrustedKey {
         })
     }
 
-    /// Reads a minisign `.pub` file (its second line is the key).
-    pub fn read(path: &Path) -> Result<Self, SignatureError> {
+    /// Every key in a file: one per line, as bare `RW…` keys or minisign `.pub` files
+    /// (their `untrusted comment:` lines, blank lines and `#` comments are skipped). A file
+    /// that names no key is an error: an agent must not silently trust nothing.
+    pub fn read_all(path: &Path) -> Result<Vec<Self>, SignatureError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| SignatureError::Malformed(format!("{}: {e}", path.display())))?;
-        let line = text
+        let keys = text
             .lines()
             .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-            .unwrap_or("");
-        Self::parse(line)
+            .filter(|l| {
+                !l.is_empty() && !l.starts_with('#') && !l.starts_with("untrusted comment:")
+            })
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(SignatureError::Malformed(format!(
+                "{} holds no public key",
+                path.display()
+            )));
+        }
+        Ok(keys)
     }
 
     pub fn id(&self) -> &str {

@@ -70,6 +70,8 @@ pub struct Plugins {
     aggregator: Mutex<Held<AggregatorPlugin>>,
     standby_sensors: Mutex<Vec<Held<SensorPlugin>>>,
     standby_aggregators: Mutex<Vec<Held<AggregatorPlugin>>>,
+    /// The artifact aggregator last found missing (said once).
+    missing_aggregator: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -143,6 +145,7 @@ impl Plugins {
             }),
             standby_sensors: Mutex::new(Vec::new()),
             standby_aggregators: Mutex::new(Vec::new()),
+            missing_aggregator: std::sync::Mutex::new(None),
         })
     }
 
@@ -335,7 +338,15 @@ impl Plugins {
                     }
                 }
                 Slot::Artifact { sha256, .. } => {
-                    tracing::error!(sha256 = %sha256, "the aggregator the rollout names is not loaded here (see this agent's earlier errors); keeping the current one");
+                    // Once per artifact: the same holds every round until it is loaded.
+                    let mut missing = self
+                        .missing_aggregator
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if missing.as_deref() != Some(sha256.as_str()) {
+                        tracing::error!(sha256 = %sha256, "the aggregator the fleet's rollout names is not loaded here (see this agent's REFUSED line); publishing with the current one");
+                        *missing = Some(sha256.clone());
+                    }
                     return;
                 }
             },

@@ -130,6 +130,8 @@ async fn the_demo_runs_the_fleet_and_stops_everything_on_ctrl_c() {
     )
     .await;
 
+    ship_as_printed(&printed(), dir.path()).await;
+
     let pids: Vec<(u32, String)> = std::fs::read_to_string(dir.path().join("pids"))
         .unwrap()
         .lines()
@@ -187,6 +189,45 @@ async fn the_demo_runs_the_fleet_and_stops_everything_on_ctrl_c() {
         text.contains(&format!("logs are in {}", dir.path().display())),
         "{text}"
     );
+}
+
+/// Runs the "ship a plugin" commands the demo printed, as a user would copy them, with a
+/// sensor that reads 1: signed with the demo's key, published, rolled out to device 2, which
+/// is promoted by its gates.
+async fn ship_as_printed(text: &str, dir: &std::path::Path) {
+    let start = text
+        .find("ship a plugin")
+        .unwrap_or_else(|| panic!("no ship commands in:\n{text}"));
+    let commands: Vec<String> = text[start + "ship a plugin".len()..]
+        .lines()
+        .take(4)
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert!(commands[0].contains("plugin sign"), "{commands:?}");
+    let file = dir.join("one.wasm");
+    std::fs::copy(crate::support::fixture("raw-sensor"), &file).unwrap();
+    let run = |command: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command.replace("FILE.wasm", file.to_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    run(&commands[0]);
+    let reference = run(&commands[1]);
+    assert!(reference.starts_with("raw-sensor@sha256:"), "{reference}");
+    run(&format!(
+        "{} --rounds 2",
+        commands[2].replace("NAME@sha256:HEX", &reference)
+    ));
+    wait_until(
+        "the demo's rollout promoted",
+        Duration::from_secs(60),
+        || async { run(&commands[3]).contains("state: promoted") },
+    )
+    .await;
 }
 
 /// Sends the demo script the signal ctrl-c would when dropped (a no-op once it has exited).

@@ -478,12 +478,24 @@ fn the_compose_defaults_are_secure() {
     let auth: fleetmeter::coord::ZkAuth = first["zk-auth"].parse().unwrap();
     assert_eq!(auth.user(), "fleet");
     use std::os::unix::fs::PermissionsExt;
-    for file in ["api-token", "zk-auth", "grafana-admin"] {
+    for file in ["api-token", "zk-auth", "grafana-admin", "signing.key"] {
         let mode = std::fs::metadata(dir.path().join(file))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o400, "{file}: {mode:o}");
+    }
+    // Signed rollouts by default: the agents trust the stack's signing key, a real one.
+    let keys = fleetmeter::rollout::signing::TrustedKey::read_all(&dir.path().join("signing.pub"))
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    for service in compose.agents().values() {
+        let env = environment(service);
+        assert_eq!(
+            env.get("FLEETMETER_TRUSTED_KEYS_FILE").map(String::as_str),
+            Some("/run/fleetmeter/signing.pub"),
+            "{env:?}"
+        );
     }
 }
 

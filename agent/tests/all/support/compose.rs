@@ -174,9 +174,20 @@ impl Compose {
             .filter(|l| !l.trim_start().starts_with("chown "))
             .collect::<Vec<_>>()
             .join("\n");
+        // The script runs `fleetmeter` (the image's); here, the one just built.
+        let bin = Path::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let status = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(&script)
+            .env("PATH", path)
             .status()
             .expect("run /bin/sh");
         assert!(status.success(), "the secrets script failed: {script}");
