@@ -725,6 +725,31 @@ async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on
     assert!(!fleet.log("agent-1.log").contains("\x1b[31m"), "escaped");
     let status = ok(&fleet, &["status"]);
     assert!(status.contains("does not parse"), "{status}");
+    // A well-formed record naming an artifact that is not stored: refused by the agents
+    // (`unknown`), the canary keeps its sensor and the rollout is rolled back.
+    {
+        let admin = fleet.admin().await;
+        let client = admin.client().unwrap();
+        let now = barrier::current(&client).await.unwrap().unwrap().round;
+        let record = serde_json::json!({
+            "id": 1, "kind": "sensor",
+            "artifact": {"name": "ghost", "version": "1", "sha256": "b".repeat(64)},
+            "canary": {"devices": ["1"]}, "rounds": 2, "state": "canary",
+            "start_round": now + 4,
+        });
+        client
+            .set_data("/rollout", &serde_json::to_vec(&record).unwrap(), None)
+            .await
+            .unwrap();
+        drop(client);
+        admin.close().await;
+    }
+    let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(40)).await;
+    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("no artifact sha256:bbbb"), "{reason}");
     // Replace it with a real rollout: these agents trust no key.
     {
         let admin = fleet.admin().await;
@@ -757,4 +782,122 @@ async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on
         .to_owned();
     assert!(reason.contains("trusted_keys"), "{reason}");
     assert!(reason.contains("allow_unsigned_rollouts"), "{reason}");
+}
+
+/// `--manual` waits after its gates pass until `promote`; `abort` sends the canaries back to
+/// their previous sensor; `gc` removes what nothing references and keeps what the fleet runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_promotion_abort_and_gc() {
+    let _serial = SERIAL.lock().await;
+    let (fleet, secret) = fleet_with_key().await;
+    let one = sign_and_publish(&fleet, &fixture("raw-sensor"), "one", &secret);
+    let now = open_round(&fleet).await;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            &one,
+            "--canary",
+            "3",
+            "--rounds",
+            "2",
+            "--manual",
+            "--at-round",
+            &(now + 8).to_string(),
+        ],
+    );
+    let record = wait_for_state(&fleet, "waiting", Duration::from_secs(40)).await;
+    assert!(record["end_round"].is_null(), "{record}");
+    let promoted = ok(&fleet, &["plugin", "rollout", "promote"]);
+    assert!(promoted.contains("promoted"), "{promoted}");
+    let record = rollout_status(&fleet);
+    assert_eq!(record["state"], "promoted");
+    assert!(
+        record["history"].as_array().unwrap().last().unwrap()["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("cli:")
+    );
+    let end = record["end_round"].as_u64().unwrap();
+    wait_until(
+        "every device on the new sensor",
+        Duration::from_secs(30),
+        || async {
+            fleet.rounds().await.iter().any(|r| {
+                r["round"].as_u64().unwrap() >= end
+                    && ["1", "2", "3"].iter().all(|d| value_of(r, d) == Some(1.0))
+            })
+        },
+    )
+    .await;
+
+    // A second sensor, aborted by hand while in canary: the canary returns to `one`, the
+    // fleet's sensor since the promotion (not to its own configuration).
+    let counting = sign_and_publish(&fleet, &fixture("misbehaving-sensor"), "counting", &secret);
+    let now = open_round(&fleet).await;
+    let at = now + 8;
+    ok(
+        &fleet,
+        &[
+            "plugin",
+            "rollout",
+            "sensor",
+            &counting,
+            "--canary",
+            "1",
+            "--config",
+            "mode=ok",
+            "--rounds",
+            "100",
+            "--at-round",
+            &at.to_string(),
+        ],
+    );
+    wait_until("the canary running it", Duration::from_secs(40), || async {
+        fleet.rounds().await.iter().any(|r| {
+            r["round"].as_u64().unwrap() >= at && value_of(r, "1").is_some_and(|v| v != 1.0)
+        })
+    })
+    .await;
+    let aborted = ok(
+        &fleet,
+        &["plugin", "rollout", "abort", "--reason", "changed my mind"],
+    );
+    assert!(aborted.contains("aborted"), "{aborted}");
+    let record = rollout_status(&fleet);
+    assert_eq!(record["state"], "aborted");
+    let end = record["end_round"].as_u64().unwrap();
+    wait_until("rounds past the abort", Duration::from_secs(30), || async {
+        fleet
+            .rounds()
+            .await
+            .iter()
+            .any(|r| r["round"].as_u64().unwrap() >= end + 1)
+    })
+    .await;
+    for r in fleet.rounds_after(end - 1).await {
+        assert_eq!(
+            value_of(&r, "1"),
+            Some(1.0),
+            "device 1 after the abort: {r}"
+        );
+    }
+
+    // gc: an artifact nothing references goes; the fleet's sensor (`one`) and the aborted
+    // rollout's artifact stay.
+    let spare = sign_and_publish(&fleet, &plugin("median"), "spare", &secret);
+    let spare_digest = spare.split("sha256:").nth(1).unwrap().to_owned();
+    ok(&fleet, &["plugin", "gc", "--keep", "0"]);
+    let listed = ok(&fleet, &["plugin", "list"]);
+    assert!(!listed.contains(&spare_digest), "{listed}");
+    for kept in [&one, &counting] {
+        let digest = kept.split("sha256:").nth(1).unwrap();
+        assert!(listed.contains(digest), "{kept} removed:\n{listed}");
+    }
+    assert!(
+        listed.contains("the fleet's sensor since round"),
+        "{listed}"
+    );
 }
