@@ -583,6 +583,7 @@ async fn start(client: &FleetClient, kind: Kind, args: &RolloutArgs) -> Result<E
             "which devices first? give --canary with device ids (`--canary 1,3`) or a share (`--canary 10%`)"
         ),
     };
+    crate::rollout::record::check_config(&args.config).map_err(anyhow::Error::msg)?;
     if args.rounds == 0 || args.rounds > crate::rollout::record::MAX_ROUNDS {
         bail!(
             "--rounds must be 1 to {}",

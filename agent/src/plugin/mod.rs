@@ -115,6 +115,18 @@ pub struct Reading {
     pub value: f64,
 }
 
+/// Whether `name` and `version` follow the metadata rules (what a plugin may call itself):
+/// for names and versions read from elsewhere (a rollout record, a manifest) before they are
+/// logged or shown.
+pub fn check_label(name: &str, version: &str) -> Result<(), String> {
+    metadata::validate(&Metadata {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        ..Metadata::default()
+    })
+    .map_err(|e| e.to_string())
+}
+
 /// Where a plugin reference from configuration or the command line points: a path when it
 /// looks like one (contains `/` or ends in `.wasm`), else `DIR/NAME.wasm`.
 pub fn resolve(reference: &str, plugin_dir: &Path) -> PathBuf {

@@ -300,6 +300,26 @@ fn parse_manifest(digest: &str, data: &[u8]) -> Result<Manifest, ArtifactError> 
             manifest.format
         )));
     }
+    if let Err(problem) = crate::plugin::check_label(&manifest.name, &manifest.version) {
+        return Err(bad(problem));
+    }
+    if !matches!(manifest.kind.as_str(), "sensor" | "aggregator") {
+        return Err(bad(format!(
+            "kind {:?}",
+            crate::text::one_line_bounded(&manifest.kind, 40)
+        )));
+    }
+    if manifest.unit.chars().count() > crate::plugin::MAX_UNIT_CHARS
+        || manifest.unit.chars().any(char::is_control)
+        || manifest.contract.len() > 32
+        || manifest
+            .signature
+            .as_ref()
+            .is_some_and(|s| s.len() > crate::rollout::signing::MAX_SIGNATURE_BYTES)
+        || manifest.signer.as_ref().is_some_and(|s| s.len() > 32)
+    {
+        return Err(bad("a field is out of bounds".into()));
+    }
     if manifest.sha256 != digest {
         return Err(bad(format!(
             "it names sha256:{} (altered, or copied from another artifact)",

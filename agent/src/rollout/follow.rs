@@ -34,6 +34,8 @@ use crate::{
 
 /// A failed artifact is tried again after this long (or when the record changes).
 const RETRY: Duration = Duration::from_secs(30);
+/// Fetches start within this long of seeing the record (spread, not all at once).
+const FETCH_SPREAD: Duration = Duration::from_secs(2);
 
 /// What the fleet's rollout state says, as this agent last read it.
 #[derive(Clone, Debug, Default)]
@@ -283,6 +285,9 @@ async fn prepare(
             view.errors.insert(sha256.clone(), message.clone());
             continue;
         }
+        // Every device of the fleet sees the record at once: a random pause spreads their
+        // fetches from ZooKeeper (the rollout's lead leaves time for it).
+        tokio::time::sleep(FETCH_SPREAD.mul_f64(rand::random_range(0.0..1.0))).await;
         let started = Instant::now();
         match load(client, plugins, settings, *kind, slot, label).await {
             Ok(()) => {

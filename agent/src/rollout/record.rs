@@ -93,7 +93,38 @@ pub struct ArtifactRef {
     pub sha256: String,
 }
 
+/// Most `init` configuration entries a rollout may carry, and their longest key and value.
+pub const MAX_CONFIG_ENTRIES: usize = 64;
+pub const MAX_CONFIG_KEY: usize = 128;
+pub const MAX_CONFIG_VALUE: usize = 4096;
+
+/// A rollout's configuration, bounded (it is not signed: only what the plugin's own `init`
+/// accepts can change anything).
+pub fn check_config(config: &[(String, String)]) -> Result<(), String> {
+    if config.len() > MAX_CONFIG_ENTRIES {
+        return Err(format!(
+            "{} configuration entries, at most {MAX_CONFIG_ENTRIES}",
+            config.len()
+        ));
+    }
+    for (key, value) in config {
+        if key.is_empty() || key.len() > MAX_CONFIG_KEY || value.len() > MAX_CONFIG_VALUE {
+            return Err(format!(
+                "configuration key {:?}: keys are 1 to {MAX_CONFIG_KEY} bytes, values at most {MAX_CONFIG_VALUE}",
+                crate::text::one_line_bounded(key, 40)
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ArtifactRef {
+    /// The digest, and a name and version a plugin may have (they are logged and shown).
+    pub fn check(&self) -> Result<(), String> {
+        crate::rollout::artifacts::parse_digest(&self.sha256).map_err(|e| e.to_string())?;
+        crate::plugin::check_label(&self.name, &self.version)
+    }
+
     /// `NAME@VERSION`.
     pub fn label(&self) -> String {
         format!("{}@{}", self.name, self.version)
@@ -120,6 +151,13 @@ pub struct Assignment {
     pub rollout: u64,
     /// The round from which every device runs it.
     pub since_round: u64,
+}
+
+impl Assignment {
+    pub fn check(&self) -> Result<(), String> {
+        self.artifact.check()?;
+        check_config(&self.config)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,7 +310,19 @@ impl Rollout {
         }
         let r: Rollout = serde_json::from_slice(data)
             .map_err(|e| crate::text::one_line_bounded(&e.to_string(), 200))?;
-        crate::rollout::artifacts::parse_digest(&r.artifact.sha256).map_err(|e| e.to_string())?;
+        r.artifact.check()?;
+        if let Some(previous) = &r.previous {
+            previous.check()?;
+        }
+        check_config(&r.config)?;
+        if let Canary::Devices(ids) = &r.canary
+            && ids.len() > MAX_CANARY_IDS
+        {
+            return Err(format!(
+                "{} canary devices, at most {MAX_CANARY_IDS}",
+                ids.len()
+            ));
+        }
         if r.rounds == 0 || r.rounds > MAX_ROUNDS {
             return Err(format!("rounds {} (1 to {MAX_ROUNDS})", r.rounds));
         }
@@ -722,6 +772,17 @@ mod tests {
         assert!(Rollout::parse(&r.to_json()).is_err());
         let mut r = rollout(Kind::Sensor, State::Promoted);
         r.end_round = None;
+        assert!(Rollout::parse(&r.to_json()).is_err());
+        // Names that would forge log lines, oversized configuration.
+        let mut r = rollout(Kind::Sensor, State::Canary);
+        r.artifact.name = "x\n2026-01-01 ERROR forged".into();
+        assert!(Rollout::parse(&r.to_json()).is_err());
+        let mut r = rollout(Kind::Sensor, State::Canary);
+        r.config = vec![("k".into(), "v".repeat(MAX_CONFIG_VALUE + 1))];
+        assert!(Rollout::parse(&r.to_json()).is_err());
+        r.config = (0..=MAX_CONFIG_ENTRIES)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
         assert!(Rollout::parse(&r.to_json()).is_err());
     }
 }

@@ -40,7 +40,7 @@ pub fn parse_assignment(data: &[u8]) -> Result<Assignment, String> {
     }
     let a: Assignment = serde_json::from_slice(data)
         .map_err(|e| crate::text::one_line_bounded(&e.to_string(), 200))?;
-    super::artifacts::parse_digest(&a.artifact.sha256).map_err(|e| e.to_string())?;
+    a.check()?;
     Ok(a)
 }
 
