@@ -874,7 +874,7 @@ async fn manual_promotion_abort_and_gc() {
             .rounds()
             .await
             .iter()
-            .any(|r| r["round"].as_u64().unwrap() >= end + 1)
+            .any(|r| r["round"].as_u64().unwrap() > end)
     })
     .await;
     for r in fleet.rounds_after(end - 1).await {
