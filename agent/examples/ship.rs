@@ -45,7 +45,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    if d < Duration::from_millis(1) {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    }
 }
 
 #[tokio::main]

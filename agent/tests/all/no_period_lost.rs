@@ -13,16 +13,6 @@ use crate::support::{
 use fleetmeter::coord::{barrier, paths};
 use serde_json::Value;
 
-/// The round open now (released, not yet committed).
-async fn open_round(fleet: &Fleet) -> u64 {
-    let admin = fleet.admin().await;
-    let client = admin.client().unwrap();
-    let open = barrier::current(&client).await.unwrap().unwrap().round;
-    drop(client);
-    admin.close().await;
-    open
-}
-
 /// Waits until the open round has been open for about `fraction` of a period, and returns it.
 async fn round_open_for(fleet: &Fleet, fraction: f64) -> u64 {
     let admin = fleet.admin().await;
@@ -139,19 +129,14 @@ async fn after_the_leader_crashes_its_successor_finishes_the_round_late() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_found_far_too_late_is_given_up_and_said_so() {
     let _serial = SERIAL.lock().await;
-    let mut fleet = Fleet::start("").await;
-    for id in ["1", "2"] {
-        fleet.spawn(id);
-    }
-    fleet.round_once_joined(&["1", "2"]).await;
-    fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+    let mut fleet = Fleet::running("", &["1", "2"]).await;
     // The whole fleet stops while a round is open, and stays down longer than the
     // hand-over's grace (2 × session timeout + period, at least 30 s).
     let open = round_open_for(&fleet, 0.3).await;
     for id in ["1", "2"] {
         fleet.signal(id, "TERM").wait().unwrap();
     }
-    assert_eq!(open_round(&fleet).await, open, "nobody released past it");
+    assert_eq!(fleet.open_round().await, open, "nobody released past it");
     tokio::time::sleep(Duration::from_secs(33)).await;
     for id in ["1", "2"] {
         fleet.spawn(id);
@@ -217,7 +202,7 @@ async fn measuring_starts_and_resumes_with_the_api_down() {
         Duration::from_secs(30),
     )
     .await;
-    let first = open_round(&fleet).await;
+    let first = fleet.open_round().await;
     assert!(
         first >= fleetmeter::round::clock_round(started),
         "round numbers from the clock: {first}"
@@ -368,7 +353,7 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
 
     // Without it, version 2 again.
     fleet.signal("3", "TERM").wait().unwrap();
-    let after = open_round(&fleet).await;
+    let after = fleet.open_round().await;
     let v2 = stored(&fleet, after + 1, Duration::from_secs(30)).await;
     assert_eq!(v2["version"], 2, "{v2}");
 

@@ -61,13 +61,36 @@ fn sign_and_publish(fleet: &Fleet, wasm: &Path, name: &str, secret: &Path) -> St
         .to_owned()
 }
 
-async fn open_round(fleet: &Fleet) -> u64 {
-    let admin = fleet.admin().await;
-    let client = admin.client().unwrap();
-    let open = barrier::current(&client).await.unwrap().unwrap().round;
-    drop(client);
-    admin.close().await;
-    open
+/// Starts a rollout of `reference` whose canaries switch `lead` rounds from now, with
+/// `extra` options; returns that round.
+async fn start_rollout(
+    fleet: &Fleet,
+    kind: &str,
+    reference: &str,
+    lead: u64,
+    extra: &[&str],
+) -> u64 {
+    let at = fleet.open_round().await + lead;
+    let at_round = at.to_string();
+    let mut args = vec![
+        "plugin",
+        "rollout",
+        kind,
+        reference,
+        "--at-round",
+        &at_round,
+    ];
+    args.extend_from_slice(extra);
+    ok(fleet, &args);
+    at
+}
+
+/// Why the rollout took its last transition.
+fn last_reason(record: &Value) -> String {
+    record["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn rollout_status(fleet: &Fleet) -> Value {
@@ -178,24 +201,15 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
     let listed = ok(&fleet, &["plugin", "list"]);
     assert!(listed.contains("raw-sensor@0.1.0"), "{listed}");
 
-    let now = open_round(&fleet).await;
-    let at = now + 10;
     let started = std::time::Instant::now();
-    ok(
+    let at = start_rollout(
         &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            reference,
-            "--canary",
-            "2",
-            "--rounds",
-            "4",
-            "--at-round",
-            &at.to_string(),
-        ],
-    );
+        "sensor",
+        reference,
+        10,
+        &["--canary", "2", "--rounds", "4"],
+    )
+    .await;
     // A second rollout while this one runs is refused, naming it.
     let second = fleetmeter(
         &fleet,
@@ -209,7 +223,7 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
     // A device that joins during the canary: not a canary, so it runs its own sensor until
     // the promotion.
     wait_until("the canary round", Duration::from_secs(30), || async {
-        open_round(&fleet).await >= at
+        fleet.open_round().await >= at
     })
     .await;
     eprintln!(
@@ -220,18 +234,7 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
     let record = wait_for_state(&fleet, "promoted", Duration::from_secs(60)).await;
     let end = record["end_round"].as_u64().unwrap();
     assert_eq!(record["judged"]["rounds"], 4, "{record}");
-    wait_until(
-        "rounds past the promotion",
-        Duration::from_secs(30),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .iter()
-                .any(|r| r["round"].as_u64().unwrap() >= end + 2)
-        },
-    )
-    .await;
+    fleet.wait_for_round(end + 2, Duration::from_secs(30)).await;
     let rounds = fleet.rounds().await;
     for round in &rounds {
         let n = round["round"].as_u64().unwrap();
@@ -274,45 +277,20 @@ async fn a_trapping_sensor_is_rolled_back_by_itself_with_no_round_lost() {
     let _serial = SERIAL.lock().await;
     let (fleet, secret) = fleet_with_key().await;
     let reference = sign_and_publish(&fleet, &fixture("misbehaving-sensor"), "trap", &secret);
-    let now = open_round(&fleet).await;
-    let at = now + 10;
-    ok(
+    let at = start_rollout(
         &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            &reference,
-            "--canary",
-            "1",
-            "--config",
-            "mode=trap",
-            "--rounds",
-            "5",
-            "--at-round",
-            &at.to_string(),
-        ],
-    );
+        "sensor",
+        &reference,
+        10,
+        &["--canary", "1", "--config", "mode=trap", "--rounds", "5"],
+    )
+    .await;
     let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(60)).await;
     let end = record["end_round"].as_u64().unwrap();
     assert!(end <= at + 5 + 2, "rolled back at {end}, canary from {at}");
-    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = last_reason(&record);
     assert!(reason.contains("failures gate"), "{reason}");
-    wait_until(
-        "rounds past the rollback",
-        Duration::from_secs(30),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .iter()
-                .any(|r| r["round"].as_u64().unwrap() >= end + 2)
-        },
-    )
-    .await;
+    fleet.wait_for_round(end + 2, Duration::from_secs(30)).await;
     let rounds = fleet.rounds().await;
     let numbers: Vec<u64> = rounds
         .iter()
@@ -346,37 +324,12 @@ async fn an_aggregator_runs_in_shadow_then_is_promoted() {
     let _serial = SERIAL.lock().await;
     let (fleet, secret) = fleet_with_key().await;
     let reference = sign_and_publish(&fleet, &plugin("median"), "median", &secret);
-    let now = open_round(&fleet).await;
-    let at = now + 10;
-    ok(
-        &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "aggregator",
-            &reference,
-            "--rounds",
-            "3",
-            "--at-round",
-            &at.to_string(),
-        ],
-    );
+    start_rollout(&fleet, "aggregator", &reference, 10, &["--rounds", "3"]).await;
     let record = wait_for_state(&fleet, "promoted", Duration::from_secs(60)).await;
     let end = record["end_round"].as_u64().unwrap();
     let shadow = record["shadow"].as_array().unwrap();
     assert_eq!(shadow.len(), 3, "{record}");
-    wait_until(
-        "rounds past the promotion",
-        Duration::from_secs(30),
-        || async {
-            fleet
-                .rounds()
-                .await
-                .iter()
-                .any(|r| r["round"].as_u64().unwrap() > end)
-        },
-    )
-    .await;
+    fleet.wait_for_round(end + 1, Duration::from_secs(30)).await;
     let rounds = fleet.rounds().await;
     let mut shadowed = 0;
     for round in &rounds {
@@ -464,27 +417,16 @@ async fn untrusted_or_altered_artifacts_are_refused_while_the_fleet_runs_on() {
         (altered.as_str(), "altered"),
     ] {
         let before = fleet.rounds().await.len();
-        let now = open_round(&fleet).await;
-        ok(
+        start_rollout(
             &fleet,
-            &[
-                "plugin",
-                "rollout",
-                "sensor",
-                reference,
-                "--canary",
-                "2",
-                "--rounds",
-                "3",
-                "--at-round",
-                &(now + 8).to_string(),
-            ],
-        );
+            "sensor",
+            reference,
+            8,
+            &["--canary", "2", "--rounds", "3"],
+        )
+        .await;
         let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(60)).await;
-        let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let reason = last_reason(&record);
         assert!(reason.contains("does not run the artifact"), "{reason}");
         assert!(reason.contains(expect), "{expect}: {reason}");
         let log = fleet.log("agent-2.log");
@@ -512,23 +454,14 @@ async fn a_leader_killed_mid_rollout_and_the_next_finishes_it() {
     let reference = sign_and_publish(&fleet, &fixture("raw-sensor"), "one", &secret);
     let leader = leader_of(fleet.rounds().await.last().unwrap());
     let canary = ["1", "2", "3"].into_iter().find(|d| *d != leader).unwrap();
-    let now = open_round(&fleet).await;
-    let at = now + 10;
-    ok(
+    start_rollout(
         &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            &reference,
-            "--canary",
-            canary,
-            "--rounds",
-            "6",
-            "--at-round",
-            &at.to_string(),
-        ],
-    );
+        "sensor",
+        &reference,
+        10,
+        &["--canary", canary, "--rounds", "6"],
+    )
+    .await;
     wait_until(
         "two judged canary rounds",
         Duration::from_secs(40),
@@ -683,12 +616,7 @@ async fn the_artifact_store_checks_every_byte_it_hands_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on() {
     let _serial = SERIAL.lock().await;
-    let mut fleet = Fleet::start("").await;
-    for id in ["1", "2"] {
-        fleet.spawn(id);
-    }
-    fleet.round_once_joined(&["1", "2"]).await;
-    fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+    let fleet = Fleet::running("", &["1", "2"]).await;
     {
         let admin = fleet.admin().await;
         let client = admin.client().unwrap();
@@ -745,10 +673,7 @@ async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on
         admin.close().await;
     }
     let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(40)).await;
-    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = last_reason(&record);
     assert!(reason.contains("no artifact sha256:bbbb"), "{reason}");
     // Replace it with a real rollout: these agents trust no key.
     {
@@ -761,25 +686,9 @@ async fn a_garbage_record_and_an_agent_without_keys_refuse_and_the_fleet_runs_on
     let file = fleet.dir.path().join("one.wasm");
     std::fs::copy(fixture("raw-sensor"), &file).unwrap();
     let reference = ok(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
-    let now = open_round(&fleet).await;
-    ok(
-        &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            reference.trim(),
-            "--canary",
-            "1",
-            "--at-round",
-            &(now + 6).to_string(),
-        ],
-    );
+    start_rollout(&fleet, "sensor", reference.trim(), 6, &["--canary", "1"]).await;
     let record = wait_for_state(&fleet, "rolled_back", Duration::from_secs(40)).await;
-    let reason = record["history"].as_array().unwrap().last().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = last_reason(&record);
     assert!(reason.contains("trusted_keys"), "{reason}");
     assert!(reason.contains("allow_unsigned_rollouts"), "{reason}");
 }
@@ -791,23 +700,14 @@ async fn manual_promotion_abort_and_gc() {
     let _serial = SERIAL.lock().await;
     let (fleet, secret) = fleet_with_key().await;
     let one = sign_and_publish(&fleet, &fixture("raw-sensor"), "one", &secret);
-    let now = open_round(&fleet).await;
-    ok(
+    start_rollout(
         &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            &one,
-            "--canary",
-            "3",
-            "--rounds",
-            "2",
-            "--manual",
-            "--at-round",
-            &(now + 8).to_string(),
-        ],
-    );
+        "sensor",
+        &one,
+        8,
+        &["--canary", "3", "--rounds", "2", "--manual"],
+    )
+    .await;
     let record = wait_for_state(&fleet, "waiting", Duration::from_secs(40)).await;
     assert!(record["end_round"].is_null(), "{record}");
     let promoted = ok(&fleet, &["plugin", "rollout", "promote"]);
@@ -836,25 +736,14 @@ async fn manual_promotion_abort_and_gc() {
     // A second sensor, aborted by hand while in canary: the canary returns to `one`, the
     // fleet's sensor since the promotion (not to its own configuration).
     let counting = sign_and_publish(&fleet, &fixture("misbehaving-sensor"), "counting", &secret);
-    let now = open_round(&fleet).await;
-    let at = now + 8;
-    ok(
+    let at = start_rollout(
         &fleet,
-        &[
-            "plugin",
-            "rollout",
-            "sensor",
-            &counting,
-            "--canary",
-            "1",
-            "--config",
-            "mode=ok",
-            "--rounds",
-            "100",
-            "--at-round",
-            &at.to_string(),
-        ],
-    );
+        "sensor",
+        &counting,
+        8,
+        &["--canary", "1", "--config", "mode=ok", "--rounds", "100"],
+    )
+    .await;
     wait_until("the canary running it", Duration::from_secs(40), || async {
         fleet.rounds().await.iter().any(|r| {
             r["round"].as_u64().unwrap() >= at && value_of(r, "1").is_some_and(|v| v != 1.0)
@@ -869,14 +758,7 @@ async fn manual_promotion_abort_and_gc() {
     let record = rollout_status(&fleet);
     assert_eq!(record["state"], "aborted");
     let end = record["end_round"].as_u64().unwrap();
-    wait_until("rounds past the abort", Duration::from_secs(30), || async {
-        fleet
-            .rounds()
-            .await
-            .iter()
-            .any(|r| r["round"].as_u64().unwrap() > end)
-    })
-    .await;
+    fleet.wait_for_round(end + 1, Duration::from_secs(30)).await;
     for r in fleet.rounds_after(end - 1).await {
         assert_eq!(
             value_of(&r, "1"),

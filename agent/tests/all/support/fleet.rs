@@ -89,6 +89,18 @@ impl Fleet {
         fleet
     }
 
+    /// A fleet of `ids` (agent.toml with `extra`), once every one has joined and two rounds
+    /// are stored.
+    pub async fn running(extra_toml: &str, ids: &[&str]) -> Self {
+        let mut fleet = Self::start(extra_toml).await;
+        for id in ids {
+            fleet.spawn(id);
+        }
+        fleet.round_once_joined(ids).await;
+        fleet.wait_for_rounds(2, Duration::from_secs(30)).await;
+        fleet
+    }
+
     /// Sets `key` in the environment of the agents started from now on.
     pub fn agent_env(&mut self, key: &str, value: String) {
         let agents = std::mem::replace(
@@ -330,6 +342,27 @@ impl Fleet {
         drop(client);
         admin.close().await;
         open
+    }
+
+    /// The round open now (released, not yet committed).
+    pub async fn open_round(&self) -> u64 {
+        let admin = self.admin().await;
+        let client = admin.client().unwrap();
+        let open = barrier::current(&client).await.unwrap().unwrap().round;
+        drop(client);
+        admin.close().await;
+        open
+    }
+
+    /// Waits until a round numbered `round` or later is stored.
+    pub async fn wait_for_round(&self, round: u64, deadline: Duration) {
+        wait_until(&format!("round {round} stored"), deadline, || async {
+            self.rounds()
+                .await
+                .iter()
+                .any(|r| r["round"].as_u64().unwrap() >= round)
+        })
+        .await;
     }
 
     pub async fn stop_all(&mut self) {
