@@ -130,7 +130,7 @@ async fn fleet_with_key() -> (Fleet, std::path::PathBuf) {
 }
 
 /// The tutorial's path end to end: a sensor signed with Debian's `minisign` (the standard
-/// tool), published, canaried on one device, promoted by its gates; each device's stored
+/// tool, a peer nobody here wrote), published, canaried on one device, promoted by its gates; each device's stored
 /// values switch at the announced rounds, and a device that joins mid-rollout runs what the
 /// rollout says for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,28 +140,23 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
     let keys = fleet.dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let (secret, public_file) = (keys.join("k.key"), keys.join("k.pub"));
-    // The standard tool when installed (scripts/test installs it), else our own keygen.
-    let minisign = Command::new("minisign")
+    // The standard tool (Debian's `minisign`; scripts/test installs it): a key pair without a
+    // password (-W), and the agents trust its public key.
+    let made = Command::new("minisign")
         .args(["-G", "-W", "-p"])
         .arg(&public_file)
         .arg("-s")
         .arg(&secret)
         .output()
-        .is_ok_and(|o| o.status.success());
-    let public = if minisign {
-        std::fs::read_to_string(&public_file)
-            .unwrap()
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .to_owned()
-    } else {
-        eprintln!("minisign is not installed: signing with fleetmeter plugin keygen|sign");
-        let public = keygen(&fleet, &keys);
-        std::fs::copy(keys.join("fleetmeter.key"), &secret).unwrap();
-        public
-    };
+        .expect("minisign is not installed: apt-get install minisign (scripts/test does)");
+    assert!(made.status.success(), "{made:?}");
+    let public = std::fs::read_to_string(&public_file)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
     fleet.agent_env("FLEETMETER_TRUSTED_KEYS", public.clone());
     for id in ["1", "2", "3"] {
         fleet.spawn(id);
@@ -171,24 +166,14 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
 
     let file = fleet.dir.path().join("one.wasm");
     std::fs::copy(fixture("raw-sensor"), &file).unwrap();
-    if minisign {
-        let signed = Command::new("minisign")
-            .args(["-S", "-s"])
-            .arg(&secret)
-            .arg("-m")
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(signed.status.success(), "{signed:?}");
-    } else {
-        local(&[
-            "plugin",
-            "sign",
-            file.to_str().unwrap(),
-            "--secret-key",
-            secret.to_str().unwrap(),
-        ]);
-    }
+    let signed = Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&secret)
+        .arg("-m")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
     let published = ok(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
     let reference = published.trim();
     assert!(reference.starts_with("raw-sensor@sha256:"), "{reference}");
