@@ -8,6 +8,8 @@
 //! - [`plugin`]: the plugin host (engine, sandbox, sensors, aggregators, inspection).
 //! - [`round`]: the round protocol as a library: `round::run` takes a session, a device and
 //!   a shutdown token.
+//! - [`rollout`]: shipping plugins to a running fleet: signed artifacts in ZooKeeper, canary
+//!   rollouts judged by the leader, promotion and rollback.
 //! - [`publish`]: the outbox and the measurements API client.
 //! - [`wire`]: what goes into ZooKeeper nodes and to the API.
 //! - [`backoff`]: the retry schedule every retry loop uses.

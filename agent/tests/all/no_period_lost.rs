@@ -345,30 +345,24 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
         text.contains(&format!(
-            "[fleetmeter {}, wire 1-1]",
+            "[fleetmeter {}, wire 1-1, sensor sha256:",
             fleetmeter::wire::AGENT_VERSION
         )),
         "{text}"
     );
 
-    // Without it, version 2 again.
+    // Without it, the newest version again.
     fleet.signal("3", "TERM").wait().unwrap();
     let after = fleet.open_round().await;
     let v2 = stored(&fleet, after + 1, Duration::from_secs(30)).await;
-    assert_eq!(v2["version"], 2, "{v2}");
+    assert_eq!(v2["version"], fleetmeter::wire::VERSION, "{v2}");
 
-    // Version 2 results wait in the outbox (API down); only the version-1 agent is left to
-    // lead: it sets them aside, unchanged, and publishes its own.
+    // Newer results wait in the outbox (API down); only the version-1 agent is left to lead:
+    // it sets them aside, unchanged, and publishes its own.
     fleet.stop_api();
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    wait_for_outbox(
-        &client,
-        2,
-        "version 2 results waiting",
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_for_outbox(&client, 2, "newer results waiting", Duration::from_secs(30)).await;
     for id in ["1", "2"] {
         fleet.signal(id, "TERM").wait().unwrap();
     }
@@ -379,7 +373,7 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
         let path = format!("{}/{name}", paths::RESULTS);
         let (data, _) = client.get_data(&path).await.unwrap();
         let round: Value = serde_json::from_slice(&data).unwrap();
-        assert_eq!(round["version"], 2, "{round}");
+        assert_eq!(round["version"], fleetmeter::wire::VERSION, "{round}");
         set_aside.push((path, data));
     }
     fleet.spawn_with_config("3", &v1);
@@ -407,7 +401,7 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     }
     assert!(fleet.agents.log("3").contains("set aside unchanged"));
 
-    // A leader that reads version 2 publishes them.
+    // A leader that reads their version publishes them.
     fleet.spawn("1");
     fleet.round_once_joined(&["1"]).await;
     fleet.signal("3", "TERM").wait().unwrap();
@@ -422,8 +416,10 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     for (path, _) in &set_aside {
         let n: u64 = path.rsplit('/').next().unwrap().parse().unwrap();
         assert!(
-            rounds.iter().any(|r| r["round"] == n && r["version"] == 2),
-            "round {n} published as version 2"
+            rounds
+                .iter()
+                .any(|r| r["round"] == n && r["version"] == fleetmeter::wire::VERSION),
+            "round {n} published in its version"
         );
     }
     assert!(
@@ -437,10 +433,11 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     admin.close().await;
     final_check(&mut fleet).await;
 
-    // A round from a future version (one more field, version 3) is listed for what it is.
+    // A round from a future version (one more field, the next version) is listed for what
+    // it is.
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    let future = br#"{"round":999999,"value":1,"count":1,"devices":["1"],"aggregator":"a@1","leader":"1","ts":1,"version":3,"quantities":{}}"#;
+    let future = br#"{"round":999999,"value":1,"count":1,"devices":["1"],"aggregator":"a@1","leader":"1","ts":1,"version":4,"quantities":{}}"#;
     client
         .create(
             &format!("{}/{:020}", paths::RESULTS, 999_999),

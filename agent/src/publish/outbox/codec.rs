@@ -285,16 +285,17 @@ mod tests {
 
     #[test]
     fn a_newer_round_is_recognised_by_its_declared_version_alone() {
-        // A version 3 round with a field this version does not know, plain and marked.
-        let newer = br#"{"round":9,"value":1,"count":1,"devices":["1"],"aggregator":"a","leader":"1","ts":1,"version":3,"quantities":{}}"#;
-        assert_eq!(declared_entry_version(newer), Some((3, Some(9))));
+        // A round of the next version with a field this version does not know, plain and
+        // marked.
+        let newer = br#"{"round":9,"value":1,"count":1,"devices":["1"],"aggregator":"a","leader":"1","ts":1,"version":4,"quantities":{}}"#;
+        assert_eq!(declared_entry_version(newer), Some((4, Some(9))));
         let marked = format!(
             r#"{{"mark":"m","round":{}}}"#,
             std::str::from_utf8(newer).unwrap()
         );
         assert_eq!(
             declared_entry_version(marked.as_bytes()),
-            Some((3, Some(9)))
+            Some((4, Some(9)))
         );
         // No `version`: 1. Not a round: nothing.
         assert_eq!(
