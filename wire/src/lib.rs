@@ -579,8 +579,36 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_round_carries_the_rollout_and_a_shadow_value_and_older_versions_drop_them() {
+        let mut r = round();
+        r.shadow = Some(Shadow {
+            aggregator: "median@0.1.0".into(),
+            value: Some(80.5),
+            error: None,
+        });
+        r.rollout = Some(RolloutMark {
+            id: 2,
+            kind: "aggregator".into(),
+            plugin: "median@0.1.0".into(),
+            state: "canary".into(),
+        });
+        assert_eq!(r.validate(), Ok(()));
+        let back: Round = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let v2 = r.clone().in_version(2);
+        assert_eq!((v2.version, &v2.shadow, &v2.rollout), (2, &None, &None));
+        assert_eq!(v2.validate(), Ok(()));
+        let mut forged = r.clone();
+        forged.version = 2;
+        assert_eq!(forged.validate(), Err(InvalidRound::FieldsOfVersion3));
+        let mut bad = r;
+        bad.shadow.as_mut().unwrap().error = Some("x\ny".into());
+        assert_eq!(bad.validate(), Err(InvalidRound::Rollout("shadow")));
+    }
+
+    #[test]
     fn a_version_2_round_pairs_each_device_with_its_value() {
-        let r = round();
+        let r = round().in_version(2);
         assert_eq!(r.readings().collect::<Vec<_>>(), [("1", 80.0), ("2", 81.0)]);
         let json = serde_json::to_string(&r).unwrap();
         assert!(
