@@ -68,6 +68,9 @@ pub enum ShipCommand {
         /// Check the signature against these keys before publishing (what agents will do).
         #[arg(long = keys::TRUSTED_KEYS.long(), env = keys::TRUSTED_KEYS.var(), value_name = "KEY", value_delimiter = ',')]
         trusted_keys: Vec<String>,
+        /// A file of such keys, one per line (a minisign .pub file is one).
+        #[arg(long = keys::TRUSTED_KEYS_FILE.long(), env = keys::TRUSTED_KEYS_FILE.var(), value_name = "PATH")]
+        trusted_keys_file: Option<PathBuf>,
         #[command(flatten)]
         fleet: FleetArgs,
         #[command(flatten)]
@@ -174,9 +177,20 @@ pub(super) async fn run(command: ShipCommand) -> Result<ExitCode> {
             file,
             signature,
             trusted_keys,
+            trusted_keys_file,
             fleet,
             engine: args,
-        } => publish(&file, signature, &trusted_keys, &fleet, &args).await,
+        } => {
+            let mut keys = trusted_keys
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| TrustedKey::parse(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(path) = &trusted_keys_file {
+                keys.extend(TrustedKey::read_all(path)?);
+            }
+            publish(&file, signature, keys, &fleet, &args).await
+        }
         ShipCommand::List { fleet, json } => {
             with_client(&fleet, |client| async move { list(&client, json).await }).await
         }
@@ -273,7 +287,7 @@ fn sign(file: &Path, secret_key: &Path) -> Result<ExitCode> {
 async fn publish(
     file: &str,
     signature: Option<PathBuf>,
-    trusted_keys: &[String],
+    keys: Vec<TrustedKey>,
     fleet: &FleetArgs,
     args: &EngineArgs,
 ) -> Result<ExitCode> {
@@ -308,11 +322,6 @@ async fn publish(
                 .with_context(|| format!("reading the signature {}", sig_path.display()))?;
             let parsed = Signature::parse(&text)
                 .with_context(|| format!("the signature {}", sig_path.display()))?;
-            let keys = trusted_keys
-                .iter()
-                .filter(|k| !k.trim().is_empty())
-                .map(|k| TrustedKey::parse(k))
-                .collect::<Result<Vec<_>, _>>()?;
             if keys.is_empty() {
                 eprintln!(
                     "note: signature by key {} not checked here (no --trusted-key); agents check it",

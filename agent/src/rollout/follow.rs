@@ -145,11 +145,12 @@ pub async fn follow(
                     Some((data, stat.version))
                 }
                 Err(ZkError::NoNode) => match client.check_and_watch_stat(&path).await {
-                    Ok((_, watcher)) => {
+                    Ok((None, watcher)) => {
                         watchers.push(watcher);
                         None
                     }
-                    Err(_) => {
+                    // Created between the two reads, or an error: read everything again.
+                    Ok((Some(_), _)) | Err(_) => {
                         watchers.clear();
                         break;
                     }

@@ -174,7 +174,17 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
         .output()
         .unwrap();
     assert!(signed.status.success(), "{signed:?}");
-    let published = ok(&fleet, &["plugin", "publish", file.to_str().unwrap()]);
+    // Checked before publishing as the agents will check it (the .pub file as is).
+    let published = ok(
+        &fleet,
+        &[
+            "plugin",
+            "publish",
+            file.to_str().unwrap(),
+            "--trusted-keys-file",
+            public_file.to_str().unwrap(),
+        ],
+    );
     let reference = published.trim();
     assert!(reference.starts_with("raw-sensor@sha256:"), "{reference}");
     // The same bytes again: a no-op.
@@ -377,6 +387,27 @@ async fn untrusted_or_altered_artifacts_are_refused_while_the_fleet_runs_on() {
         &fixture("misbehaving-sensor"),
         "stranger",
         &other.join("fleetmeter.key"),
+    );
+    // `publish --trusted-keys-file` refuses it up front, as the agents will.
+    let refused = fleetmeter(
+        &fleet,
+        &[
+            "plugin",
+            "publish",
+            fleet.dir.path().join("stranger.wasm").to_str().unwrap(),
+            "--trusted-keys-file",
+            fleet
+                .dir
+                .path()
+                .join("keys/fleetmeter.pub")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not trust"),
+        "{refused:?}"
     );
     // Altered after publication: one chunk rewritten in ZooKeeper.
     let altered = sign_and_publish(
