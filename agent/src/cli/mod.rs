@@ -9,7 +9,8 @@
 //! - `outbox`: `fleetmeter outbox list|resend|discard`.
 //! - `secure`: `fleetmeter secure-root`.
 //! - `plugin`: `fleetmeter plugin inspect|run|aggregate`.
-//! - `ship`: `fleetmeter plugin keygen|sign|publish|list|gc|rollout`.
+//! - `ship`: `fleetmeter plugin keygen|sign|publish|list|gc`.
+//! - `rollout`: `fleetmeter plugin rollout …`.
 //!
 //! Flag and variable names come from the configuration key table ([`crate::config::keys`]).
 
@@ -19,6 +20,7 @@ mod health;
 mod outbox;
 mod plugin;
 mod replay;
+mod rollout;
 mod run;
 mod secure;
 mod ship;
@@ -205,6 +207,21 @@ impl FleetArgs {
             auth.as_ref(),
             token.as_deref(),
         ))
+    }
+
+    /// Runs `f` on a short session on the fleet, closed afterwards.
+    pub async fn with_client<F, Fut>(&self, f: F) -> Result<ExitCode>
+    where
+        F: FnOnce(crate::coord::FleetClient) -> Fut,
+        Fut: Future<Output = Result<ExitCode>>,
+    {
+        let session = self.connect().await?;
+        let done = match session.client() {
+            Ok(client) => f(client).await,
+            Err(e) => Err(e.into()),
+        };
+        session.close().await;
+        done
     }
 
     /// A short session on the fleet, with the credentials.

@@ -5,8 +5,9 @@
 //! # Layout
 //! - [`signing`]: minisign signatures, the trusted keys, key generation and signing.
 //! - [`artifacts`]: the artifact store, `{root}/artifacts/sha256-HEX` (chunks + manifest).
-//! - [`record`]: the rollout record and assignments, and the pure rules on them (who runs
-//!   what in which round, the health gates).
+//! - [`record`]: the rollout record and assignments, and the pure rule of who runs what in
+//!   which round.
+//! - [`gates`]: how the leader judges a canary round, and what the judged rounds lead to.
 //! - [`follow`]: every agent's side: watch the record, fetch, check and load what it names,
 //!   so that the round loop can switch at the announced round.
 //! - [`store`]: reading and writing the record and the assignments (fenced when the
@@ -17,6 +18,7 @@
 
 pub mod artifacts;
 pub mod follow;
+pub mod gates;
 pub mod record;
 pub mod signing;
 pub mod store;

@@ -40,34 +40,10 @@ use super::{
 use crate::{
     backoff::Backoff,
     coord::{CoordError, barrier, election::Leadership, roster::Roster},
-    rollout::{
-        State,
-        follow::slot_of,
-        record::{Assignment, Kind, ShadowValue, Verdict, judge_sensor, wanted},
-        store,
-    },
-    round::plugins::Slot,
+    round::canary,
     telemetry::CommittedRound,
-    wire::{self, Advert, MAX_DEVICES, RolloutMark, Round, Shadow, Shown, VERSION, now_ms},
+    wire::{Advert, MAX_DEVICES, Round, Shadow, Shown, VERSION, now_ms},
 };
-
-/// A label from plugin metadata or the rollout record, made safe for a round (the API's
-/// bound on labels, no control characters), so that it can never make a round
-/// unpublishable.
-fn round_label(text: &str) -> String {
-    round_label_long(text, 100)
-}
-
-fn round_label_long(text: &str, max_bytes: usize) -> String {
-    let mut out = String::new();
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > max_bytes {
-            break;
-        }
-        out.push(c);
-    }
-    if out.is_empty() { "?".to_owned() } else { out }
-}
 
 /// Pause after a failed commit or a lost term, so that a persistent failure is no hot loop.
 const PAUSE: Duration = Duration::from_millis(200);
@@ -233,7 +209,18 @@ impl<'a> Term<'a> {
                 result,
             };
             match self.commit(state, &gathered).await {
-                Next::Go(()) => self.judge_rollout(state.round, &gathered).await,
+                Next::Go(()) => {
+                    canary::judge(
+                        self.ctx,
+                        self.node,
+                        &self.roster,
+                        state.round,
+                        &gathered.collected,
+                        gathered.aggregated.value,
+                        self.shadow.as_ref(),
+                    )
+                    .await
+                }
                 Next::Again => continue,
                 Next::End(end) => return end,
             }
@@ -473,29 +460,18 @@ impl<'a> Term<'a> {
         let version = self.result_version(collected);
         let ctx = self.ctx;
         let view = ctx.rollouts.borrow().clone();
-        let local = Slot::Local(ctx.dynconfig.aggregator.borrow().clone());
-        let want = wanted(
-            Kind::Aggregator,
-            &ctx.id,
-            round,
-            view.rollout.as_ref(),
-            view.assignment(Kind::Aggregator),
-        );
         ctx.plugins
-            .switch_aggregator(&slot_of(&want, local), &ctx.telemetry)
+            .switch_aggregator(
+                &canary::published_aggregator(ctx, round, &view),
+                &ctx.telemetry,
+            )
             .await;
         let aggregated = ctx
             .plugins
             .aggregate(&collected.readings, &ctx.telemetry)
             .await;
-        self.shadow = self.shadow(round, &view, collected).await;
-        let shadow = self.shadow.clone();
-        let mark = view.rollout.as_ref().map(|r| RolloutMark {
-            id: r.id,
-            kind: r.kind.name().to_owned(),
-            plugin: round_label(&r.artifact.label()),
-            state: r.state.name().to_owned(),
-        });
+        self.shadow = canary::shadow(ctx, round, &view, collected).await;
+        let mark = canary::mark(&view);
         let result = aggregated.value.map(|value| {
             Round {
                 round,
@@ -513,171 +489,12 @@ impl<'a> Term<'a> {
                 counter: None,
                 version: VERSION,
                 values: Some(collected.readings.iter().map(|r| r.value).collect()),
-                shadow,
+                shadow: self.shadow.clone(),
                 rollout: mark,
             }
             .in_version(version)
         });
         (aggregated, result)
-    }
-
-    /// While an aggregator rollout is in canary: the new aggregator's value on the same
-    /// readings (never published).
-    async fn shadow(
-        &self,
-        round: u64,
-        view: &crate::rollout::View,
-        collected: &Collected,
-    ) -> Option<Shadow> {
-        let ctx = self.ctx;
-        let r = view.rollout.as_ref()?;
-        if r.kind != Kind::Aggregator || r.state != State::Canary || round < r.start_round {
-            return None;
-        }
-        let slot = Slot::Artifact {
-            sha256: r.artifact.sha256.clone(),
-            config: r.config.clone(),
-        };
-        let bounded = |e: &str| round_label_long(e, wire::MAX_SHADOW_ERROR);
-        Some(
-            match ctx
-                .plugins
-                .aggregate_shadow(&slot, &collected.readings, &ctx.telemetry)
-                .await
-            {
-                Some((aggregator, Ok(value))) => Shadow {
-                    aggregator: round_label(&aggregator),
-                    value,
-                    error: None,
-                },
-                Some((aggregator, Err(err))) => Shadow {
-                    aggregator: round_label(&aggregator),
-                    value: None,
-                    error: Some(bounded(&err)),
-                },
-                None => Shadow {
-                    aggregator: round_label(&r.artifact.label()),
-                    value: None,
-                    error: Some(bounded(&format!(
-                        "not loaded on leader {}: {}",
-                        ctx.id,
-                        view.errors
-                            .get(&r.artifact.sha256)
-                            .map_or("not fetched yet", String::as_str)
-                    ))),
-                },
-            },
-        )
-    }
-
-    /// Judges a canary round by the gates and moves the rollout on: promoted (every device
-    /// from two rounds on), waiting for a manual promotion, or rolled back. The record is
-    /// written every judged round, fenced, so that a new leader continues from it.
-    async fn judge_rollout(&mut self, round: u64, gathered: &Gathered) {
-        let ctx = self.ctx;
-        let view = ctx.rollouts.borrow().clone();
-        let (Some(mut r), Some(version)) = (view.rollout.clone(), view.rollout_version) else {
-            return;
-        };
-        if r.state != State::Canary || round < r.start_round || r.judged.last_round >= Some(round) {
-            return;
-        }
-        let collected = &gathered.collected;
-        let verdict = match r.kind {
-            Kind::Sensor => {
-                let readings: BTreeMap<String, f64> = collected
-                    .readings
-                    .iter()
-                    .map(|x| (x.device.clone(), x.value))
-                    .collect();
-                judge_sensor(
-                    &r,
-                    round,
-                    &self.roster.members(),
-                    &readings,
-                    &collected.adverts,
-                )
-            }
-            Kind::Aggregator => {
-                let mut verdict = Verdict {
-                    round,
-                    ..Verdict::default()
-                };
-                if let Some(shadow) = &self.shadow {
-                    r.record_shadow(ShadowValue {
-                        round,
-                        published: gathered.aggregated.value,
-                        shadow: shadow.value,
-                        error: shadow.error.clone(),
-                    });
-                    if let Some(err) = &shadow.error {
-                        verdict.failures.push((ctx.id.clone(), err.clone()));
-                    }
-                }
-                verdict
-            }
-        };
-        let transition = r.apply(&verdict);
-        let mut assignment = None;
-        if let Some((state, reason)) = &transition {
-            let end = round + 2;
-            r.transition(
-                *state,
-                round,
-                (*state != State::Waiting).then_some(end),
-                reason.clone(),
-                &ctx.id,
-                now_ms(),
-            );
-            if *state == State::Promoted {
-                assignment = Some(Assignment {
-                    artifact: r.artifact.clone(),
-                    config: r.config.clone(),
-                    rollout: r.id,
-                    since_round: end,
-                });
-            }
-        }
-        let Ok(client) = ctx.session.client() else {
-            return;
-        };
-        let written = store::write(
-            &client,
-            &r,
-            Some(version),
-            assignment
-                .as_ref()
-                .map(|a| (a, view.assignment_version(r.kind))),
-            Some(self.node),
-        )
-        .await;
-        match (written, transition) {
-            (Ok(()), Some((state, reason))) => {
-                ctx.telemetry.rollout_transition(state.name());
-                let end = r
-                    .end_round
-                    .map_or_else(|| "-".to_owned(), |e| e.to_string());
-                match state {
-                    State::RolledBack => {
-                        tracing::error!(rollout = r.id, artifact = %r.artifact.short(), round, from_round = %end, reason = %reason, "ROLLOUT ROLLED BACK: a health gate failed; every device runs its previous plugin from round {end}")
-                    }
-                    _ => {
-                        tracing::info!(rollout = r.id, artifact = %r.artifact.short(), round, state = state.name(), from_round = %end, reason = %reason, "ROLLOUT {}", state.name().to_uppercase())
-                    }
-                }
-            }
-            (Ok(()), None) => {
-                tracing::debug!(
-                    rollout = r.id,
-                    round,
-                    judged = r.judged.rounds,
-                    "canary round judged"
-                )
-            }
-            (Err(err), _) => {
-                tracing::warn!(rollout = r.id, round, error = %err, "cannot write the rollout's judgement; the round is judged again by whoever leads next")
-            }
-        }
     }
 
     /// Commits the round and reports it; `Again` when the round must be read again.

@@ -21,8 +21,10 @@
 //! - `resume`: starting the fleet's state where the API and the outbox say it continues, or
 //!   from the clock when the API cannot be asked.
 //! - [`handover`]: the round in flight at a change of leader, finished or given up.
+//! - `canary`: the leader's side of a plugin rollout: the shadow aggregator, the gates.
 //! - `versions`: the wire contract version results are written in.
 
+mod canary;
 pub mod collect;
 mod commit;
 mod device;

@@ -9,7 +9,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -19,75 +19,17 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub use super::labels::PluginLabels;
+pub(super) use super::labels::state_name;
+use super::labels::{
+    InfoLabels, KindLabels, OutcomeLabels, ReasonLabels, RunningLabels, SESSION_STATES,
+    StateLabels, WhatLabels, kind_name,
+};
 use crate::{
     coord::{SessionStatus, dynconfig::DynConfig},
     plugin::{PluginKind, PluginStats},
     publish::{Delivery, outbox::Ledger},
 };
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PluginLabels {
-    /// `sensor` or `aggregator`.
-    pub kind: &'static str,
-    /// The plugin's own name (its `describe`).
-    pub plugin: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WhatLabels {
-    what: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RunningLabels {
-    kind: &'static str,
-    plugin: String,
-    sha256: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InfoLabels {
-    device: String,
-    version: &'static str,
-}
-
-pub(super) const SESSION_STATES: [&str; 4] = ["connected", "suspended", "lost", "closed"];
-
-pub(super) fn state_name(status: SessionStatus) -> &'static str {
-    match status {
-        SessionStatus::Connected { .. } => "connected",
-        SessionStatus::Suspended { .. } => "suspended",
-        SessionStatus::Lost { .. } => "lost",
-        SessionStatus::Closed => "closed",
-    }
-}
-
-fn kind_name(kind: PluginKind) -> &'static str {
-    match kind {
-        PluginKind::Sensor => "sensor",
-        PluginKind::Aggregator => "aggregator",
-    }
-}
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 

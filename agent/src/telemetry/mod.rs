@@ -11,6 +11,7 @@
 //! followed from their `watch` channels.
 
 mod health;
+mod labels;
 mod metrics;
 mod server;
 
