@@ -46,10 +46,13 @@
 
 #![warn(missing_docs)]
 
+pub mod calibration;
 mod config;
 mod error;
+pub mod http;
 pub mod log;
 
+pub use calibration::Calibration;
 pub use config::Config;
 pub use error::{Error, Result};
 
@@ -114,7 +117,8 @@ pub trait Aggregator: Sized + 'static {
 pub mod prelude {
     pub use crate::log;
     pub use crate::{
-        Aggregator, Config, Error, Reading, Result, Sensor, bail, export_aggregator, export_sensor,
+        Aggregator, Calibration, Config, Error, Reading, Result, Sensor, bail, export_aggregator,
+        export_sensor,
     };
 }
 

@@ -15,6 +15,7 @@ use super::engine_args::{engine, locate, parse_key_value};
 use crate::plugin::{
     self, AggregatorPlugin, CallError, DirGrant, Grants, Limits, PluginSettings, Reading,
     SensorPlugin,
+    network::{Endpoint, Origin},
 };
 
 #[derive(Debug, Subcommand)]
@@ -50,7 +51,17 @@ pub enum PluginCommand {
         /// Set an environment variable inside the sandbox (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         env: Vec<(String, String)>,
-        /// Allow outgoing network connections and name lookups.
+        /// Let the sensor open TCP connections to HOST:PORT (repeatable): `--connect
+        /// 10.0.0.5:502`. A name is resolved once, when the sensor loads, and only the
+        /// addresses it resolved to are allowed.
+        #[arg(long = "connect", value_name = "HOST:PORT", value_parser = Endpoint::parse)]
+        connect: Vec<Endpoint>,
+        /// Let the sensor send HTTP requests to an origin (repeatable): `--http
+        /// http://10.0.0.7:8080`. Redirects to other origins are refused like any other.
+        #[arg(long = "http", value_name = "ORIGIN", value_parser = Origin::parse)]
+        http: Vec<Origin>,
+        /// Open every address (TCP, UDP, any host) to the sensor: for experiments on your
+        /// own machine only (`fleetmeter run` refuses it unless allow_any_network = true).
         #[arg(long)]
         network: bool,
         #[command(flatten)]
@@ -124,6 +135,8 @@ async fn run_async(command: PluginCommand) -> Result<ExitCode> {
             config,
             dirs,
             env,
+            connect,
+            http,
             network,
             limits,
             engine: args,
@@ -132,7 +145,13 @@ async fn run_async(command: PluginCommand) -> Result<ExitCode> {
             let settings = PluginSettings {
                 config,
                 limits: limits.limits(),
-                grants: Grants { dirs, env, network },
+                grants: Grants {
+                    dirs,
+                    env,
+                    connect,
+                    http,
+                    network,
+                },
             };
             let engine = engine(&args, settings.limits.fuel.is_some())?;
             let mut sensor = SensorPlugin::load(&engine, &path, settings).await?;
@@ -270,6 +289,9 @@ fn print_inspection(i: &plugin::Inspection) -> Result<()> {
     }
     write_list(&mut out, "exports:", &i.exports)?;
     write_list(&mut out, "imports:", &i.imports)?;
+    if i.kind == Some(plugin::PluginKind::Sensor) {
+        write_list(&mut out, "may use:", &plugin::network::uses(&i.imports))?;
+    }
     if let Some(problem) = &i.problem {
         writeln!(out, "problem:   {problem}")?;
     }

@@ -229,5 +229,10 @@ pub struct GrantsSection {
     /// Read-only directories, `HOST` or `HOST:GUEST`.
     pub dirs: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// TCP endpoints, `HOST:PORT`.
+    pub connect: Vec<String>,
+    /// HTTP origins, `http(s)://HOST[:PORT]`.
+    pub http: Vec<String>,
     pub network: bool,
+    pub allow_any_network: bool,
 }

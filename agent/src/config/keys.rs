@@ -367,12 +367,26 @@ pub const LIMIT_LOG_BYTES_PER_SECOND: Key = Key::file(
 .range(0.0, 16_777_216.0, "bytes");
 pub const GRANT_DIRS: Key = Key::file("[plugins.grants] dirs", "[plugins.grants] dirs", "[]")
     .note("read-only directories for the sensor, `HOST` or `HOST:GUEST`; aggregators get nothing");
+pub const GRANT_CONNECT: Key = Key::file(
+    "[plugins.grants] connect",
+    "[plugins.grants] connect",
+    "[]",
+)
+.note("TCP endpoints the sensor may connect to, `HOST:PORT`; names resolved (and pinned) when the sensor loads");
+pub const GRANT_HTTP: Key = Key::file("[plugins.grants] http", "[plugins.grants] http", "[]")
+    .note("HTTP origins the sensor may send requests to, `http(s)://HOST[:PORT]`");
 pub const GRANT_NETWORK: Key = Key::file(
     "[plugins.grants] network",
     "[plugins.grants] network",
     "false",
 )
-.note("outgoing connections and name lookups for the sensor");
+.note("every address, TCP and UDP: refused unless allow_any_network = true");
+pub const GRANT_ANY_NETWORK: Key = Key::file(
+    "[plugins.grants] allow_any_network",
+    "[plugins.grants] allow_any_network",
+    "false",
+)
+.note("accept `network = true` (local experiments only)");
 pub const GRANT_ENV: Key = Key::file("[plugins.grants.env]", "[plugins.grants.env]", "")
     .note("a table of environment variables the sensor sees");
 pub const METRICS_LISTEN: Key = Key::file(
@@ -451,7 +465,10 @@ pub const ALL: &[Key] = &[
     LIMIT_LOG_LINES_PER_SECOND,
     LIMIT_LOG_BYTES_PER_SECOND,
     GRANT_DIRS,
+    GRANT_CONNECT,
+    GRANT_HTTP,
     GRANT_NETWORK,
+    GRANT_ANY_NETWORK,
     GRANT_ENV,
     METRICS_LISTEN,
     UNHEALTHY_AFTER,

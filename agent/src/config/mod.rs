@@ -120,6 +120,14 @@ pub enum InvalidSetting {
     #[error(transparent)]
     DirGrant(#[from] DirGrantError),
     #[error(transparent)]
+    NetworkGrant(#[from] crate::plugin::network::GrantError),
+    #[error(
+        "`network = true` opens every address to the sensor: the fleet's ZooKeeper, the API, \
+         the cloud's metadata service; list what it needs in `connect` and `http` instead, or \
+         set `[plugins.grants] allow_any_network = true` for a local experiment"
+    )]
+    AnyNetwork,
+    #[error(transparent)]
     Coord(Box<CoordError>),
     #[error(transparent)]
     Auth(#[from] crate::coord::access::BadAuth),
@@ -450,6 +458,18 @@ mod tests {
                 "[plugins.grants] dirs",
             ),
             (
+                "[plugins.grants]\nconnect = [\"10.0.0.5\"]\n",
+                "connect grant `10.0.0.5`: no port",
+            ),
+            (
+                "[plugins.grants]\nhttp = [\"http://meter/status\"]\n",
+                "http grant `http://meter/status`: an origin has no path",
+            ),
+            (
+                "[plugins.grants]\nnetwork = true\n",
+                "set `[plugins.grants] allow_any_network = true`",
+            ),
+            (
                 "[plugins.sensor_config]\nmin = [1]\n",
                 "`min` must be a string, number or boolean",
             ),
@@ -472,6 +492,29 @@ mod tests {
             );
             assert!(err.contains("agent.toml"), "the file is named: {err}");
         }
+    }
+
+    #[test]
+    fn network_grants_reach_the_sensor_settings() {
+        let text = "[plugins.grants]\nconnect = [\"10.0.0.5:502\", \"[fd00::5]:502\"]\n\
+                    http = [\"https://meter.example\"]\nnetwork = true\nallow_any_network = true\n";
+        let config = load_text(
+            text,
+            Overrides {
+                id: Some("1".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let grants = &config.sensor_settings.grants;
+        let shown: Vec<String> = grants.connect.iter().map(|e| e.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.5:502", "[fd00::5]:502"]);
+        assert_eq!(grants.http[0].to_string(), "https://meter.example");
+        assert!(grants.network);
+        assert_eq!(
+            config.aggregator_settings.grants,
+            crate::plugin::Grants::default()
+        );
     }
 
     #[test]

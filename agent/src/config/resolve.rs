@@ -23,7 +23,10 @@ use crate::{
         access::{BadAuth, ZkTls},
         dynconfig, membership,
     },
-    plugin::{DirGrant, Grants, LimitsError, PluginSettings},
+    plugin::{
+        DirGrant, Grants, LimitsError, PluginSettings,
+        network::{self, Endpoint},
+    },
 };
 
 /// Where values came from, for error messages.
@@ -471,12 +474,31 @@ fn plugins(
         .map(|d| DirGrant::parse(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| origin.invalid(&keys::GRANT_DIRS, false, e.into()))?;
+    let connect = file
+        .grants
+        .connect
+        .iter()
+        .map(|c| Endpoint::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| origin.invalid(&keys::GRANT_CONNECT, false, e.into()))?;
+    let http = file
+        .grants
+        .http
+        .iter()
+        .map(|h| network::Origin::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| origin.invalid(&keys::GRANT_HTTP, false, e.into()))?;
+    if file.grants.network && !file.grants.allow_any_network {
+        return Err(origin.invalid(&keys::GRANT_NETWORK, false, InvalidSetting::AnyNetwork));
+    }
     let sensor = PluginSettings {
         config: plugin_config(origin, &keys::SENSOR_CONFIG, file.sensor_config)?,
         limits: file.limits.clone(),
         grants: Grants {
             dirs,
             env: file.grants.env.into_iter().collect(),
+            connect,
+            http,
             network: file.grants.network,
         },
     };

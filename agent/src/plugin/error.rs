@@ -66,7 +66,7 @@ pub enum LoadError {
     },
     #[error(
         "{path} needs an import the sandbox does not provide: {reason} (plugins get WASI \
-         0.2 and fleetmeter:plugin/host only)"
+         0.2, wasi:http for sensors, and fleetmeter:plugin/host only)"
     )]
     UnsatisfiedImport { path: PathBuf, reason: String },
     #[error("plugin {plugin} ({path}) rejected its configuration: {message}")]
@@ -88,6 +88,12 @@ pub enum LoadError {
     },
     #[error("cannot grant directory {host} to the plugin: {reason}")]
     Grant { host: PathBuf, reason: String },
+    #[error("cannot load {path} with its network grants: {error}")]
+    NetworkGrant {
+        path: PathBuf,
+        #[source]
+        error: super::network::GrantError,
+    },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
 }

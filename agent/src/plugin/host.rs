@@ -17,8 +17,14 @@ use wasmtime_wasi::{
     p2::{DynPollable, Pollable, bindings::clocks::monotonic_clock},
 };
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::{
-    Grants, LoadError, PluginKind, STORE_CAPS, bindings::host, limits::MemoryCap, logs::LogGate,
+    Grants, LoadError, PluginKind, STORE_CAPS,
+    bindings::host,
+    limits::MemoryCap,
+    logs::LogGate,
+    network::{HttpHooks, NetworkPolicy},
 };
 use crate::text;
 
@@ -35,6 +41,9 @@ pub struct HostState {
     pub(super) logs: Arc<Mutex<LogGate>>,
     /// The message of the guest's last panic, reported with its trap.
     pub(super) panic: Option<String>,
+    /// `wasi:http` (linked for sensors only): every request passes the grants' check.
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
 }
 
 impl HostState {
@@ -43,6 +52,7 @@ impl HostState {
         wasi: WasiCtx,
         max_memory_bytes: usize,
         logs: Arc<Mutex<LogGate>>,
+        network: Arc<NetworkPolicy>,
     ) -> Self {
         let mut table = ResourceTable::new();
         table.set_max_capacity(STORE_CAPS.host_resources);
@@ -56,6 +66,18 @@ impl HostState {
             },
             logs,
             panic: None,
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks { policy: network },
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -189,9 +211,14 @@ impl Pollable for ReadyNow {
     }
 }
 
-/// The WASI context: nothing but what `grants` names for sensors; for aggregators no
-/// grants at all, frozen clocks and a constant "random" source.
-pub(super) fn wasi_ctx(kind: PluginKind, grants: &Grants) -> Result<WasiCtx, LoadError> {
+/// The WASI context: nothing but what `grants` names for sensors (sockets only through
+/// `network`'s check); for aggregators no grants at all, frozen clocks and a constant
+/// "random" source.
+pub(super) fn wasi_ctx(
+    kind: PluginKind,
+    grants: &Grants,
+    network: &Arc<NetworkPolicy>,
+) -> Result<WasiCtx, LoadError> {
     let mut builder = WasiCtxBuilder::new();
     builder.max_random_size(STORE_CAPS.random_bytes);
     match kind {
@@ -205,9 +232,17 @@ pub(super) fn wasi_ctx(kind: PluginKind, grants: &Grants) -> Result<WasiCtx, Loa
                     })?;
             }
             builder.envs(&grants.env);
-            if grants.network {
-                builder.inherit_network().allow_ip_name_lookup(true);
-            }
+            // TCP goes through the grants' check even with no grant, so that a refused
+            // connection is named (with the grant to add) rather than a bare "not allowed".
+            let check = network.clone();
+            builder
+                .allow_tcp(true)
+                .allow_udp(network.any())
+                .allow_ip_name_lookup(network.lookups())
+                .socket_addr_check(move |addr, use_| {
+                    let allowed = check.allows_socket(addr, use_);
+                    Box::pin(async move { allowed })
+                });
         }
         PluginKind::Aggregator => {
             builder

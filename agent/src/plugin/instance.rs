@@ -29,6 +29,7 @@ use super::{
     host::{HostState, MAX_MESSAGE, wasi_ctx},
     logs::LogGate,
     metadata,
+    network::NetworkPolicy,
 };
 use crate::text;
 
@@ -131,6 +132,8 @@ pub(crate) struct Runner<W: World> {
     from_cache: bool,
     /// Hex SHA-256 of the component.
     sha256: String,
+    /// The network grants, names resolved at load.
+    network: Arc<NetworkPolicy>,
 }
 
 impl<W: World> Runner<W> {
@@ -207,6 +210,21 @@ impl<W: World> Runner<W> {
                 "a fuel limit is set but the engine was built without fuel metering".into(),
             ));
         }
+        let grants = &settings.grants;
+        let network = match W::KIND {
+            PluginKind::Sensor => NetworkPolicy::resolve(
+                grants.network,
+                &grants.connect,
+                &grants.http,
+                settings.limits.timeout(),
+            )
+            .await
+            .map_err(|error| LoadError::NetworkGrant {
+                path: path.clone(),
+                error,
+            })?,
+            PluginKind::Aggregator => NetworkPolicy::default(),
+        };
         let instance_pre = engine
             .linker(W::KIND)
             .instantiate_pre(&compiled.component)
@@ -236,6 +254,7 @@ impl<W: World> Runner<W> {
             stats: PluginStats::default(),
             from_cache,
             sha256,
+            network: Arc::new(network),
         };
         let metadata = runner
             .describe()
@@ -346,8 +365,13 @@ impl<W: World> Runner<W> {
                 self.live = Some(live);
                 self.failures = 0;
                 self.stats.consecutive_failures = 0;
+                let refused = self.network.take_refusal();
                 result.map_err(|message| {
                     self.stats.guest_errors += 1;
+                    let message = match refused {
+                        Some(refused) => format!("{message} ({refused})"),
+                        None => message,
+                    };
                     CallError::Guest {
                         plugin: self.name.to_string(),
                         message: text::one_line_bounded(&message, MAX_MESSAGE),
@@ -426,10 +450,16 @@ impl<W: World> Runner<W> {
         .await;
         match outcome {
             Ok(Ok((instance, Ok(())))) => Ok(Live { store, instance }),
-            Ok(Ok((_, Err(message)))) => Err(StartError::Rejected(text::one_line_bounded(
-                &message,
-                MAX_MESSAGE,
-            ))),
+            Ok(Ok((_, Err(message)))) => {
+                let message = match self.network.take_refusal() {
+                    Some(refused) => format!("{message} ({refused})"),
+                    None => message,
+                };
+                Err(StartError::Rejected(text::one_line_bounded(
+                    &message,
+                    MAX_MESSAGE,
+                )))
+            }
             Ok(Err(err)) => Err(StartError::Failed(self.classify(&mut store, &err))),
             Err(_elapsed) => Err(StartError::Failed(Failure::Timeout(limit))),
         }
@@ -438,13 +468,14 @@ impl<W: World> Runner<W> {
     /// A store for a new instance, armed for its first entry.
     fn new_store(&mut self) -> Result<Store<HostState>, Failure> {
         self.stats.instantiations += 1;
-        let wasi =
-            wasi_ctx(W::KIND, &self.settings.grants).map_err(|e| Failure::Init(e.to_string()))?;
+        let wasi = wasi_ctx(W::KIND, &self.settings.grants, &self.network)
+            .map_err(|e| Failure::Init(e.to_string()))?;
         let state = HostState::new(
             self.name.clone(),
             wasi,
             self.settings.limits.max_memory_bytes(),
             self.logs.clone(),
+            self.network.clone(),
         );
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.memory);

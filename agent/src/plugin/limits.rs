@@ -193,7 +193,11 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables visible to the plugin.
     pub env: Vec<(String, String)>,
-    /// Outgoing TCP/UDP and name lookups.
+    /// TCP endpoints the sensor may connect to (`host:port`).
+    pub connect: Vec<super::network::Endpoint>,
+    /// HTTP origins the sensor may send `wasi:http` requests to.
+    pub http: Vec<super::network::Origin>,
+    /// Every address, TCP and UDP, and name lookups: for local experiments only.
     pub network: bool,
 }
 

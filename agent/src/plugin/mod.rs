@@ -8,6 +8,7 @@
 //! - `host`: what one instance gets from the host: its store data, logging, WASI context,
 //!   the aggregators' frozen clocks.
 //! - `logs`: the per-plugin log budget.
+//! - [`network`]: a sensor's network grants as allow-lists (sockets and `wasi:http`).
 //! - `metadata`: what a plugin may say about itself (lengths, characters).
 //! - `instance`: one plugin's instances: async calls under a deadline, trap handling,
 //!   rebuilds, back-off.
@@ -27,6 +28,7 @@ mod instance;
 mod limits;
 mod logs;
 mod metadata;
+pub mod network;
 mod sensor;
 
 use std::path::{Path, PathBuf};
