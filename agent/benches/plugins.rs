@@ -4,6 +4,8 @@
 //! Targets: `sample()` <= 1 µs including the call's deadline machinery (async call, epoch
 //! yield, timeout), rebuild after a trap <= 50 µs. `scripts/bench` runs these benchmarks
 //! on this tree and on a baseline revision in one run and prints them side by side.
+//! `instrument/`: the real-instrument sensors against local peers (pymodbus needs the
+//! `.venv` scripts/test makes).
 
 use std::{
     cell::RefCell,
@@ -174,5 +176,78 @@ fn load(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sensor, aggregator, load);
+/// The instrument sensors against local peers (pymodbus's server, Python's http.server), one
+/// connection kept: what a round's sample costs beside `random-temperature`'s. Their time is
+/// the peer's (a Python server on the same 2 cores), not only the sandbox's.
+fn instruments(c: &mut Criterion) {
+    use fleetmeter::plugin::{
+        Grants,
+        network::{Endpoint, Origin},
+    };
+    use fleetmeter_testkit::instruments::{JsonPeer, ModbusServer};
+
+    let rt = runtime();
+    let engine = engine();
+    let modbus = ModbusServer::start();
+    let json = JsonPeer::start(r#"{"meter": {"power": 1234.5}}"#, "");
+    let settings = |config: &[(&str, String)], grants: Grants| PluginSettings {
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        grants,
+        ..PluginSettings::default()
+    };
+    let sensors = [
+        (
+            "instrument/sample (modbus-tcp, f32 holding register, pymodbus)",
+            "modbus-tcp",
+            settings(
+                &[
+                    ("address", modbus.address()),
+                    ("register", "6".into()),
+                    ("type", "f32".into()),
+                ],
+                Grants {
+                    connect: vec![Endpoint::parse(&modbus.address()).unwrap()],
+                    ..Grants::default()
+                },
+            ),
+        ),
+        (
+            "instrument/sample (http-json, GET + pointer, http.server)",
+            "http-json",
+            settings(
+                &[
+                    ("url", format!("{}/status", json.origin())),
+                    ("pointer", "/meter/power".into()),
+                ],
+                Grants {
+                    http: vec![Origin::parse(&json.origin()).unwrap()],
+                    ..Grants::default()
+                },
+            ),
+        ),
+    ];
+    for (name, plugin_name, settings) in sensors {
+        let sensor = RefCell::new(
+            rt.block_on(SensorPlugin::load(&engine, &plugin(plugin_name), settings))
+                .unwrap_or_else(|e| panic!("load {plugin_name}: {e}")),
+        );
+        c.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut sensor = sensor.borrow_mut();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(sensor.sample().await.expect("sample"));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+}
+
+criterion_group!(benches, sensor, aggregator, load, instruments);
 criterion_main!(benches);

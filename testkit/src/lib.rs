@@ -9,6 +9,8 @@
 //!   queries.
 //! - [`fleet`]: real `fleetmeter run` processes, started and stopped by signal.
 //! - [`api`]: the real `fleetmeter-api` binary.
+//! - [`instruments`]: pymodbus's Modbus/TCP server, an HTTP JSON page, a peer that never
+//!   answers: the real-instrument sensors' peers.
 //!
 //! The crate lives at the repository's top level so that every crate's tests (the agent's,
 //! the API's) and the benchmarks share one set of fixtures.
@@ -17,6 +19,7 @@ pub mod api;
 pub mod chromium;
 pub mod fleet;
 pub mod gateway;
+pub mod instruments;
 pub mod prometheus;
 pub mod proxy;
 pub mod redis;

@@ -17,6 +17,7 @@ mod deploy;
 mod docs;
 mod e2e;
 mod in_process;
+mod instruments;
 mod kazoo_interop;
 mod no_period_lost;
 mod nothing_lost;
