@@ -292,6 +292,7 @@ pub fn describe(config: &AgentConfig) -> String {
          sampling period:  {:?}\n\
          api url:          {} (format {}, token {}; allowed origins {})\n\
          sensor:           {}\n\
+         sensor grants:    {}\n\
          aggregator:       {}\n\
          metrics, health:  {listen}\n",
         config.device_id,
@@ -325,8 +326,53 @@ pub fn describe(config: &AgentConfig) -> String {
         },
         config.publish.allowed_origins.join(", "),
         resolve(&config.sensor).display(),
+        describe_grants(&config.sensor_settings.grants),
         resolve(&config.aggregator).display(),
     )
+}
+
+/// What the sensor is granted, on one line (environment values hidden: they may be tokens).
+fn describe_grants(grants: &crate::plugin::Grants) -> String {
+    let list = |items: Vec<String>| items.join(", ");
+    let mut parts = Vec::new();
+    if grants.network {
+        parts.push("EVERY address (network = true)".to_owned());
+    }
+    if !grants.connect.is_empty() {
+        parts.push(format!(
+            "connect {}",
+            list(grants.connect.iter().map(|e| e.to_string()).collect())
+        ));
+    }
+    if !grants.http.is_empty() {
+        parts.push(format!(
+            "http {}",
+            list(grants.http.iter().map(|o| o.to_string()).collect())
+        ));
+    }
+    if !grants.dirs.is_empty() {
+        parts.push(format!(
+            "dirs {}",
+            list(
+                grants
+                    .dirs
+                    .iter()
+                    .map(|d| format!("{} (as {})", d.host.display(), d.guest))
+                    .collect()
+            )
+        ));
+    }
+    if !grants.env.is_empty() {
+        parts.push(format!(
+            "env {} (values hidden)",
+            list(grants.env.iter().map(|(k, _)| k.clone()).collect())
+        ));
+    }
+    if parts.is_empty() {
+        "none (no files, environment or network)".to_owned()
+    } else {
+        crate::text::one_line(&parts.join("; ")).into_owned()
+    }
 }
 
 #[cfg(test)]

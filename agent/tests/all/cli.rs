@@ -332,6 +332,7 @@ fn run_check_prints_the_configuration_and_connects_to_nothing() {
         "zk credentials:   user \"fleet\" (password hidden)",
         "sampling period:  2.5s",
         "api url:          https://api.example/ (format json, token set, hidden;",
+        "sensor grants:    none (no files, environment or network)",
         "metrics, health:  127.0.0.1:9464",
     ] {
         assert!(text.contains(expected), "{expected:?} in {text}");
