@@ -116,7 +116,13 @@ def check_rounds(rounds: list[dict], expected_devices: int | None = None) -> str
     round numbers strictly increasing with none doubled and none missing between the first
     and the last, each round's count equal to its devices, and the counter equal to the
     readings in them (each round's counter is the previous one's plus its count). Returns a
-    one-line summary."""
+    one-line summary.
+
+    A fleet that started while the API was not answering yet (its agents do not wait for the
+    API) numbers rounds from the clock and commits them without a `counter` until it can ask
+    the API for the base (README, "measuring never waits for the API"): such rounds may lead
+    the record, and only lead it; the first round with a counter then carries the readings of
+    those before it too (the stack starts empty, so the base is 0)."""
     if len(rounds) < 2:
         raise CheckFailed(f"only {len(rounds)} stored round(s); expected a run of them")
     numbers = [r["round"] for r in rounds]
@@ -132,19 +138,40 @@ def check_rounds(rounds: list[dict], expected_devices: int | None = None) -> str
         if expected_devices is not None and r["count"] > expected_devices:
             raise CheckFailed(f"round {r['round']}: {r['count']} readings from a fleet of "
                               f"{expected_devices}")
+    pending = 0
+    while pending < len(rounds) and rounds[pending].get("counter") is None:
+        pending += 1
+    if pending == len(rounds):
+        raise CheckFailed(f"no stored round carries a counter (rounds {numbers[0]}.."
+                          f"{numbers[-1]}): the counter's base never became known")
+    for r in rounds[pending:]:
         if r.get("counter") is None:
-            raise CheckFailed(f"round {r['round']} has no counter")
-    for before, after in zip(rounds, rounds[1:]):
+            raise CheckFailed(f"round {r['round']} has no counter, after round "
+                              f"{rounds[pending]['round']} had one")
+    counted = rounds[pending:]
+    if pending:
+        first = counted[0]
+        readings_before = sum(r["count"] for r in rounds[:pending])
+        if first["counter"] != readings_before + first["count"]:
+            raise CheckFailed(
+                f"round {first['round']}, the first with a counter, has {first['counter']}; the "
+                f"{pending} round(s) before it (committed while the counter's base was pending) "
+                f"and it hold {readings_before + first['count']} readings")
+    for before, after in zip(counted, counted[1:]):
         if after["counter"] != before["counter"] + after["count"]:
             raise CheckFailed(
                 f"counter: round {before['round']} has {before['counter']}, round "
                 f"{after['round']} has {after['counter']} with {after['count']} readings "
                 f"(expected {before['counter'] + after['count']})")
-    readings = sum(r["count"] for r in rounds[1:])
+    readings = sum(r["count"] for r in counted[1:])
     full = sum(1 for r in rounds if expected_devices and r["count"] == expected_devices)
     summary = (f"{len(rounds)} stored rounds {numbers[0]}..{numbers[-1]}: strictly increasing, "
-               f"none doubled, none missing; counter {rounds[0]['counter']} -> "
-               f"{rounds[-1]['counter']} = the {readings} readings after the first")
+               f"none doubled, none missing; counter {counted[0]['counter']} -> "
+               f"{counted[-1]['counter']} = the {readings} readings after round "
+               f"{counted[0]['round']}")
+    if pending:
+        summary += (f"; the first {pending} round(s) committed before the API answered carry no "
+                    f"counter, and round {counted[0]['round']}'s counts their readings")
     if expected_devices:
         summary += f"; {full} with all {expected_devices} devices"
     return summary
