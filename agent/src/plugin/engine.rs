@@ -138,19 +138,17 @@ impl PluginEngine {
             }
         };
 
-        let link = |frozen_clocks: bool| -> wasmtime::Result<Linker<HostState>> {
+        // Sensors get `wasi:http` (behind their grants: network.rs); aggregators frozen clocks.
+        let link = |aggregator: bool| -> wasmtime::Result<Linker<HostState>> {
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-            if !frozen_clocks {
-                // Sensors only. Requests are checked against the sensor's `http` grants (plugin/network.rs).
-                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-            }
             super::bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
                 &mut linker,
                 |state| state,
             )?;
-            if frozen_clocks {
-                host::link_frozen_clocks(&mut linker)?;
+            match aggregator {
+                false => wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?,
+                true => host::link_frozen_clocks(&mut linker)?,
             }
             Ok(linker)
         };
