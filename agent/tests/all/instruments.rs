@@ -594,6 +594,25 @@ async fn a_fleet_of_modbus_devices_stores_what_the_server_serves() {
     for (got, want) in values.iter().zip(&expected) {
         assert!((got - want).abs() < 1e-9, "{values:?} != {expected:?}");
     }
+    // The same grant does not reach this fleet's own ZooKeeper or API, both on loopback.
+    let zookeeper = format!("127.0.0.1:{}", fleet.zk.port);
+    let config = [("address", zookeeper.as_str()), ("register", "0")];
+    let mut sensor = load("modbus-tcp", &config, connect(&server.address()), 2000).await;
+    let err = guest_error(sensor.sample().await);
+    assert!(
+        err.contains(&format!("refused a TCP connection to {zookeeper}")),
+        "{err}"
+    );
+    let api = format!("http://127.0.0.1:{}", fleet.api_port);
+    let url = format!("{api}/api/v1/rounds");
+    let config = [("url", url.as_str()), ("pointer", "/0/value")];
+    let modbus_origin = format!("http://{}", server.address());
+    let mut sensor = load("http-json", &config, http(&modbus_origin), 2000).await;
+    let err = guest_error(sensor.sample().await);
+    assert!(
+        err.contains(&format!("refused an HTTP request to {api}")),
+        "{err}"
+    );
     fleet.stop_all().await;
 }
 
@@ -650,6 +669,32 @@ async fn a_fleet_of_http_prometheus_and_file_devices_stores_what_the_peers_serve
         [21.5, 5.0, 23.125]
     );
     fleet.stop_all().await;
+}
+
+#[test]
+fn inspect_says_which_grants_a_sensor_may_ask_for() {
+    let inspect = |name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetmeter"))
+            .args(["plugin", "inspect", name])
+            .current_dir(repo_root())
+            .env("FLEETMETER_CACHE_DIR", cache_dir())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let modbus = inspect("modbus-tcp");
+    assert!(
+        modbus.contains("may use:   TCP connections: a `connect` grant"),
+        "{modbus}"
+    );
+    let json = inspect("http-json");
+    assert!(json.contains("HTTP requests: an `http` grant"), "{json}");
+    let mean = inspect("mean");
+    assert!(
+        !mean.contains("may use:"),
+        "aggregators get no grants at all: {mean}"
+    );
 }
 
 /// The `toml` blocks of the README and docs/instruments.md that configure an instrument
