@@ -32,6 +32,10 @@ COPY plugins/mean/Cargo.toml plugins/mean/
 COPY plugins/median/Cargo.toml plugins/median/
 COPY plugins/trimmed-mean/Cargo.toml plugins/trimmed-mean/
 COPY plugins/thermal-zone/Cargo.toml plugins/thermal-zone/
+COPY plugins/modbus-tcp/Cargo.toml plugins/modbus-tcp/
+COPY plugins/http-json/Cargo.toml plugins/http-json/
+COPY plugins/prometheus/Cargo.toml plugins/prometheus/
+COPY plugins/file/Cargo.toml plugins/file/
 COPY plugins/fixtures/misbehaving-sensor/Cargo.toml plugins/fixtures/misbehaving-sensor/
 COPY plugins/fixtures/nondeterministic-aggregator/Cargo.toml plugins/fixtures/nondeterministic-aggregator/
 COPY plugins/fixtures/future-contract/Cargo.toml plugins/fixtures/future-contract/
