@@ -339,6 +339,9 @@ impl<W: World> Runner<W> {
         let started = Instant::now();
         let _running = self.engine.running();
         self.logs().begin_call();
+        // A refusal belongs to the call that caused it: one left by a call that trapped or
+        // timed out must not be told with the next call's error.
+        self.network.take_refusal();
         let live = match self.live.take() {
             Some(live) => Ok(live),
             None => self.instantiate_ready().await,

@@ -254,6 +254,15 @@ async fn a_name_is_pinned_to_what_it_resolved_to_at_load() {
         err.contains("refused a TCP connection to 127.0.0.3"),
         "{err}"
     );
+    // Granted by address, asked by name: no lookups at all (no DNS channel), said so.
+    let by_address = server.address();
+    let config = [("address", by_name.as_str()), ("register", "12")];
+    let mut sensor = load("modbus-tcp", &config, connect(&by_address), 2000).await;
+    let err = guest_error(sensor.sample().await);
+    assert!(
+        err.contains("resolves names only when a `connect` grant names a host"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -173,8 +173,24 @@ impl ModbusTcp {
             }
         };
         if self.connection.is_none() {
-            let stream =
-                TcpStream::connect(&self.address).map_err(|e| io("cannot connect to", e))?;
+            let stream = TcpStream::connect(&self.address).map_err(|e| {
+                let host = self.address.rsplit_once(':').map_or("", |(h, _)| h);
+                let by_name = host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_err();
+                if by_name && e.to_string().contains("lookup") {
+                    // No lookups in the sandbox unless a `connect` grant names a host.
+                    Failure::Final(Error::new(format!(
+                        "cannot resolve {}: {e} (the sandbox resolves names only when a \
+                         `connect` grant names a host: grant \"{}\", or set `address` to the \
+                         instrument's IP address)",
+                        self.address, self.address
+                    )))
+                } else {
+                    io("cannot connect to", e)
+                }
+            })?;
             stream
                 .set_read_timeout(Some(IO_TIMEOUT))
                 .map_err(|e| io("cannot set up", e))?;
