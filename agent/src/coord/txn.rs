@@ -177,13 +177,6 @@ impl TxnError {
         self.failed().is_some_and(|(l, e)| l == label && e == error)
     }
 
-    /// Whether some operation found its node at another version than expected (someone
-    /// moved it since it was read).
-    pub fn is_bad_version(&self) -> bool {
-        self.failed()
-            .is_some_and(|(_, e)| matches!(e, ZkError::BadVersion))
-    }
-
     /// As a coordination error, for a caller that has no use for the label.
     pub fn into_coord(self) -> CoordError {
         match self {
@@ -343,7 +336,6 @@ mod tests {
         assert!(err.is(Label::Fence));
         assert!(err.is_at(Label::Fence, &ZkError::NoNode));
         assert!(!err.is_at(Label::Fence, &ZkError::BadVersion));
-        assert!(!err.is_bad_version());
         let text = err.to_string();
         assert!(
             text.contains("fence") && text.contains("/election/x"),

@@ -217,8 +217,8 @@ pub(super) enum Failure {
     Fenced,
     /// `{root}/results` does not exist yet: make it and try again.
     NoResultsDir,
-    /// The counter, the ledger or the round moved since read: read again (if the round
-    /// moved, someone else released it).
+    /// The counter, the ledger, the round or the counter's pending base moved since read:
+    /// read again (if the round moved, someone else released it).
     Conflict,
     /// Anything else: the commit failed.
     Other,
@@ -228,7 +228,10 @@ pub(super) fn judge(err: &TxnError) -> Failure {
     match err.failed() {
         Some((Label::Fence, _)) => Failure::Fenced,
         Some((Label::Entry, ZkError::NoNode)) => Failure::NoResultsDir,
-        Some((_, ZkError::BadVersion)) => Failure::Conflict,
+        Some((
+            Label::Counter | Label::Ledger | Label::Round | Label::CounterBase,
+            ZkError::BadVersion,
+        )) => Failure::Conflict,
         _ => Failure::Other,
     }
 }

@@ -150,8 +150,14 @@ pub(super) async fn start(ctx: &Ctx, node: &str, point: ResumePoint) -> Result<(
             Err(err) if err.is(Label::Fence) => Err(StartError::Fenced),
             // Another leader started it first.
             Err(err) if err.is_at(Label::Round, &ZkError::NodeExists) => Ok(()),
-            // The barrier or counter was created meanwhile.
-            Err(err) if err.failed().is_some_and(|(_, e)| *e == ZkError::NodeExists) => continue,
+            // The barrier, the counter or its pending base was created meanwhile.
+            Err(err)
+                if [Label::Barrier, Label::Counter, Label::CounterBase]
+                    .into_iter()
+                    .any(|label| err.is_at(label, &ZkError::NodeExists)) =>
+            {
+                continue;
+            }
             Err(err) => Err(err.into_coord().into()),
         };
     }

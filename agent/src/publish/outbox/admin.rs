@@ -183,7 +183,13 @@ pub async fn discard(client: &FleetClient, round: u64) -> Result<Handled, CoordE
             Err(err) if err.is_at(Label::Rejected, &ZkError::NoNode) => {
                 return Ok(Handled::NotFound);
             }
-            Err(err) if err.is_bad_version() => continue,
+            // The rejection or the ledger moved since read.
+            Err(err)
+                if err.is_at(Label::Rejected, &ZkError::BadVersion)
+                    || err.is_at(Label::Ledger, &ZkError::BadVersion) =>
+            {
+                continue;
+            }
             Err(err) => return Err(err.into_coord()),
         }
         if let Ok(rejected) = serde_json::from_slice::<Rejected>(&data)

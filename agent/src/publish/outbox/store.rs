@@ -311,7 +311,8 @@ pub async fn reject(
             }
             Err(err) if err.is_at(Label::Rejected, &ZkError::NodeExists) => continue,
             Err(err) if err.is_at(Label::Entry, &ZkError::NoNode) => Ok(()),
-            Err(err) if err.is_bad_version() => continue,
+            // The ledger moved since read.
+            Err(err) if err.is_at(Label::Ledger, &ZkError::BadVersion) => continue,
             Err(err) => Err(err.into_coord()),
         };
     }
