@@ -51,6 +51,22 @@ fn runtime() -> Runtime {
         .expect("runtime")
 }
 
+/// `sample()` of a loaded sensor, awaited in a loop as a device's task runs it.
+fn bench_samples(c: &mut Criterion, rt: &Runtime, name: &str, sensor: &RefCell<SensorPlugin>) {
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut sensor = sensor.borrow_mut();
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(sensor.sample().await.expect("sample"));
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
 /// Times `iters` awaited calls inside one `block_on`, as a device's task runs them.
 fn timed<T, F: Future<Output = T>>(
     rt: &Runtime,
@@ -77,18 +93,7 @@ fn sensor(c: &mut Criterion) {
         ))
         .expect("load random-temperature"),
     );
-    c.bench_function("sensor/sample (random-temperature)", |b| {
-        b.iter_custom(|iters| {
-            let mut sensor = sensor.borrow_mut();
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(sensor.sample().await.expect("sample"));
-                }
-                start.elapsed()
-            })
-        })
-    });
+    bench_samples(c, &rt, "sensor/sample (random-temperature)", &sensor);
     // What a trap costs afterwards: a new store, instantiation from the InstancePre, `init`.
     c.bench_function("sensor/instantiate+init (random-temperature)", |b| {
         b.iter_custom(|iters| {
@@ -234,18 +239,7 @@ fn instruments(c: &mut Criterion) {
             rt.block_on(SensorPlugin::load(&engine, &plugin(plugin_name), settings))
                 .unwrap_or_else(|e| panic!("load {plugin_name}: {e}")),
         );
-        c.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut sensor = sensor.borrow_mut();
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(sensor.sample().await.expect("sample"));
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        bench_samples(c, &rt, name, &sensor);
     }
 }
 

@@ -7,7 +7,42 @@
 //! if page.status != 200 { bail!("HTTP {}", page.status) }
 //! ```
 
-use crate::{Error, Result};
+use crate::{Config, Error, Result};
+
+/// The config keys [`Page::from_config`] reads.
+pub const PAGE_KEYS: [&str; 2] = ["url", "max_body_kib"];
+
+/// The page a sensor reads: its `url` (required, `http://` or `https://`) and `max_body_kib`
+/// (1 to 4096), as the bundled HTTP sensors take them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The URL, checked by [`Url::parse`].
+    pub url: String,
+    /// The largest body read, in bytes.
+    pub max_body: usize,
+}
+
+impl Page {
+    /// Reads `url` (`example` shows one in the error when it is missing) and `max_body_kib`
+    /// (`default_kib` when absent).
+    pub fn from_config(config: &Config, example: &str, default_kib: usize) -> Result<Self> {
+        let url = config
+            .get("url")
+            .ok_or_else(|| Error::new(format!("config `url` is required, e.g. {example}")))?
+            .to_owned();
+        Url::parse(&url).map_err(|e| Error::new(format!("config `url`: {e}")))?;
+        let max_body_kib: usize = config.parse_or("max_body_kib", default_kib)?;
+        if !(1..=4096).contains(&max_body_kib) {
+            return Err(Error::new(format!(
+                "config `max_body_kib`: {max_body_kib} is not 1 to 4096"
+            )));
+        }
+        Ok(Self {
+            url,
+            max_body: max_body_kib * 1024,
+        })
+    }
+}
 
 /// A response: its status and its whole body (at most the size asked for).
 #[derive(Clone, Debug, PartialEq, Eq)]

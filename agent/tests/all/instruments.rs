@@ -88,6 +88,12 @@ fn http(origin: &str) -> Grants {
     }
 }
 
+/// The error of the first sample of a sensor loaded with `config` and `grants` (2 s limit).
+async fn first_error(name: &str, config: &[(&str, &str)], grants: Grants) -> String {
+    let mut sensor = load(name, config, grants, 2000).await;
+    guest_error(sensor.sample().await)
+}
+
 fn guest_error(result: Result<f64, CallError>) -> String {
     match result {
         Err(CallError::Guest { message, .. }) => message,
@@ -212,8 +218,7 @@ async fn a_sensor_granted_one_address_reaches_no_other() {
         format!("127.0.0.2:{}", server.port),
     ] {
         let config = [("address", target.as_str()), ("register", "11")];
-        let mut sensor = load("modbus-tcp", &config, connect(&granted), 2000).await;
-        let err = guest_error(sensor.sample().await);
+        let err = first_error("modbus-tcp", &config, connect(&granted)).await;
         assert!(
             err.contains(&format!("grant it with `connect = [\"{target}\"]`")),
             "{target}: {err}"
@@ -221,8 +226,7 @@ async fn a_sensor_granted_one_address_reaches_no_other() {
     }
     // No grant at all: refused the same way.
     let config = [("address", granted.as_str()), ("register", "11")];
-    let mut sensor = load("modbus-tcp", &config, Grants::default(), 2000).await;
-    let err = guest_error(sensor.sample().await);
+    let err = first_error("modbus-tcp", &config, Grants::default()).await;
     assert!(
         err.contains("the sandbox refused a TCP connection"),
         "{err}"
@@ -248,8 +252,7 @@ async fn a_name_is_pinned_to_what_it_resolved_to_at_load() {
     // would answer there) is not the address it resolved to: refused.
     let later = format!("127.0.0.3:{}", server.port);
     let config = [("address", later.as_str()), ("register", "12")];
-    let mut sensor = load("modbus-tcp", &config, connect(&by_name), 2000).await;
-    let err = guest_error(sensor.sample().await);
+    let err = first_error("modbus-tcp", &config, connect(&by_name)).await;
     assert!(
         err.contains("refused a TCP connection to 127.0.0.3"),
         "{err}"
@@ -257,8 +260,7 @@ async fn a_name_is_pinned_to_what_it_resolved_to_at_load() {
     // Granted by address, asked by name: no lookups at all (no DNS channel), said so.
     let by_address = server.address();
     let config = [("address", by_name.as_str()), ("register", "12")];
-    let mut sensor = load("modbus-tcp", &config, connect(&by_address), 2000).await;
-    let err = guest_error(sensor.sample().await);
+    let err = first_error("modbus-tcp", &config, connect(&by_address)).await;
     assert!(
         err.contains("resolves names only when a `connect` grant names a host"),
         "{err}"
@@ -606,8 +608,7 @@ async fn a_fleet_of_modbus_devices_stores_what_the_server_serves() {
     // The same grant does not reach this fleet's own ZooKeeper or API, both on loopback.
     let zookeeper = format!("127.0.0.1:{}", fleet.zk.port);
     let config = [("address", zookeeper.as_str()), ("register", "0")];
-    let mut sensor = load("modbus-tcp", &config, connect(&server.address()), 2000).await;
-    let err = guest_error(sensor.sample().await);
+    let err = first_error("modbus-tcp", &config, connect(&server.address())).await;
     assert!(
         err.contains(&format!("refused a TCP connection to {zookeeper}")),
         "{err}"
@@ -616,8 +617,7 @@ async fn a_fleet_of_modbus_devices_stores_what_the_server_serves() {
     let url = format!("{api}/api/v1/rounds");
     let config = [("url", url.as_str()), ("pointer", "/0/value")];
     let modbus_origin = format!("http://{}", server.address());
-    let mut sensor = load("http-json", &config, http(&modbus_origin), 2000).await;
-    let err = guest_error(sensor.sample().await);
+    let err = first_error("http-json", &config, http(&modbus_origin)).await;
     assert!(
         err.contains(&format!("refused an HTTP request to {api}")),
         "{err}"

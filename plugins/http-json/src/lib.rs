@@ -18,25 +18,19 @@
 use fleetmeter_sdk::{http, prelude::*};
 
 pub struct HttpJson {
-    url: String,
+    page: http::Page,
     pointer: String,
     headers: Vec<(String, String)>,
-    max_body: usize,
     calibration: Calibration,
 }
 
 impl Sensor for HttpJson {
     fn new(config: &Config) -> Result<Self> {
-        let mut known = vec!["url", "pointer", "header", "max_body_kib"];
+        let mut known = vec!["pointer", "header"];
+        known.extend(http::PAGE_KEYS);
         known.extend(fleetmeter_sdk::calibration::KEYS);
         config.allow_only(&known)?;
-        let url = config
-            .get("url")
-            .ok_or_else(|| {
-                Error::new("config `url` is required, e.g. http://10.0.0.7:8080/status")
-            })?
-            .to_owned();
-        http::Url::parse(&url).map_err(|e| Error::new(format!("config `url`: {e}")))?;
+        let page = http::Page::from_config(config, "http://10.0.0.7:8080/status", 256)?;
         let pointer = config
             .get("pointer")
             .ok_or_else(|| {
@@ -54,25 +48,20 @@ impl Sensor for HttpJson {
             }
             None => Vec::new(),
         };
-        let max_body_kib: usize = config.parse_or("max_body_kib", 256)?;
-        if !(1..=4096).contains(&max_body_kib) {
-            bail!("config `max_body_kib`: {max_body_kib} is not 1 to 4096");
-        }
         Ok(Self {
-            url,
+            page,
             pointer,
             headers,
-            max_body: max_body_kib * 1024,
             calibration: Calibration::from_config(config)?,
         })
     }
 
     fn sample(&mut self) -> Result<f64> {
-        let page = http::get(&self.url, &self.headers, self.max_body)?;
+        let page = http::get(&self.page.url, &self.headers, self.page.max_body)?;
         if !(200..300).contains(&page.status) {
             bail!(
                 "{}: HTTP {}{}",
-                self.url,
+                self.page.url,
                 page.status,
                 if (300..400).contains(&page.status) {
                     " (a redirect: point `url` at its target; redirects are not followed)"
@@ -82,7 +71,7 @@ impl Sensor for HttpJson {
             );
         }
         let raw = pick(&page.body, &self.pointer)
-            .map_err(|e| Error::new(format!("{}: {e}", self.url)))?;
+            .map_err(|e| Error::new(format!("{}: {e}", self.page.url)))?;
         self.calibration.apply(raw)
     }
 }

@@ -23,9 +23,8 @@ enum Reduce {
 }
 
 pub struct Prometheus {
-    url: String,
+    page: http::Page,
     query: Query,
-    max_body: usize,
     calibration: Calibration,
 }
 
@@ -39,16 +38,11 @@ struct Query {
 
 impl Sensor for Prometheus {
     fn new(config: &Config) -> Result<Self> {
-        let mut known = vec!["url", "metric", "labels", "reduce", "max_body_kib"];
+        let mut known = vec!["metric", "labels", "reduce"];
+        known.extend(http::PAGE_KEYS);
         known.extend(fleetmeter_sdk::calibration::KEYS);
         config.allow_only(&known)?;
-        let url = config
-            .get("url")
-            .ok_or_else(|| {
-                Error::new("config `url` is required, e.g. http://10.0.0.8:9100/metrics")
-            })?
-            .to_owned();
-        http::Url::parse(&url).map_err(|e| Error::new(format!("config `url`: {e}")))?;
+        let page = http::Page::from_config(config, "http://10.0.0.8:9100/metrics", 1024)?;
         let metric = config
             .get("metric")
             .ok_or_else(|| Error::new("config `metric` is required, e.g. node_hwmon_temp_celsius"))?
@@ -78,36 +72,31 @@ impl Sensor for Prometheus {
             "avg" => Reduce::Avg,
             other => bail!("config `reduce`: `{other}` is not only, sum or avg"),
         };
-        let max_body_kib: usize = config.parse_or("max_body_kib", 1024)?;
-        if !(1..=4096).contains(&max_body_kib) {
-            bail!("config `max_body_kib`: {max_body_kib} is not 1 to 4096");
-        }
         Ok(Self {
-            url,
+            page,
             query: Query {
                 metric,
                 labels,
                 reduce,
             },
-            max_body: max_body_kib * 1024,
             calibration: Calibration::from_config(config)?,
         })
     }
 
     fn sample(&mut self) -> Result<f64> {
         let page = http::get(
-            &self.url,
+            &self.page.url,
             &[("Accept".to_owned(), "text/plain".to_owned())],
-            self.max_body,
+            self.page.max_body,
         )?;
         if !(200..300).contains(&page.status) {
-            bail!("{}: HTTP {}", self.url, page.status);
+            bail!("{}: HTTP {}", self.page.url, page.status);
         }
         let text = String::from_utf8_lossy(&page.body);
         let raw = self
             .query
             .evaluate(&text)
-            .map_err(|e| Error::new(format!("{}: {e}", self.url)))?;
+            .map_err(|e| Error::new(format!("{}: {e}", self.page.url)))?;
         self.calibration.apply(raw)
     }
 }
