@@ -5,7 +5,8 @@
 //! yield, timeout), rebuild after a trap <= 50 µs. `scripts/bench` runs these benchmarks
 //! on this tree and on a baseline revision in one run and prints them side by side.
 //! `instrument/`: the real-instrument sensors against local peers (pymodbus needs the
-//! `.venv` scripts/test makes).
+//! `.venv` scripts/test makes). `quantities/`: a sample and an aggregation of 1 and of 8
+//! quantities, and (printed) a round's JSON size per device with 1 and 8 quantities.
 
 use std::{
     cell::RefCell,
@@ -121,10 +122,7 @@ fn aggregator(c: &mut Criterion) {
         .expect("load mean"),
     );
     let readings: Vec<Reading> = (1..=3)
-        .map(|i| Reading {
-            device: i.to_string(),
-            value: 80.0 + f64::from(i),
-        })
+        .map(|i| Reading::one(i.to_string(), "t", 80.0 + f64::from(i), ""))
         .collect();
     c.bench_function("aggregator/aggregate 3 readings (mean)", |b| {
         b.iter_custom(|iters| {
@@ -243,5 +241,125 @@ fn instruments(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, sensor, aggregator, load, instruments);
+/// `NAME:VALUE:UNIT,…` of `n` quantities.
+fn fixed(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("q{i}:{}.25:V", 200 + i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn quantities(c: &mut Criterion) {
+    use fleetmeter::wire::Round;
+
+    let rt = runtime();
+    let engine = engine();
+    for n in [1, 8] {
+        let settings = PluginSettings {
+            config: vec![
+                ("mode".into(), "fixed".into()),
+                ("quantities".into(), fixed(n)),
+            ],
+            ..PluginSettings::default()
+        };
+        let sensor = RefCell::new(
+            rt.block_on(SensorPlugin::load(
+                &engine,
+                &plugin("fixtures/misbehaving-sensor"),
+                settings,
+            ))
+            .expect("load misbehaving-sensor"),
+        );
+        bench_samples(
+            c,
+            &rt,
+            &format!("quantities/sample {n} quantities"),
+            &sensor,
+        );
+    }
+    let mean = RefCell::new(
+        rt.block_on(AggregatorPlugin::load(
+            &engine,
+            &plugin("mean"),
+            PluginSettings::default(),
+        ))
+        .expect("load mean"),
+    );
+    for n in [1, 8] {
+        let readings: Vec<Reading> = (0..100)
+            .map(|d| Reading {
+                device: format!("device-{d:03}"),
+                quantities: (0..n)
+                    .map(|i| {
+                        fleetmeter::plugin::Quantity::new(format!("q{i}"), 20.0 + f64::from(d), "V")
+                    })
+                    .collect(),
+            })
+            .collect();
+        let name = format!("quantities/aggregate 100 devices x {n} quantities (mean)");
+        c.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                let mut mean = mean.borrow_mut();
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(
+                            mean.aggregate(black_box(&readings))
+                                .await
+                                .expect("aggregate"),
+                        );
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    // A round's JSON per device, with ids like "device-00042" and values of full precision.
+    for n in [1, 8] {
+        for devices in [100, 10_000] {
+            let readings: Vec<Reading> = (0..devices)
+                .map(|d| Reading {
+                    device: format!("device-{d:05}"),
+                    quantities: (0..n)
+                        .map(|i| {
+                            fleetmeter::plugin::Quantity::new(
+                                format!("quantity-{i}"),
+                                20.0 + (d as f64) / 3.0,
+                                "Cel",
+                            )
+                        })
+                        .collect(),
+                })
+                .collect();
+            let published: Vec<(String, f64)> =
+                (0..n).map(|i| (format!("quantity-{i}"), 21.5)).collect();
+            let p =
+                fleetmeter::round::quantities::publish(&readings, &published).expect("published");
+            let round = Round {
+                round: 1_000_000,
+                value: p.value,
+                count: devices as u32,
+                devices: p.devices,
+                aggregator: "mean@0.1.0".into(),
+                leader: "device-00001".into(),
+                ts: 1_766_334_379_000,
+                unit: p.unit,
+                counter: Some(123_456_789),
+                version: fleetmeter::wire::VERSION,
+                values: p.values,
+                shadow: None,
+                rollout: None,
+                quantities: Some(p.quantities),
+            };
+            round.validate().expect("a valid round");
+            let bytes = serde_json::to_vec(&round).expect("serializes").len();
+            println!(
+                "quantities/round JSON: {n} quantities, {devices} devices: {bytes} bytes, {:.1} bytes per device",
+                bytes as f64 / devices as f64
+            );
+        }
+    }
+}
+
+criterion_group!(benches, sensor, aggregator, load, instruments, quantities);
 criterion_main!(benches);

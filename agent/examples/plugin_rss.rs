@@ -65,11 +65,11 @@ async fn run() -> Result<()> {
         for d in 0..3 {
             readings.push(Reading {
                 device: d.to_string(),
-                value: sensor.sample().await.expect("sample"),
+                quantities: sensor.sample().await.expect("sample"),
             });
         }
-        let value = mean.aggregate(&readings).await.expect("aggregate");
-        assert!(value.is_some(), "round {round}");
+        let published = mean.aggregate(&readings).await.expect("aggregate");
+        assert!(!published.is_empty(), "round {round}");
     }
     println!(
         "after 10k rounds: VmRSS {}, peak VmHWM {}",

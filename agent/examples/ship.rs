@@ -187,9 +187,13 @@ async fn main() -> Result<()> {
         let mut row = format!("{:<20}", path.file_stem().unwrap().to_string_lossy());
         for n in [3usize, 100, 10_000] {
             let readings: Vec<Reading> = (0..n)
-                .map(|i| Reading {
-                    device: format!("device-{i:05}"),
-                    value: 20.0 + (i % 17) as f64 * 0.5,
+                .map(|i| {
+                    Reading::one(
+                        format!("device-{i:05}"),
+                        "t",
+                        20.0 + (i % 17) as f64 * 0.5,
+                        "",
+                    )
                 })
                 .collect();
             let mut calls = Vec::new();

@@ -15,6 +15,7 @@ use crate::{
     },
     publish::outbox::{self, Ledger},
     round::handover::GivenUp,
+    text::one_line_bounded,
     wire::{Advert, DeviceReading, MAX_ID_BYTES, Shown},
 };
 
@@ -146,7 +147,7 @@ pub async fn read(session: &Session) -> Result<Status, CoordError> {
 /// is escaped onto one line: anyone who can write a node cannot forge lines or recolour the
 /// operator's terminal.
 pub fn render(status: &Status) -> String {
-    use crate::text::{one_line, one_line_bounded};
+    use crate::text::one_line;
     let mut out = String::new();
     let leader = one_line(status.leader.as_deref().unwrap_or("none"));
     out.push_str(&format!("fleet:    {}\n", status.root));
@@ -262,7 +263,7 @@ pub fn render(status: &Status) -> String {
             Some(r) => out.push_str(&format!(
                 "  {}{mark}: {} in round {} [{runs}]\n",
                 one_line(&m.id),
-                Shown(r.value),
+                shown_reading(r),
                 r.round
             )),
             None => out.push_str(&format!(
@@ -284,6 +285,17 @@ pub fn render(status: &Status) -> String {
         ));
     }
     out
+}
+
+/// A device's latest reading for a person: its value, or each quantity with its unit when
+/// the node carries several (escaped and bounded: the node is outside input).
+fn shown_reading(r: &DeviceReading) -> String {
+    match r.quantities.as_deref() {
+        Some(sample @ [_, _, ..]) if crate::wire::check_sample(sample).is_ok() => {
+            one_line_bounded(&crate::wire::ShownSample(sample).to_string(), 400)
+        }
+        _ => Shown(r.value).to_string(),
+    }
 }
 
 /// The raw value of a dynamic key, `None` when absent.
@@ -411,16 +423,33 @@ mod tests {
             root: "/fleetmeter".into(),
             leader: Some("1".into()),
             contenders: vec!["1".into()],
-            members: vec![Member {
-                id: "1".into(),
-                reading: Some(DeviceReading {
-                    round: 4,
-                    value: 78.66666666666667,
-                    ts: 1,
-                    advert: Default::default(),
-                }),
-                advert: crate::wire::advert(2),
-            }],
+            members: vec![
+                Member {
+                    id: "1".into(),
+                    reading: Some(DeviceReading {
+                        round: 4,
+                        value: 78.66666666666667,
+                        ts: 1,
+                        quantities: None,
+                        advert: Default::default(),
+                    }),
+                    advert: crate::wire::advert(2),
+                },
+                Member {
+                    id: "2".into(),
+                    reading: Some(DeviceReading {
+                        round: 4,
+                        value: 21.33333333333333,
+                        ts: 1,
+                        quantities: Some(vec![
+                            crate::wire::Quantity::new("t", 21.33333333333333, "Cel"),
+                            crate::wire::Quantity::new("rh", 40.0, "%"),
+                        ]),
+                        advert: Default::default(),
+                    }),
+                    advert: crate::wire::advert(2),
+                },
+            ],
             round: Some(4),
             counter: Some(9),
             counter_base_pending: Some(3),
@@ -437,6 +466,10 @@ mod tests {
                 "  1 (leader): 78.6667 in round 4 [fleetmeter {}, wire 1-2]\n",
                 crate::wire::AGENT_VERSION
             )),
+            "{text}"
+        );
+        assert!(
+            text.contains("  2: t=21.3333 Cel, rh=40 % in round 4 ["),
             "{text}"
         );
     }

@@ -1,7 +1,10 @@
 //! The API's Prometheus metrics (`GET /metrics`, OpenMetrics text), all prefixed
 //! `fleetmeter_api_`.
 
-use std::sync::{Mutex, atomic::AtomicU64};
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -26,6 +29,15 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantityLabels {
+    pub quantity: String,
+}
+
+/// Distinct `quantity` label values this process exports: names beyond the first ones seen
+/// get no series, so a client cannot grow the scrape without end.
+pub const MAX_QUANTITY_LABELS: usize = 64;
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -39,8 +51,11 @@ pub struct Metrics {
     pub redis_errors: Counter,
     latest_round: Gauge,
     latest_value: Gauge<f64, AtomicU64>,
-    /// The round the two gauges above describe; they move together.
+    latest_quantity: Family<QuantityLabels, Gauge<f64, AtomicU64>>,
+    /// The round the gauges above describe; they move together.
     latest: Mutex<Option<u64>>,
+    /// The quantity names given a series.
+    quantities: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,7 +128,15 @@ impl Metrics {
             "Value of the highest round stored by this process",
             latest_value.clone(),
         );
+        let latest_quantity = Family::<QuantityLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "latest_quantity_value",
+            "Each quantity's value in the highest round stored by this process (version 4 rounds)",
+            latest_quantity.clone(),
+        );
         Self {
+            latest_quantity,
+            quantities: Mutex::new(BTreeSet::new()),
             registry,
             requests,
             request_seconds,
@@ -129,14 +152,29 @@ impl Metrics {
     }
 
     /// Records a newly stored round; the latest-round gauges only move forward.
-    pub fn round_stored(&self, round: u64, value: f64) {
+    pub fn round_stored(&self, round: &crate::round::Round) {
         self.rounds_stored.inc();
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest.is_none_or(|l| round >= l) {
-            *latest = Some(round);
+        if latest.is_none_or(|l| round.round >= l) {
+            *latest = Some(round.round);
             self.latest_round
-                .set(i64::try_from(round).unwrap_or(i64::MAX));
-            self.latest_value.set(value);
+                .set(i64::try_from(round.round).unwrap_or(i64::MAX));
+            self.latest_value.set(round.value);
+            let mut known = self.quantities.lock().unwrap_or_else(|e| e.into_inner());
+            for q in round.quantities.iter().flatten() {
+                let Some(value) = q.value else { continue };
+                if !known.contains(&q.name) {
+                    if known.len() >= MAX_QUANTITY_LABELS {
+                        continue;
+                    }
+                    known.insert(q.name.clone());
+                }
+                self.latest_quantity
+                    .get_or_create(&QuantityLabels {
+                        quantity: q.name.clone(),
+                    })
+                    .set(value);
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use fleetmeter_wire::{InvalidRound, MAX_DEVICES, MAX_ID_BYTES, MAX_ROUND_JSON, Round};
+pub use fleetmeter_wire::{
+    InvalidRound, MAX_DEVICES, MAX_ID_BYTES, MAX_ROUND_JSON, Quantity, Round, RoundQuantity,
+};
 
 /// A value stored through the original API's `GET /nuevo?dato=V`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

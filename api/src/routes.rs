@@ -260,7 +260,7 @@ async fn post_round(
         .map_err(|e| state.storage_failed(e))?;
     match outcome {
         PutOutcome::Stored => {
-            state.metrics.round_stored(round.round, round.value);
+            state.metrics.round_stored(&round);
             tracing::info!(round = round.round, value = %Shown(round.value), count = round.count, leader = %round.leader, "round stored");
             Ok((
                 StatusCode::CREATED,

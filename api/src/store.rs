@@ -6,8 +6,9 @@
 //! - `{p}:values` — sorted set of `/nuevo` values (member = JSON with the server time);
 //! - `{p}:values:seq` — counter whose value is each `/nuevo` member's score: unique and
 //!   increasing, so values stored within the same millisecond keep their order;
-//! - `{p}:device:{id}` — sorted set of the device's readings from version 2 rounds (member =
-//!   `{"round","value","ts"}` JSON, score = round), the latest [`READINGS_KEPT`] kept;
+//! - `{p}:device:{id}` — sorted set of the device's readings from version 2 rounds on (member
+//!   = `{"round","value","ts"}` JSON, plus `"quantities"` from a version 4 round of several;
+//!   score = round), the latest [`READINGS_KEPT`] kept;
 //! - `{p}:devices` — hash of device id → its latest reading (the same JSON).
 //!
 //! Storing a round (with its devices' readings) is one Lua script, so it is atomic: of any
@@ -21,7 +22,7 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::round::{LegacyValue, Round};
+use crate::round::{LegacyValue, Quantity, Round};
 
 /// The rule for a fleet's name in `/fleets/{name}/`: 1 to 64 ASCII letters, digits, `-` or
 /// `_` (it names Redis keys and appears in URLs).
@@ -40,9 +41,14 @@ pub const READINGS_KEPT: usize = 8640;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredReading {
     pub round: u64,
-    pub value: f64,
+    /// Its value of the round's primary quantity (absent when its sample did not carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
     /// The round's commit time, ms since the Unix epoch.
     pub ts: u64,
+    /// Every quantity of its sample, in a round of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantities: Option<Vec<Quantity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +181,19 @@ impl Store {
             .arg(round.round)
             .arg(format!("{}:device:", self.prefix))
             .arg(READINGS_KEPT);
-        for (device, value) in round.readings() {
+        let several = round.quantities.as_ref().is_some_and(|q| q.len() > 1);
+        let primary: std::collections::HashMap<&str, f64> = round.readings().collect();
+        for (i, device) in round.devices.iter().enumerate() {
+            let value = primary.get(device.as_str()).copied();
+            let quantities = several.then(|| round.device_quantities(i, ""));
+            if value.is_none() && quantities.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
             let reading = StoredReading {
                 round: round.round,
                 value,
                 ts: round.ts,
+                quantities,
             };
             invocation
                 .arg(device)

@@ -32,10 +32,41 @@
 //! plain Rust: unit-test it natively with `cargo test` (the export macros expand to nothing
 //! outside wasm32).
 //!
+//! A sensor that measures several things at once (a power meter: voltage, current, power)
+//! implements [`MultiSensor`] instead and returns each [`Quantity`] with its unit:
+//!
+//! ```
+//! use fleetmeter_sdk::prelude::*;
+//!
+//! struct Room;
+//!
+//! impl MultiSensor for Room {
+//!     fn new(config: &Config) -> Result<Self> {
+//!         config.allow_only(&[])?;
+//!         Ok(Room)
+//!     }
+//!
+//!     fn sample(&mut self) -> Result<Vec<Quantity>> {
+//!         Ok(vec![
+//!             Quantity::new("temperature", 21.5, "Cel"),
+//!             Quantity::new("humidity", 40.2, "%"),
+//!         ])
+//!     }
+//! }
+//!
+//! export_multi_sensor!(Room);
+//! # fn main() {
+//! # assert_eq!(Room.sample().unwrap()[1].unit, "%");
+//! # }
+//! ```
+//!
 //! # Layout
-//! - [`Sensor`] and [`Aggregator`]: the traits a plugin implements.
-//! - [`export_sensor!`] / [`export_aggregator!`]: bind the implementation to the WIT contract
-//!   (`wit/fleetmeter.wit`, package `fleetmeter:plugin@0.1.0`).
+//! - [`Sensor`], [`MultiSensor`] and [`Aggregator`]: the traits a plugin implements.
+//! - [`export_sensor!`] / [`export_multi_sensor!`] / [`export_aggregator!`]: bind the
+//!   implementation to the WIT contract (`wit/fleetmeter.wit`, package
+//!   `fleetmeter:plugin@0.2.0`). A [`Sensor`]'s value is one quantity named after the plugin
+//!   (its crate name) in its [`Sensor::UNIT`]; an [`Aggregator`] is applied to each quantity
+//!   of the round on its own.
 //! - [`Config`]: the string configuration, with parsing helpers whose errors name the key.
 //! - [`log`]: logging into the agent's log.
 //! - [`Error`], [`Result`], [`bail!`]: errors that become the WIT error string.
@@ -61,9 +92,10 @@ pub use error::{Error, Result};
 /// agent loads a plugin only when its own contract version is the same.
 pub const CONTRACT_VERSION: &str = env!("FLEETMETER_CONTRACT_VERSION");
 
-/// A sensor: produces one value per round on each device.
+/// A sensor: produces one value per round on each device (one quantity, named after the
+/// plugin). For several quantities per sample, implement [`MultiSensor`].
 pub trait Sensor: Sized + 'static {
-    /// Unit of the values, e.g. `"°C"`; empty when unitless.
+    /// Unit of the values, e.g. `"Cel"` or `"°C"`; empty when unitless.
     const UNIT: &'static str = "";
     /// One line for humans; defaults to the crate's `description`.
     const DESCRIPTION: &'static str = "";
@@ -77,7 +109,69 @@ pub trait Sensor: Sized + 'static {
     fn sample(&mut self) -> Result<f64>;
 }
 
-/// One device's reading in a round.
+/// Most quantities one sample may carry: the agent refuses a sample of more.
+pub const MAX_QUANTITIES: usize = 16;
+
+/// One named value of a sample, with its unit.
+///
+/// The agent checks every sample: 1 to [`MAX_QUANTITIES`] quantities with distinct names of
+/// 1 to 64 ASCII letters, digits, `-`, `_` or `.` (starting with a letter or digit), finite
+/// values, units of at most 16 printable characters (UCUM-style: `Cel`, `V`, `A`, `W`, `%`,
+/// `hPa`). A sample out of those bounds costs its round's reading, with the reason logged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantity {
+    /// Its name, e.g. `"temperature"`.
+    pub name: String,
+    /// The value (finite).
+    pub value: f64,
+    /// Its unit; empty when unitless.
+    pub unit: String,
+}
+
+impl Quantity {
+    /// A quantity.
+    pub fn new(name: impl Into<String>, value: f64, unit: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit: unit.into(),
+        }
+    }
+}
+
+/// Whether `name` may name a quantity: 1 to 64 ASCII letters, digits, `-`, `_` or `.`,
+/// starting with a letter or digit; the error says so, naming `key` (the config key it came
+/// from). For sensors that take their quantities' names from their configuration.
+pub fn check_quantity_name(key: &str, name: &str) -> Result<()> {
+    let good = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !good {
+        bail!(
+            "config `{key}`: {name:?} is not a quantity name (1 to 64 ASCII letters, digits, \
+             '-', '_' or '.', starting with a letter or digit)"
+        );
+    }
+    Ok(())
+}
+
+/// A sensor that reports several quantities per sample, each with its unit.
+pub trait MultiSensor: Sized + 'static {
+    /// One line for humans; defaults to the crate's `description`.
+    const DESCRIPTION: &'static str = "";
+
+    /// Builds the sensor from its configuration (see [`Sensor::new`]).
+    fn new(config: &Config) -> Result<Self>;
+
+    /// Takes one sample: its quantities, each finite, with distinct names (see [`Quantity`]
+    /// for the bounds). An error costs this reading only.
+    fn sample(&mut self) -> Result<Vec<Quantity>>;
+}
+
+/// One device's reading of one quantity in a round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
     /// The device id.
@@ -96,7 +190,9 @@ impl Reading {
     }
 }
 
-/// An aggregation policy: turns the readings of one round into the published value.
+/// An aggregation policy: turns the readings of one quantity in one round into the published
+/// value. The SDK calls it once per quantity of the round, with the devices that carried that
+/// quantity (the agent has already refused a quantity whose unit differs between devices).
 ///
 /// Aggregators get no real clock and no randomness from the host, so every leader computes
 /// the same result from the same readings: keep `aggregate` a pure function of its input.
@@ -117,8 +213,8 @@ pub trait Aggregator: Sized + 'static {
 pub mod prelude {
     pub use crate::log;
     pub use crate::{
-        Aggregator, Calibration, Config, Error, Reading, Result, Sensor, bail, export_aggregator,
-        export_sensor,
+        Aggregator, Calibration, Config, Error, MultiSensor, Quantity, Reading, Result, Sensor,
+        bail, export_aggregator, export_multi_sensor, export_sensor,
     };
 }
 
@@ -144,7 +240,7 @@ macro_rules! export_sensor {
             use super::*;
             $crate::__fleetmeter_generate!("sensor");
 
-            use exports::fleetmeter::plugin::sensor_api::{Guest, Metadata};
+            use exports::fleetmeter::plugin::sensor_api::{Guest, Metadata, Quantity};
 
             struct Export;
 
@@ -171,8 +267,82 @@ macro_rules! export_sensor {
                     $crate::__private::init::<$ty>(config, <$ty as $crate::Sensor>::new)
                 }
 
-                fn sample() -> ::core::result::Result<f64, ::std::string::String> {
-                    $crate::__private::sample::<$ty>()
+                fn sample()
+                -> ::core::result::Result<::std::vec::Vec<Quantity>, ::std::string::String>
+                {
+                    let value = $crate::__private::sample::<$ty>()?;
+                    ::core::result::Result::Ok(::std::vec![Quantity {
+                        name: ::core::env!("CARGO_PKG_NAME").into(),
+                        value,
+                        unit: <$ty as $crate::Sensor>::UNIT.into(),
+                    }])
+                }
+            }
+
+            export!(Export);
+        }
+    };
+}
+
+/// Exports a [`MultiSensor`] implementation as the plugin's `sensor` world.
+///
+/// Expands to nothing outside wasm32, so the crate also builds and tests natively.
+/// The plugin must depend on this SDK under its own name, `fleetmeter_sdk`.
+#[macro_export]
+macro_rules! export_multi_sensor {
+    ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        #[allow(
+            unused_imports,
+            missing_debug_implementations,
+            clippy::all,
+            reason = "generated bindings in the plugin's crate: not the plugin author's to lint"
+        )]
+        mod __fleetmeter_sensor_export {
+            use super::*;
+            $crate::__fleetmeter_generate!("sensor");
+
+            use exports::fleetmeter::plugin::sensor_api::{Guest, Metadata, Quantity};
+
+            struct Export;
+
+            impl Guest for Export {
+                fn describe() -> Metadata {
+                    let meta = $crate::__private::metadata(
+                        ::core::env!("CARGO_PKG_NAME"),
+                        ::core::env!("CARGO_PKG_VERSION"),
+                        "",
+                        <$ty as $crate::MultiSensor>::DESCRIPTION,
+                        ::core::env!("CARGO_PKG_DESCRIPTION"),
+                    );
+                    Metadata {
+                        name: meta.0,
+                        version: meta.1,
+                        unit: meta.2,
+                        description: meta.3,
+                    }
+                }
+
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$ty>(config, <$ty as $crate::MultiSensor>::new)
+                }
+
+                fn sample()
+                -> ::core::result::Result<::std::vec::Vec<Quantity>, ::std::string::String>
+                {
+                    ::core::result::Result::Ok(
+                        $crate::__private::sample_all::<$ty>()?
+                            .into_iter()
+                            .map(|q| Quantity {
+                                name: q.name,
+                                value: q.value,
+                                unit: q.unit,
+                            })
+                            .collect(),
+                    )
                 }
             }
 
@@ -200,7 +370,7 @@ macro_rules! export_aggregator {
             use super::*;
             $crate::__fleetmeter_generate!("aggregator");
 
-            use exports::fleetmeter::plugin::aggregator_api::{Guest, Metadata, Reading};
+            use exports::fleetmeter::plugin::aggregator_api::{Guest, Metadata, Published, Sample};
 
             struct Export;
 
@@ -228,16 +398,25 @@ macro_rules! export_aggregator {
                 }
 
                 fn aggregate(
-                    readings: ::std::vec::Vec<Reading>,
-                ) -> ::core::result::Result<::core::option::Option<f64>, ::std::string::String>
+                    samples: ::std::vec::Vec<Sample>,
+                ) -> ::core::result::Result<::std::vec::Vec<Published>, ::std::string::String>
                 {
-                    $crate::__private::aggregate::<$ty>(
-                        readings
+                    let samples = samples
+                        .into_iter()
+                        .map(|s| {
+                            (
+                                s.device,
+                                s.quantities
+                                    .into_iter()
+                                    .map(|q| (q.name, q.value))
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    ::core::result::Result::Ok(
+                        $crate::__private::aggregate_each::<$ty>(samples)?
                             .into_iter()
-                            .map(|r| $crate::Reading {
-                                device: r.device,
-                                value: r.value,
-                            })
+                            .map(|(name, value)| Published { name, value })
                             .collect(),
                     )
                 }
@@ -255,7 +434,7 @@ pub mod __private {
 
     pub use wit_bindgen;
 
-    use crate::{Aggregator, Config, Reading, Result, Sensor};
+    use crate::{Aggregator, Config, MultiSensor, Quantity, Reading, Result, Sensor};
 
     thread_local! {
         // The plugin's state between calls. wasm32 components are single-threaded and the
@@ -313,18 +492,91 @@ pub mod __private {
         }
     }
 
-    pub fn aggregate<T: Aggregator>(readings: Vec<Reading>) -> Result<Option<f64>, String> {
-        match with_plugin::<T, _>(|p| p.aggregate(&readings))? {
-            Some(value) if !value.is_finite() => Err(format!(
-                "the aggregator produced a non-finite value ({value})"
+    pub fn sample_all<T: MultiSensor>() -> Result<Vec<Quantity>, String> {
+        let sample = with_plugin::<T, _>(|p| p.sample())?;
+        match sample.iter().find(|q| !q.value.is_finite()) {
+            Some(q) => Err(format!(
+                "the sensor produced a non-finite value for {} ({})",
+                q.name, q.value
             )),
-            result => Ok(result),
+            None => Ok(sample),
         }
+    }
+
+    /// (device, [(quantity, value)]) per sample, in device order.
+    pub type Samples = Vec<(String, Vec<(String, f64)>)>;
+
+    /// The aggregator applied to each quantity of the round on its own, in the order the
+    /// quantities first appear: the value of each it publishes.
+    pub fn aggregate_each<T: Aggregator>(samples: Samples) -> Result<Vec<(String, f64)>, String> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in samples.iter().flat_map(|(_, q)| q) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        let mut published = Vec::new();
+        for name in names {
+            let readings: Vec<Reading> = samples
+                .iter()
+                .filter_map(|(device, quantities)| {
+                    let (_, value) = quantities.iter().find(|(n, _)| n == name)?;
+                    Some(Reading::new(device.clone(), *value))
+                })
+                .collect();
+            match with_plugin::<T, _>(|p| p.aggregate(&readings))? {
+                Some(value) if !value.is_finite() => {
+                    return Err(format!(
+                        "the aggregator produced a non-finite value for {name} ({value})"
+                    ));
+                }
+                Some(value) => published.push((name.to_owned(), value)),
+                None => {}
+            }
+        }
+        Ok(published)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::prelude::*;
+
+    struct Mean;
+
+    impl Aggregator for Mean {
+        fn new(_: &Config) -> Result<Self> {
+            Ok(Mean)
+        }
+
+        fn aggregate(&mut self, readings: &[Reading]) -> Result<Option<f64>> {
+            if readings.len() < 2 {
+                return Ok(None);
+            }
+            Ok(Some(
+                readings.iter().map(|r| r.value).sum::<f64>() / readings.len() as f64,
+            ))
+        }
+    }
+
+    #[test]
+    fn an_aggregator_is_applied_to_each_quantity_on_its_own() {
+        super::__private::init::<Mean>(Vec::new(), Mean::new).unwrap();
+        let sample = |d: &str, q: &[(&str, f64)]| {
+            (
+                d.to_owned(),
+                q.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+            )
+        };
+        let published = super::__private::aggregate_each::<Mean>(vec![
+            sample("1", &[("t", 20.0), ("rh", 40.0)]),
+            sample("2", &[("t", 22.0)]),
+        ])
+        .unwrap();
+        // rh has one reading: this aggregator publishes nothing for it.
+        assert_eq!(published, [("t".to_owned(), 21.0)]);
+    }
+
     #[test]
     fn the_contract_version_is_the_wit_package_version() {
         let wit = include_str!("../../wit/fleetmeter.wit");

@@ -9,7 +9,7 @@
 )]
 mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/fleetmeter.wit",
         world: "plugin-host",
     });
 }

@@ -58,6 +58,14 @@ pub const HOLDING: &[(u16, &str, &str, f64)] = &[
 /// Holding registers 11, 12, 13: one u16 per device of a fleet test (read with `scale =
 /// 0.01`: 21.01, 22.02, 23.03).
 pub const PER_DEVICE: [(u16, f64); 3] = [(11, 2101.0), (12, 2202.0), (13, 2303.0)];
+/// Holding registers 20 to 25: a temperature (°C × 100) and a relative humidity (% × 100) per
+/// device of a fleet test, in pairs from the first register given (read as `quantities =
+/// "temperature:Cel, humidity:%"` with `scale = 0.01`).
+pub const ENVIRONMENT: [(u16, f64, f64); 3] = [
+    (20, 2150.0, 4020.0),
+    (22, 2210.0, 4130.0),
+    (24, 2270.0, 3990.0),
+];
 /// Input registers: (protocol address, u16 value).
 pub const INPUT: &[(u16, f64)] = &[(0, 1234.0), (1, 5678.0)];
 /// The first holding register past the served ones: reading it is exception 2.
@@ -79,6 +87,7 @@ def u32(v):
 holding = [65534, (-200) & 0xFFFF] + u32(70000) + u32((-70000) & 0xFFFFFFFF)
 holding += f32(230.5, False) + f32(49.95, True)
 holding += [0] * (11 - len(holding)) + [2101, 2202, 2303]
+holding += [0] * (20 - len(holding)) + [2150, 4020, 2210, 4130, 2270, 3990]
 holding += [0] * (100 - len(holding))
 # pymodbus's blocks start at 1 for protocol address 0.
 device = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, holding),

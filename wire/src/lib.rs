@@ -6,6 +6,8 @@
 //!   it commits it (a result the API would refuse is never produced) and the API checks every
 //!   body it is sent.
 //! - [`DeviceReading`]: what a device writes to its node, `{root}/devices/{id}`.
+//! - [`Quantity`] / [`RoundQuantity`]: a named value with its unit, in a sample and in a
+//!   version 4 round ([`check_sample`], [`MAX_QUANTITIES`]).
 //! - [`Shown`]: a value as people read it (the page, the demo, `fleetmeter status`, logs).
 //! - The limits ([`MAX_ID_BYTES`], [`MAX_DEVICES`], [`MAX_UNIT_CHARS`], [`MAX_ROUND_JSON`]):
 //!   device ids, plugin metadata and fleet size are checked against these at the agent's
@@ -16,8 +18,13 @@
 
 use serde::{Deserialize, Serialize};
 
+mod quantity;
 mod shown;
-pub use shown::{SIGNIFICANT_DIGITS, Shown};
+pub use quantity::{
+    InvalidSample, MAX_QUANTITIES, MAX_QUANTITY_NAME, Quantity, RoundQuantity, check_sample,
+    valid_quantity_name,
+};
+pub use shown::{SIGNIFICANT_DIGITS, Shown, ShownSample};
 
 /// Longest device id, leader id or aggregator label, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 128;
@@ -28,15 +35,22 @@ pub const MAX_UNIT_CHARS: usize = 16;
 /// The largest JSON a valid [`Round`] serializes to: every id at its longest and every byte
 /// of it escaped (`"` and `\` take two bytes in JSON; control characters are refused), each
 /// device's value at its longest (`-1.7976931348623157e308`, 24 bytes, and a comma), plus
-/// room for the other fields. The API accepts bodies up to this size.
-pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3 + 25) + 8 * 1024;
+/// room for the other fields; and each of [`MAX_QUANTITIES`] quantities with its name, unit
+/// and value and every device's value of it (`null` at most). The API accepts bodies up to
+/// this size.
+pub const MAX_ROUND_JSON: usize = MAX_DEVICES * (2 * MAX_ID_BYTES + 3 + 25)
+    + MAX_QUANTITIES * (MAX_DEVICES * 25 + MAX_QUANTITY_NAME + 4 * MAX_UNIT_CHARS + 64)
+    + 8 * 1024;
 
 /// The contract's version, `"version"` in a [`Round`]. 1: the round's aggregate only (a round
 /// without `"version"` is a version 1 round, as agents before version 2 send them). 2: also
 /// each device's value, `"values"`, in the order of `"devices"`. 3: also, while a plugin
 /// rollout runs, the rollout in effect (`"rollout"`) and a shadow aggregator's value
-/// (`"shadow"`).
-pub const VERSION: u32 = 3;
+/// (`"shadow"`). 4: also every quantity of the round's samples (`"quantities"`, each with its
+/// unit, its aggregate and each device's value); `value`, `unit` and `values` are then those
+/// of the round's primary quantity (the first with a value), `values` only when every
+/// device carried it.
+pub const VERSION: u32 = 4;
 
 /// The oldest contract version this side reads and writes.
 pub const OLDEST: u32 = 1;
@@ -101,6 +115,10 @@ pub struct Round {
     /// Version 3: the fleet's plugin rollout in effect when the round was committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutMark>,
+    /// Version 4: each quantity of the round's samples, in the order the devices reported
+    /// them. A fleet whose sensor reports one value has one, named after the sensor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantities: Option<Vec<RoundQuantity>>,
 }
 
 /// A shadow aggregator's result for a round.
@@ -195,6 +213,23 @@ pub enum InvalidRound {
         "`{0}` is out of bounds (labels of at most {MAX_ID_BYTES} bytes, no control characters, a finite value)"
     )]
     Rollout(&'static str),
+    /// `quantities` in a round of version 1 to 3, or none in a version 4 round.
+    #[error("`quantities` must be present in a version 4 round, and only there")]
+    Quantities,
+    /// A quantity out of bounds (name, unit, count, a value that is not finite, not one value
+    /// per device, the same name twice).
+    #[error("`quantities[{index}]` {problem}")]
+    Quantity {
+        /// Its position in `quantities`.
+        index: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// `value`, `unit` or `values` that are not the primary quantity's.
+    #[error(
+        "`{0}` must be the primary quantity's (the first of `quantities` with a value; `values` only when every device carried it)"
+    )]
+    Primary(&'static str),
     /// A per-device value is NaN or infinite.
     #[error("`values[{index}]` must be a finite number, got {value}")]
     ValueNotFinite {
@@ -303,10 +338,10 @@ impl Round {
             return Err(InvalidRound::Rollout("rollout"));
         }
         match (self.version, &self.values) {
-            (1, None) => {}
+            (1, None) | (4, None) => {}
             (1, Some(_)) => return Err(InvalidRound::ValuesInVersion1),
             (2 | 3, None) => return Err(InvalidRound::ValuesMissing),
-            (2 | 3, Some(values)) => {
+            (2..=4, Some(values)) => {
                 if values.len() != self.devices.len() {
                     return Err(InvalidRound::ValuesMismatch {
                         values: values.len(),
@@ -321,13 +356,154 @@ impl Round {
             }
             (other, _) => return Err(InvalidRound::Version(other)),
         }
+        match (self.version, &self.quantities) {
+            (4, Some(quantities)) => self.validate_quantities(quantities)?,
+            (1..=3, None) => {}
+            (1..=4, _) => return Err(InvalidRound::Quantities),
+            (other, _) => return Err(InvalidRound::Version(other)),
+        }
         Ok(())
     }
 
+    fn validate_quantities(&self, quantities: &[RoundQuantity]) -> Result<(), InvalidRound> {
+        let bad = |index, problem: String| InvalidRound::Quantity { index, problem };
+        if quantities.is_empty() || quantities.len() > MAX_QUANTITIES {
+            return Err(bad(
+                quantities.len(),
+                format!("1 to {MAX_QUANTITIES} quantities, got {}", quantities.len()),
+            ));
+        }
+        for (index, q) in quantities.iter().enumerate() {
+            if !valid_quantity_name(&q.name) {
+                return Err(bad(
+                    index,
+                    format!(
+                        "`name` {}",
+                        InvalidSample::Name(q.name.chars().take(40).collect())
+                    ),
+                ));
+            }
+            if quantities[..index].iter().any(|p| p.name == q.name) {
+                return Err(bad(index, format!("`name` {:?} appears twice", q.name)));
+            }
+            if !valid_unit(&q.unit) {
+                return Err(bad(
+                    index,
+                    format!(
+                        "`unit` must be at most {MAX_UNIT_CHARS} characters, none of them control characters"
+                    ),
+                ));
+            }
+            if q.value.is_some_and(|v| !v.is_finite()) {
+                return Err(bad(index, "`value` must be a finite number or null".into()));
+            }
+            if q.values.len() != self.devices.len() {
+                return Err(bad(
+                    index,
+                    format!(
+                        "lists {} values for {} devices",
+                        q.values.len(),
+                        self.devices.len()
+                    ),
+                ));
+            }
+            if q.values.iter().flatten().any(|v| !v.is_finite()) {
+                return Err(bad(index, "`values` must be finite numbers or null".into()));
+            }
+        }
+        let Some(primary) = quantities.iter().find(|q| q.value.is_some()) else {
+            return Err(InvalidRound::Primary("value"));
+        };
+        if primary.value != Some(self.value) {
+            return Err(InvalidRound::Primary("value"));
+        }
+        if self.unit.as_deref().unwrap_or_default() != primary.unit {
+            return Err(InvalidRound::Primary("unit"));
+        }
+        if let Some(values) = &self.values
+            && !values
+                .iter()
+                .map(|&v| Some(v))
+                .eq(primary.values.iter().copied())
+        {
+            return Err(InvalidRound::Primary("values"));
+        }
+        Ok(())
+    }
+
+    /// The round as a version 4 round of one quantity, `name`, from its `value`, `unit` and
+    /// `values` (as a fleet whose sensor reports one value publishes it).
+    #[must_use]
+    pub fn one_quantity(mut self, name: &str) -> Self {
+        self.version = VERSION;
+        let values = self.values.clone().unwrap_or_default();
+        self.quantities = Some(vec![RoundQuantity {
+            name: name.to_owned(),
+            unit: self.unit.clone().unwrap_or_default(),
+            value: Some(self.value),
+            values: values.into_iter().map(Some).collect(),
+        }]);
+        self
+    }
+
+    /// The primary quantity of a version 4 round: the first with a value.
+    pub fn primary(&self) -> Option<&RoundQuantity> {
+        self.quantities.as_ref()?.iter().find(|q| q.value.is_some())
+    }
+
+    /// The quantities device `index` (in `devices`) carried: from `quantities` in a version 4
+    /// round, its one value (named `fallback`, the round's unit) in versions 2 and 3, none in
+    /// version 1.
+    pub fn device_quantities(&self, index: usize, fallback: &str) -> Vec<Quantity> {
+        match &self.quantities {
+            Some(quantities) => quantities
+                .iter()
+                .filter_map(|q| {
+                    Some(Quantity {
+                        name: q.name.clone(),
+                        value: (*q.values.get(index)?)?,
+                        unit: q.unit.clone(),
+                    })
+                })
+                .collect(),
+            None => self
+                .values
+                .as_ref()
+                .and_then(|v| v.get(index))
+                .map(|&value| Quantity {
+                    name: fallback.to_owned(),
+                    value,
+                    unit: self.unit.clone().unwrap_or_default(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// The round as contract `version` writes it (at most [`VERSION`]): version 1 has no
-    /// per-device values.
+    /// per-device values; before version 4 there are no quantities, and a primary quantity
+    /// that some devices did not carry keeps only the devices that did.
     #[must_use]
     pub fn in_version(mut self, version: u32) -> Self {
+        if version < 4 {
+            if self.values.is_none()
+                && let Some(primary) = self.primary()
+            {
+                let kept: Vec<(String, f64)> = self
+                    .devices
+                    .iter()
+                    .zip(&primary.values)
+                    .filter_map(|(d, v)| Some((d.clone(), (*v)?)))
+                    .collect();
+                self.count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+                (self.devices, self.values) = {
+                    let (devices, values): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
+                    (devices, Some(values))
+                };
+            }
+            self.quantities = None;
+            self.version = self.version.min(3);
+        }
         if version < 3 {
             self.version = self.version.min(2);
             self.shadow = None;
@@ -340,12 +516,22 @@ impl Round {
         self
     }
 
-    /// Each device with its value (version 2), in the round's order; empty for version 1.
+    /// Each device with its value (version 2 and later; the primary quantity's in version 4,
+    /// where a device that did not carry it is left out), in the round's order; empty for
+    /// version 1.
     pub fn readings(&self) -> impl Iterator<Item = (&str, f64)> {
+        let primary = self.values.is_none().then(|| self.primary()).flatten();
         self.devices
             .iter()
-            .map(String::as_str)
-            .zip(self.values.iter().flatten().copied())
+            .enumerate()
+            .filter_map(move |(i, device)| {
+                let value = match (&self.values, primary) {
+                    (Some(values), _) => values.get(i).copied(),
+                    (None, Some(p)) => p.values.get(i).copied().flatten(),
+                    (None, None) => None,
+                };
+                Some((device.as_str(), value?))
+            })
     }
 }
 
@@ -356,10 +542,14 @@ impl Round {
 pub struct DeviceReading {
     /// The round it was taken in.
     pub round: u64,
-    /// The sensor's value.
+    /// The sensor's value: the sample's first quantity (what agents before quantities read).
     pub value: f64,
     /// When it was sampled, ms since the Unix epoch.
     pub ts: u64,
+    /// The whole sample, each quantity with its unit (absent from agents before 0.2.0: the
+    /// reading is then one quantity, `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantities: Option<Vec<Quantity>>,
     /// What the device runs.
     #[serde(flatten)]
     pub advert: Advert,
@@ -422,6 +612,12 @@ mod tests {
             values: Some(vec![80.0, 81.0]),
             shadow: None,
             rollout: None,
+            quantities: Some(vec![RoundQuantity {
+                name: "random-temperature".into(),
+                unit: "°C".into(),
+                value: Some(80.5),
+                values: vec![Some(80.0), Some(81.0)],
+            }]),
         }
     }
 
@@ -493,24 +689,53 @@ mod tests {
             (Round { ts: 0, ..round() }, "`ts`"),
             (
                 Round {
-                    version: 4,
+                    version: VERSION + 1,
                     ..round()
                 },
-                "`version` 4",
+                "is not one this side knows",
+            ),
+            (
+                Round {
+                    quantities: None,
+                    ..round()
+                },
+                "`quantities` must be present",
+            ),
+            (
+                Round {
+                    value: 1.0,
+                    ..round()
+                },
+                "`value` must be the primary quantity's",
+            ),
+            (
+                Round {
+                    values: Some(vec![80.0, 82.0]),
+                    ..round()
+                },
+                "`values` must be the primary quantity's",
             ),
             (
                 Round {
                     values: None,
-                    ..round()
+                    ..round().in_version(3)
                 },
                 "`values` must be present",
             ),
             (
                 Round {
                     version: 1,
+                    quantities: None,
                     ..round()
                 },
                 "`values` is only part of version 2",
+            ),
+            (
+                Round {
+                    version: 3,
+                    ..round()
+                },
+                "`quantities` must be present in a version 4 round, and only there",
             ),
             (
                 Round {
@@ -534,6 +759,24 @@ mod tests {
                 "`unit`",
             ),
         ];
+        let mut bad_name = round();
+        bad_name.quantities.as_mut().unwrap()[0].name = "a b".into();
+        let mut short = round();
+        short.quantities.as_mut().unwrap()[0].values.pop();
+        let mut twice = round();
+        let q = twice.quantities.as_ref().unwrap()[0].clone();
+        twice.quantities.as_mut().unwrap().push(q);
+        let mut none = round();
+        none.quantities.as_mut().unwrap()[0].value = None;
+        let cases = cases.into_iter().chain([
+            (bad_name, "`quantities[0]` `name`"),
+            (short, "`quantities[0]` lists 1 values for 2 devices"),
+            (
+                twice,
+                "`quantities[1]` `name` \"random-temperature\" appears twice",
+            ),
+            (none, "`value` must be the primary"),
+        ]);
         for (bad, field) in cases {
             let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err} should name {field}");
@@ -607,6 +850,59 @@ mod tests {
     }
 
     #[test]
+    fn a_version_4_round_carries_every_quantity_and_older_versions_keep_the_primary() {
+        let mut r = round();
+        r.devices.push("3".into());
+        r.count = 3;
+        r.values = None;
+        r.unit = Some("Cel".into());
+        r.value = 21.5;
+        r.quantities = Some(vec![
+            RoundQuantity {
+                name: "temperature".into(),
+                unit: "Cel".into(),
+                value: Some(21.5),
+                values: vec![Some(21.0), None, Some(22.0)],
+            },
+            RoundQuantity {
+                name: "humidity".into(),
+                unit: "%".into(),
+                value: Some(40.0),
+                values: vec![Some(39.0), Some(40.0), Some(41.0)],
+            },
+        ]);
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.primary().unwrap().name, "temperature");
+        assert_eq!(
+            r.device_quantities(1, "x"),
+            [Quantity::new("humidity", 40.0, "%")]
+        );
+        assert_eq!(r.readings().collect::<Vec<_>>(), [("1", 21.0), ("3", 22.0)]);
+        let back: Round = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // Version 3 has one value per device: device 2 did not carry the primary quantity.
+        let v3 = r.clone().in_version(3);
+        assert_eq!(v3.validate(), Ok(()));
+        assert_eq!(
+            (v3.devices.as_slice(), v3.values.as_deref(), v3.count),
+            (
+                ["1".to_owned(), "3".to_owned()].as_slice(),
+                Some([21.0, 22.0].as_slice()),
+                2
+            )
+        );
+        assert_eq!(
+            v3.device_quantities(1, "t"),
+            [Quantity::new("t", 22.0, "Cel")]
+        );
+        // With every device carrying it, `values` is the primary's.
+        let mut full = r;
+        full.quantities.as_mut().unwrap()[0].values[1] = Some(21.5);
+        full.values = Some(vec![21.0, 21.5, 22.0]);
+        assert_eq!(full.validate(), Ok(()));
+    }
+
+    #[test]
     fn a_version_2_round_pairs_each_device_with_its_value() {
         let r = round().in_version(2);
         assert_eq!(r.readings().collect::<Vec<_>>(), [("1", 80.0), ("2", 81.0)]);
@@ -639,6 +935,16 @@ mod tests {
             values: Some(vec![-f64::MAX; MAX_DEVICES]),
             shadow: None,
             rollout: None,
+            quantities: Some(
+                (0..MAX_QUANTITIES)
+                    .map(|i| RoundQuantity {
+                        name: format!("{i}{}", "q".repeat(MAX_QUANTITY_NAME - 2)),
+                        unit: "\u{1F321}".repeat(MAX_UNIT_CHARS),
+                        value: Some(-f64::MAX),
+                        values: vec![Some(-f64::MAX); MAX_DEVICES],
+                    })
+                    .collect(),
+            ),
         };
         assert_eq!(big.validate(), Ok(()));
         let json = serde_json::to_vec(&big).unwrap();

@@ -10,6 +10,23 @@ use std::fmt;
 /// four), few enough to hide the 16th-digit noise of a mean.
 pub const SIGNIFICANT_DIGITS: i32 = 6;
 
+/// A sample, for a person: `temperature=21.5 Cel, humidity=40.2 %`.
+#[derive(Clone, Copy, Debug)]
+pub struct ShownSample<'a>(pub &'a [crate::Quantity]);
+
+impl fmt::Display for ShownSample<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, q) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{}={}", q.name, Shown(q.value))?;
+            if !q.unit.is_empty() {
+                write!(f, " {}", q.unit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `value`, for a person: `format!("{}", Shown(79.60000000000001)) == "79.6"`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shown(pub f64);

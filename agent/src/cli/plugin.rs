@@ -7,13 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, ensure};
 use clap::{Args, Subcommand};
 
 pub use super::engine_args::EngineArgs;
 use super::engine_args::{engine, locate, parse_key_value};
 use crate::plugin::{
-    self, AggregatorPlugin, CallError, DirGrant, Grants, Limits, PluginSettings, Reading,
+    self, AggregatorPlugin, CallError, DirGrant, Grants, Limits, PluginSettings, Quantity, Reading,
     SensorPlugin,
     network::{Endpoint, Origin},
 };
@@ -69,14 +69,17 @@ pub enum PluginCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Load an aggregator and aggregate the given values; prints the result, or `none`.
+    /// Load an aggregator and aggregate the given values; prints the result (`NAME=VALUE` per
+    /// quantity when the samples carry several), or `none`.
     Aggregate {
         /// A .wasm file, or the name of a plugin in --plugin-dir.
         file: String,
         /// Plugin configuration (repeatable): `--config fraction=0.2`.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE", value_parser = parse_key_value)]
         config: Vec<(String, String)>,
-        /// The readings: `VALUE` (device ids 1, 2, ... are given in order) or `DEVICE=VALUE`.
+        /// The readings: `VALUE` (device ids 1, 2, ... are given in order), `DEVICE=VALUE`, or
+        /// a sample of several quantities, `DEVICE=NAME:VALUE[:UNIT],NAME:VALUE[:UNIT]…`
+        /// (`1=t:21.5:Cel,rh:40:%`).
         #[arg(required = true, allow_negative_numbers = true, value_name = "VALUE")]
         values: Vec<String>,
         #[command(flatten)]
@@ -173,9 +176,16 @@ async fn run_async(command: PluginCommand) -> Result<ExitCode> {
             };
             let engine = engine(&args, settings.limits.fuel.is_some())?;
             let mut aggregator = AggregatorPlugin::load(&engine, &path, settings).await?;
-            match aggregator.aggregate(&readings).await? {
-                Some(value) => println!("{value}"),
-                None => println!("none"),
+            let published = aggregator.aggregate(&readings).await?;
+            let several = crate::plugin::quantity_order(&readings).len() > 1;
+            match published.as_slice() {
+                [] => println!("none"),
+                [(_, value)] if !several => println!("{value}"),
+                published => {
+                    for (name, value) in published {
+                        println!("{name}={value}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -187,18 +197,42 @@ fn parse_readings(values: &[String]) -> Result<Vec<Reading>> {
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let (device, value) = match raw.split_once('=') {
-                Some((device, value)) => (device.to_owned(), value),
+            let (device, sample) = match raw.split_once('=') {
+                Some((device, sample)) => (device.to_owned(), sample),
                 None => ((i + 1).to_string(), raw.as_str()),
             };
-            let value: f64 = value
-                .trim()
-                .parse()
-                .with_context(|| format!("reading `{raw}`: `{value}` is not a number"))?;
-            if !value.is_finite() {
-                bail!("reading `{raw}`: the value must be finite");
-            }
-            Ok(Reading { device, value })
+            let number = |value: &str| -> Result<f64> {
+                let value: f64 = value
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("reading `{raw}`: `{value}` is not a number"))?;
+                ensure!(
+                    value.is_finite(),
+                    "reading `{raw}`: the value must be finite"
+                );
+                Ok(value)
+            };
+            let quantities = if sample.contains(':') {
+                sample
+                    .split(',')
+                    .map(|part| {
+                        let mut fields = part.splitn(3, ':');
+                        let name = fields.next().unwrap_or_default().trim();
+                        let value = number(fields.next().with_context(|| {
+                            format!("reading `{raw}`: `{part}` is not NAME:VALUE[:UNIT]")
+                        })?)?;
+                        Ok(Quantity::new(
+                            name,
+                            value,
+                            fields.next().unwrap_or_default(),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                vec![Quantity::new("value", number(sample)?, "")]
+            };
+            crate::wire::check_sample(&quantities).with_context(|| format!("reading `{raw}`"))?;
+            Ok(Reading { device, quantities })
         })
         .collect()
 }
@@ -210,9 +244,10 @@ async fn run_samples(
 ) -> Result<ExitCode> {
     let meta = sensor.metadata().clone();
     eprintln!(
-        "{} {} — {} sample(s){}",
+        "{} {} (contract {}) — {} sample(s){}",
         meta.name,
         meta.version,
+        sensor.contract().version(),
         samples,
         if meta.unit.is_empty() {
             String::new()
@@ -221,7 +256,9 @@ async fn run_samples(
         }
     );
     let mut stdout = std::io::stdout().lock();
-    let mut values = Vec::with_capacity(samples as usize);
+    // Each quantity's values, in the order they first appear.
+    let mut values: Vec<(String, String, Vec<f64>)> = Vec::new();
+    let mut ok = 0_usize;
     let mut failed = 0_u32;
     for n in 1..=samples {
         if n > 1 && !interval.is_zero() {
@@ -229,9 +266,24 @@ async fn run_samples(
         }
         let started = Instant::now();
         match sensor.sample().await {
-            Ok(value) => {
-                writeln!(stdout, "{value}")?;
-                values.push(value);
+            Ok(sample) => {
+                ok += 1;
+                // One quantity: the bare value (as before quantities); several: NAME=VALUE.
+                if let [one] = sample.as_slice() {
+                    writeln!(stdout, "{}", one.value)?;
+                } else {
+                    let line: Vec<String> = sample
+                        .iter()
+                        .map(|q| format!("{}={}", q.name, q.value))
+                        .collect();
+                    writeln!(stdout, "{}", line.join(" "))?;
+                }
+                for q in sample {
+                    match values.iter_mut().find(|(name, _, _)| *name == q.name) {
+                        Some((_, _, seen)) => seen.push(q.value),
+                        None => values.push((q.name, q.unit, vec![q.value])),
+                    }
+                }
             }
             Err(err) => {
                 failed += 1;
@@ -245,18 +297,25 @@ async fn run_samples(
     }
     stdout.flush()?;
     let stats = sensor.stats();
-    if !values.is_empty() {
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        eprintln!("min {min}, max {max}, mean {mean:.3}");
+    let several = values.len() > 1;
+    for (name, unit, seen) in &values {
+        let min = seen.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = seen.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = seen.iter().sum::<f64>() / seen.len() as f64;
+        let unit = if unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {unit}")
+        };
+        if several {
+            eprintln!("{name}{unit}: min {min}, max {max}, mean {mean:.3}");
+        } else {
+            eprintln!("min {min}, max {max}, mean {mean:.3}");
+        }
     }
     eprintln!(
         "{} ok, {} failed; {} instance(s), {:.1?} inside the plugin",
-        values.len(),
-        failed,
-        stats.instantiations,
-        stats.busy
+        ok, failed, stats.instantiations, stats.busy
     );
     Ok(if failed == 0 {
         ExitCode::SUCCESS

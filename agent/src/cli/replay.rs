@@ -132,12 +132,14 @@ pub(super) async fn run(args: ReplayArgs) -> Result<ExitCode> {
             }
             Stored::Round(round) => round,
         };
-        let readings: Vec<Reading> = round
-            .readings()
-            .map(|(device, value)| Reading {
-                device: device.to_owned(),
-                value,
+        // Version 2 and 3 rounds carry one value per device: one quantity, `value`.
+        let primary = round.primary().map_or("value", |q| q.name.as_str());
+        let readings: Vec<Reading> = (0..round.devices.len())
+            .map(|i| Reading {
+                device: round.devices[i].clone(),
+                quantities: round.device_quantities(i, primary),
             })
+            .filter(|r| !r.quantities.is_empty())
             .collect();
         if readings.is_empty() {
             old += 1;
@@ -155,31 +157,50 @@ pub(super) async fn run(args: ReplayArgs) -> Result<ExitCode> {
             }
             continue;
         }
-        let value = aggregator
+        let published = aggregator
             .aggregate(&readings)
             .await
             .with_context(|| format!("{label} on round {n}"))?;
+        let of = |name: &str| published.iter().find(|(q, _)| q == name).map(|(_, v)| *v);
+        let value = of(primary);
+        // Each quantity of a round of several: stored and recomputed.
+        let several: Vec<(&str, Option<f64>, Option<f64>)> = match &round.quantities {
+            Some(quantities) if quantities.len() > 1 => quantities
+                .iter()
+                .map(|q| (q.name.as_str(), q.value, of(&q.name)))
+                .collect(),
+            _ => Vec::new(),
+        };
         recomputed += 1;
         if args.json {
+            let quantities: Vec<_> = several
+                .iter()
+                .map(|(name, stored, again)| {
+                    json!({ "quantity": name, "stored": stored, "recomputed": again })
+                })
+                .collect();
             out.push(json!({
                 "round": n, "devices": round.devices, "values": round.values,
                 "stored": round.value, "stored_aggregator": round.aggregator,
-                "recomputed": value, "aggregator": label,
+                "recomputed": value, "aggregator": label, "quantities": quantities,
             }));
         } else {
-            let (shown, difference) = match value {
-                Some(v) => {
-                    let difference = v - round.value;
-                    let sign = if difference > 0.0 { "+" } else { "" };
-                    (Shown(v).to_string(), format!("{sign}{}", Shown(difference)))
-                }
-                None => ("none".to_owned(), String::new()),
-            };
             println!(
-                "{n:>10}  {:>7}  {:>24}  {shown:>24}  {difference:>11}",
+                "{n:>10}  {:>7}  {:>24}  {}",
                 round.count,
-                stored_cell(&round)
+                stored_cell(&round),
+                compared(value, Some(round.value))
             );
+            for (name, stored, again) in several {
+                let shown = stored.map_or_else(|| "none".to_owned(), |v| Shown(v).to_string());
+                println!(
+                    "{:>10}  {:>7}  {:>24}  {}",
+                    "",
+                    "",
+                    one_line_bounded(&format!("{shown} ({name})"), 64),
+                    compared(again, stored)
+                );
+            }
         }
     }
     if args.json {
@@ -191,6 +212,23 @@ pub(super) async fn run(args: ReplayArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The recomputed value and its difference from the stored one.
+fn compared(again: Option<f64>, stored: Option<f64>) -> String {
+    match (again, stored) {
+        (Some(v), Some(stored)) => {
+            let difference = v - stored;
+            let sign = if difference > 0.0 { "+" } else { "" };
+            format!(
+                "{:>24}  {:>11}",
+                Shown(v),
+                format!("{sign}{}", Shown(difference))
+            )
+        }
+        (Some(v), None) => format!("{:>24}", Shown(v)),
+        (None, _) => format!("{:>24}", "none"),
+    }
 }
 
 fn stored_cell(round: &Round) -> String {

@@ -22,7 +22,7 @@ pub fn describe(config: &AgentConfig) -> String {
          zk tls:           {}\n\
          sampling period:  {:?}\n\
          api url:          {} (format {}, token {}; allowed origins {})\n\
-         sensor:           {}\n\
+         sensor:           {}{}\n\
          sensor grants:    {}\n\
          aggregator:       {}\n\
          metrics, health:  {listen}\n",
@@ -57,6 +57,12 @@ pub fn describe(config: &AgentConfig) -> String {
         },
         config.publish.allowed_origins.join(", "),
         resolve(&config.sensor).display(),
+        config
+            .quantity
+            .as_ref()
+            .map_or_else(String::new, |q| format!(
+                " (a one-value sample is named {q})"
+            )),
         describe_grants(&config.sensor_settings.grants),
         resolve(&config.aggregator).display(),
     )

@@ -258,9 +258,9 @@ pub const OUTBOX_MAX_ROUNDS: Key = Key::file(
 pub const WIRE_VERSION: Key = Key::file(
     "[publish] wire_version",
     "[publish] wire_version",
-    "3",
+    "4",
 )
-.range(1.0, 3.0, "version")
+.range(1.0, 4.0, "version")
 .note("the newest wire contract version this agent reads and writes (its device node says so; the leader writes results every member can read). Lower it only to keep a fleet readable by an older API or agent");
 pub const OUTBOX_MAX_MIB: Key =
     Key::file("[publish] outbox_max_mib", "[publish] outbox_max_mib", "64")
@@ -270,6 +270,10 @@ pub const SENSOR: Key = Key::file("sensor", "[plugins] sensor", "\"random-temper
     .flag("sensor", "PLUGIN")
     .env("FLEETMETER_SENSOR")
     .note("a name in the plugin directory, or a path");
+pub const QUANTITY: Key = Key::file("[plugins] quantity", "[plugins] quantity", "")
+    .flag("quantity", "NAME")
+    .env("FLEETMETER_QUANTITY")
+    .note("the name of the quantity a sensor of one value reports; default: the sensor's own name. Give every device of a fleet that mixes such sensors the same one, so that their values are aggregated together");
 pub const AGGREGATOR: Key = Key::file("aggregator", "[plugins] aggregator", "\"mean\"")
     .flag("aggregator", "NAME")
     .env("FLEETMETER_AGGREGATOR")
@@ -445,6 +449,7 @@ pub const ALL: &[Key] = &[
     OUTBOX_MAX_MIB,
     WIRE_VERSION,
     SENSOR,
+    QUANTITY,
     AGGREGATOR,
     PLUGIN_DIR,
     CACHE_DIR,

@@ -110,6 +110,10 @@ pub enum InvalidSetting {
     },
     #[error("must not exceed retry_max")]
     RetryOrder,
+    #[error(
+        "{0:?} is not a quantity name: 1 to 64 ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"
+    )]
+    QuantityName(String),
     #[error("`{key}` must be a string, number or boolean, got {found}")]
     PluginConfigType { key: String, found: &'static str },
     #[error(transparent)]
@@ -177,6 +181,8 @@ pub struct AgentConfig {
     pub plugin_dir: PathBuf,
     pub cache_dir: Option<PathBuf>,
     pub sensor: String,
+    /// The name a one-value sensor's quantity gets (`[plugins] quantity`); `None`: its own.
+    pub quantity: Option<String>,
     pub sensor_settings: PluginSettings,
     pub aggregator: String,
     pub aggregator_settings: PluginSettings,

@@ -47,6 +47,9 @@ pub struct Overrides {
     /// Sensor plugin (a name in the plugin directory, or a path).
     #[arg(long = keys::SENSOR.long(), env = keys::SENSOR.var(), value_name = keys::SENSOR.value())]
     pub sensor: Option<String>,
+    /// The name of a one-value sensor's quantity (default: the sensor's own name).
+    #[arg(long = keys::QUANTITY.long(), env = keys::QUANTITY.var(), value_name = keys::QUANTITY.value())]
+    pub quantity: Option<String>,
     /// Aggregator plugin name.
     #[arg(long = keys::AGGREGATOR.long(), env = keys::AGGREGATOR.var(), value_name = keys::AGGREGATOR.value())]
     pub aggregator: Option<String>,

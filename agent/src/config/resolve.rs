@@ -107,6 +107,20 @@ pub(super) fn resolve(
         .sensor
         .clone()
         .unwrap_or_else(|| config.plugins.sensor.clone());
+    let quantity = o
+        .quantity
+        .clone()
+        .or_else(|| config.plugins.quantity.clone())
+        .filter(|q| !q.is_empty());
+    if let Some(name) = &quantity
+        && !crate::wire::valid_quantity_name(name)
+    {
+        return Err(origin.invalid(
+            &keys::QUANTITY,
+            o.quantity.is_some(),
+            InvalidSetting::QuantityName(name.chars().take(80).collect()),
+        ));
+    }
     let plugin_dir = o
         .plugin_dir
         .clone()
@@ -124,6 +138,7 @@ pub(super) fn resolve(
         plugin_dir,
         cache_dir,
         sensor,
+        quantity,
         sensor_settings,
         aggregator,
         aggregator_settings,

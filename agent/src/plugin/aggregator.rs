@@ -1,15 +1,13 @@
 //! A loaded aggregator plugin.
 
-use std::{future::Future, path::Path};
+use std::path::Path;
 
 use wasmtime::{Store, component::InstancePre};
 
 use super::{
-    CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats, Reading,
-    bindings::{
-        aggregator::{Aggregator, AggregatorPre},
-        types,
-    },
+    CallError, Contract, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
+    PluginStats, Reading,
+    bindings::{v1, v2},
     engine::PluginSource,
     host::HostState,
     instance::{Call, Runner, World},
@@ -17,31 +15,64 @@ use super::{
 
 pub(crate) struct AggregatorWorld;
 
+/// A linked aggregator of either contract version.
+pub(crate) enum AggregatorPre {
+    V1(v1::aggregator::AggregatorPre<HostState>),
+    V2(v2::aggregator::AggregatorPre<HostState>),
+}
+
+/// A live aggregator of either contract version.
+pub(crate) enum Aggregator {
+    V1(v1::aggregator::Aggregator),
+    V2(v2::aggregator::Aggregator),
+}
+
 impl World for AggregatorWorld {
     const KIND: PluginKind = PluginKind::Aggregator;
-    type Pre = AggregatorPre<HostState>;
+    type Pre = AggregatorPre;
     type Instance = Aggregator;
 
     fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        AggregatorPre::new(pre)
+        // The load-time check made sure it exports one of the two versions.
+        match v2::aggregator::AggregatorPre::new(pre.clone()) {
+            Ok(pre) => Ok(AggregatorPre::V2(pre)),
+            Err(_) => Ok(AggregatorPre::V1(v1::aggregator::AggregatorPre::new(pre)?)),
+        }
     }
 
-    fn instantiate(
+    fn contract(pre: &Self::Pre) -> Contract {
+        match pre {
+            AggregatorPre::V1(_) => Contract::V1,
+            AggregatorPre::V2(_) => Contract::V2,
+        }
+    }
+
+    async fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<Aggregator>> + Send {
-        pre.instantiate_async(store)
+    ) -> wasmtime::Result<Aggregator> {
+        Ok(match pre {
+            AggregatorPre::V1(pre) => Aggregator::V1(pre.instantiate_async(store).await?),
+            AggregatorPre::V2(pre) => Aggregator::V2(pre.instantiate_async(store).await?),
+        })
     }
 
     async fn describe(
         instance: &Aggregator,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Metadata> {
-        Ok(instance
-            .fleetmeter_plugin_aggregator_api()
-            .call_describe(store)
-            .await?
-            .into())
+        Ok(match instance {
+            Aggregator::V1(a) => a
+                .fleetmeter_plugin_aggregator_api()
+                .call_describe(store)
+                .await?
+                .into(),
+            Aggregator::V2(a) => a
+                .fleetmeter_plugin_aggregator_api()
+                .call_describe(store)
+                .await?
+                .into(),
+        })
     }
 
     async fn init(
@@ -49,28 +80,72 @@ impl World for AggregatorWorld {
         store: &mut Store<HostState>,
         config: &Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), String>> {
-        instance
-            .fleetmeter_plugin_aggregator_api()
-            .call_init(store, config)
-            .await
+        match instance {
+            Aggregator::V1(a) => {
+                a.fleetmeter_plugin_aggregator_api()
+                    .call_init(store, config)
+                    .await
+            }
+            Aggregator::V2(a) => {
+                a.fleetmeter_plugin_aggregator_api()
+                    .call_init(store, config)
+                    .await
+            }
+        }
     }
 }
 
-/// `aggregate(readings)`.
-struct Aggregate(Vec<types::Reading>);
+/// Contract 0.1.0's `aggregate(readings)`: one quantity's readings.
+struct AggregateOne(Vec<v1::types::Reading>);
 
-impl Call<AggregatorWorld> for Aggregate {
+impl Call<AggregatorWorld> for AggregateOne {
     type Output = Option<f64>;
     async fn call(
         self,
         aggregator: &Aggregator,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Result<Option<f64>, String>> {
-        aggregator
-            .fleetmeter_plugin_aggregator_api()
-            .call_aggregate(store, &self.0)
-            .await
+        match aggregator {
+            Aggregator::V1(a) => {
+                a.fleetmeter_plugin_aggregator_api()
+                    .call_aggregate(store, &self.0)
+                    .await
+            }
+            Aggregator::V2(_) => Ok(Err("a 0.1.0 call to a 0.2.0 aggregator".into())),
+        }
     }
+}
+
+/// Contract 0.2.0's `aggregate(samples)`.
+struct AggregateAll(Vec<v2::types::Sample>);
+
+impl Call<AggregatorWorld> for AggregateAll {
+    type Output = Vec<v2::types::Published>;
+    async fn call(
+        self,
+        aggregator: &Aggregator,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Result<Vec<v2::types::Published>, String>> {
+        match aggregator {
+            Aggregator::V2(a) => {
+                a.fleetmeter_plugin_aggregator_api()
+                    .call_aggregate(store, &self.0)
+                    .await
+            }
+            Aggregator::V1(_) => Ok(Err("a 0.2.0 call to a 0.1.0 aggregator".into())),
+        }
+    }
+}
+
+/// The quantity names of `readings`, in the order they first appear.
+pub(crate) fn quantity_order(readings: &[Reading]) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for q in readings.iter().flat_map(|r| &r.quantities) {
+        if !names.contains(&q.name.as_str()) {
+            names.push(&q.name);
+        }
+    }
+    names
 }
 
 /// An aggregator, sandboxed, with no clock and no randomness: the same readings give the
@@ -114,25 +189,87 @@ impl AggregatorPlugin {
         self.runner.sha256()
     }
 
-    /// The round's value from its readings (passed to the plugin in device-id order, as the
-    /// contract says), or `None` for "publish nothing".
-    pub async fn aggregate(&mut self, readings: &[Reading]) -> Result<Option<f64>, CallError> {
-        let mut sorted: Vec<types::Reading> = readings
-            .iter()
-            .map(|r| types::Reading {
-                device: r.device.clone(),
-                value: r.value,
-            })
-            .collect();
+    /// The value of each quantity of the round to publish, in the order the quantities
+    /// appear in the samples (passed to the plugin in device-id order, as the contract says);
+    /// a quantity it leaves out publishes nothing. A 0.2.0 aggregator gets every sample at
+    /// once and may publish each quantity of them once; a 0.1.0 aggregator is called once
+    /// per quantity, with the devices that carried it.
+    pub async fn aggregate(
+        &mut self,
+        readings: &[Reading],
+    ) -> Result<Vec<(String, f64)>, CallError> {
+        let mut sorted: Vec<&Reading> = readings.iter().collect();
         sorted.sort_by(|a, b| a.device.cmp(&b.device));
-        let value = self.runner.call(Aggregate(sorted)).await?;
-        match value {
-            Some(v) if !v.is_finite() => Err(CallError::Guest {
-                plugin: self.metadata().name.clone(),
-                message: format!("the aggregator produced a non-finite value ({v})"),
-            }),
-            value => Ok(value),
+        let sorted: Vec<Reading> = sorted.into_iter().cloned().collect();
+        let order = quantity_order(&sorted);
+        let plugin = self.metadata().name.clone();
+        let refused = |message: String| CallError::Guest {
+            plugin: plugin.clone(),
+            message,
+        };
+        let mut published: Vec<(String, f64)> = Vec::new();
+        match self.contract() {
+            Contract::V1 => {
+                for name in &order {
+                    let one: Vec<v1::types::Reading> = sorted
+                        .iter()
+                        .filter_map(|r| {
+                            let q = r.quantities.iter().find(|q| q.name == *name)?;
+                            Some(v1::types::Reading {
+                                device: r.device.clone(),
+                                value: q.value,
+                            })
+                        })
+                        .collect();
+                    if let Some(value) = self.runner.call(AggregateOne(one)).await? {
+                        published.push(((*name).to_owned(), value));
+                    }
+                }
+            }
+            Contract::V2 => {
+                let samples = sorted
+                    .iter()
+                    .map(|r| v2::types::Sample {
+                        device: r.device.clone(),
+                        quantities: r
+                            .quantities
+                            .iter()
+                            .map(|q| v2::types::Quantity {
+                                name: q.name.clone(),
+                                value: q.value,
+                                unit: q.unit.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                for p in self.runner.call(AggregateAll(samples)).await? {
+                    if !order.contains(&p.name.as_str()) {
+                        return Err(refused(format!(
+                            "it published quantity {}, which no sample carries",
+                            crate::text::one_line_bounded(&p.name, 64)
+                        )));
+                    }
+                    if published.iter().any(|(n, _)| *n == p.name) {
+                        return Err(refused(format!("it published quantity {} twice", p.name)));
+                    }
+                    published.push((p.name, p.value));
+                }
+                published.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
+            }
         }
+        if let Some((name, value)) = published.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(refused(if order.len() == 1 {
+                format!("the aggregator produced a non-finite value ({value})")
+            } else {
+                format!("the aggregator produced a non-finite value for {name} ({value})")
+            }));
+        }
+        Ok(published)
+    }
+
+    /// The contract version it was built for.
+    pub fn contract(&self) -> Contract {
+        self.runner.contract()
     }
 
     pub fn metadata(&self) -> &Metadata {

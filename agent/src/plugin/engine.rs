@@ -20,7 +20,7 @@ use wasmtime::{
 };
 
 use super::{
-    CONTRACT_PACKAGE, CONTRACT_VERSION, LoadError, PluginKind,
+    CONTRACT_PACKAGE, CONTRACT_VERSION, CONTRACT_VERSIONS, LoadError, PluginKind,
     cache::{CacheDir, Lookup},
     host::{self, HostState},
     limits::STORE_CAPS,
@@ -142,7 +142,12 @@ impl PluginEngine {
         let link = |aggregator: bool| -> wasmtime::Result<Linker<HostState>> {
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-            super::bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
+            // Both contract versions' `host` interfaces: plugins of either load.
+            super::bindings::v2::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
+                &mut linker,
+                |state| state,
+            )?;
+            super::bindings::v1::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
                 &mut linker,
                 |state| state,
             )?;
@@ -437,7 +442,7 @@ pub(crate) fn exported_worlds(exports: &[String]) -> Vec<(PluginKind, String)> {
 fn check_world(path: &Path, kind: PluginKind, exports: &[String]) -> Result<(), LoadError> {
     let worlds = exported_worlds(exports);
     if let Some((_, version)) = worlds.iter().find(|(k, _)| *k == kind) {
-        if version == CONTRACT_VERSION {
+        if CONTRACT_VERSIONS.contains(&version.as_str()) {
             return Ok(());
         }
         return Err(LoadError::IncompatibleVersion {

@@ -41,7 +41,7 @@ pub enum LoadError {
     },
     #[error(
         "{path} was built for plugin contract fleetmeter:plugin@{found}, but this agent \
-         supports @{supported}; rebuild the plugin with fleetmeter-sdk {supported}"
+         loads @{supported} and @0.1.0; rebuild the plugin with fleetmeter-sdk {supported}"
     )]
     IncompatibleVersion {
         path: PathBuf,

@@ -21,7 +21,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::{
     Grants, LoadError, PluginKind, STORE_CAPS,
-    bindings::host,
+    bindings::{v1, v2::host},
     limits::MemoryCap,
     logs::LogGate,
     network::{HttpHooks, NetworkPolicy},
@@ -118,6 +118,24 @@ impl host::Host for HostState {
             &message.replacen('\n', " ", 1),
             MAX_MESSAGE,
         ));
+    }
+}
+
+/// Contract 0.1.0's `host` interface is the same as 0.2.0's: the same implementation.
+impl v1::host::Host for HostState {
+    fn log(&mut self, level: v1::host::Level, message: String) {
+        let level = match level {
+            v1::host::Level::Trace => host::Level::Trace,
+            v1::host::Level::Debug => host::Level::Debug,
+            v1::host::Level::Info => host::Level::Info,
+            v1::host::Level::Warn => host::Level::Warn,
+            v1::host::Level::Error => host::Level::Error,
+        };
+        host::Host::log(self, level, message);
+    }
+
+    fn panicked(&mut self, message: String) {
+        host::Host::panicked(self, message);
     }
 }
 

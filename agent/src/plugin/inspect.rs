@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    CONTRACT_VERSION, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
+    CONTRACT_VERSIONS, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
     aggregator::AggregatorWorld,
     engine::exported_worlds,
     instance::{Runner, World},
@@ -57,9 +57,10 @@ pub async fn inspect(engine: &PluginEngine, path: &Path) -> Result<Inspection, L
                 PluginKind::Aggregator.export_name()
             ))
         }
-        [(_, version), ..] if version != CONTRACT_VERSION => {
+        [(_, version), ..] if !CONTRACT_VERSIONS.contains(&version.as_str()) => {
             inspection.problem = Some(format!(
-                "built for contract @{version}; this agent supports @{CONTRACT_VERSION}"
+                "built for contract @{version}; this agent loads @{}",
+                CONTRACT_VERSIONS.join(" and @")
             ))
         }
         [(kind, _), ..] => {

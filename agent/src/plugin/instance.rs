@@ -24,7 +24,7 @@ use std::{
 use wasmtime::{Store, Trap, component::InstancePre};
 
 use super::{
-    CallError, Failure, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
+    CallError, Contract, Failure, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
     engine::{Compiled, PluginSource},
     host::{HostState, MAX_MESSAGE, wasi_ctx},
     logs::LogGate,
@@ -40,6 +40,8 @@ pub(crate) trait World: Send + 'static {
     type Instance: Send + Sync;
 
     fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
+    /// The contract version the linked component was built for.
+    fn contract(pre: &Self::Pre) -> Contract;
     fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<HostState>,
@@ -299,6 +301,10 @@ impl<W: World> Runner<W> {
 
     pub fn stats(&self) -> &PluginStats {
         &self.stats
+    }
+
+    pub fn contract(&self) -> Contract {
+        W::contract(&self.pre)
     }
 
     pub fn path(&self) -> &Path {

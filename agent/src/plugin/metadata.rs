@@ -78,7 +78,7 @@ pub(crate) fn validate(meta: &Metadata) -> Result<(), BadMetadata> {
 }
 
 /// No character that [`crate::text::one_line`] would escape.
-fn printable(text: &str) -> bool {
+pub(crate) fn printable(text: &str) -> bool {
     matches!(crate::text::one_line(text), std::borrow::Cow::Borrowed(_))
 }
 

@@ -15,7 +15,9 @@
 //! - [`sensor`] / [`aggregator`]: the two kinds of plugin, as the agent uses them.
 //! - [`inspect`]: what a plugin file is, for `fleetmeter plugin inspect`.
 //!
-//! The contract is `wit/fleetmeter.wit` (package `fleetmeter:plugin@0.1.0`).
+//! The contract is `wit/fleetmeter.wit` (package `fleetmeter:plugin@0.2.0`); plugins of
+//! 0.1.0 (`wit/v0.1.0/fleetmeter.wit`) still load: a 0.1.0 sensor's value is one quantity named
+//! after the plugin with its metadata unit, a 0.1.0 aggregator is applied per quantity.
 
 mod aggregator;
 mod bindings;
@@ -34,6 +36,7 @@ mod sensor;
 use std::path::{Path, PathBuf};
 
 pub use aggregator::AggregatorPlugin;
+pub(crate) use aggregator::quantity_order;
 pub use engine::{Compiled, EngineOptions, PluginEngine, PluginSource, default_cache_dir};
 pub use error::{CallError, Failure, LoadError};
 pub use inspect::{Inspection, inspect};
@@ -47,9 +50,29 @@ pub use sensor::SensorPlugin;
 
 /// The WIT package both worlds belong to.
 pub const CONTRACT_PACKAGE: &str = "fleetmeter:plugin";
-/// The contract version this agent loads (exactly: 0.x versions make no compatibility
-/// promise).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The contract version this agent's SDK builds plugins for, the newest it loads.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// Every contract version this agent loads, newest first (0.x versions make no compatibility
+/// promise by themselves: these are the ones this agent keeps).
+pub const CONTRACT_VERSIONS: [&str; 2] = [CONTRACT_VERSION, "0.1.0"];
+
+/// A plugin's contract version, as the agent runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contract {
+    /// 0.1.0: one value per sample; an aggregator of one quantity.
+    V1,
+    /// 0.2.0: samples of named quantities.
+    V2,
+}
+
+impl Contract {
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V1 => "0.1.0",
+            Contract::V2 => CONTRACT_VERSION,
+        }
+    }
+}
 
 /// The two kinds of plugin, one WIT world each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,8 +122,8 @@ pub struct Metadata {
     pub description: String,
 }
 
-impl From<bindings::types::Metadata> for Metadata {
-    fn from(m: bindings::types::Metadata) -> Self {
+impl From<bindings::v2::types::Metadata> for Metadata {
+    fn from(m: bindings::v2::types::Metadata) -> Self {
         Self {
             name: m.name,
             version: m.version,
@@ -110,11 +133,34 @@ impl From<bindings::types::Metadata> for Metadata {
     }
 }
 
-/// One device's reading in a round.
+impl From<bindings::v1::types::Metadata> for Metadata {
+    fn from(m: bindings::v1::types::Metadata) -> Self {
+        Self {
+            name: m.name,
+            version: m.version,
+            unit: m.unit,
+            description: m.description,
+        }
+    }
+}
+
+pub use crate::wire::Quantity;
+
+/// One device's sample in a round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
     pub device: String,
-    pub value: f64,
+    pub quantities: Vec<Quantity>,
+}
+
+impl Reading {
+    /// A reading of one quantity; handy in tests.
+    pub fn one(device: impl Into<String>, name: &str, value: f64, unit: &str) -> Self {
+        Self {
+            device: device.into(),
+            quantities: vec![Quantity::new(name, value, unit)],
+        }
+    }
 }
 
 /// Whether `name` and `version` follow the metadata rules (what a plugin may call itself):
@@ -146,6 +192,11 @@ mod tests {
     #[test]
     fn contract_version_matches_the_wit_file() {
         let wit = include_str!("../../../wit/fleetmeter.wit");
+        let old = include_str!("../../../wit/v0.1.0/fleetmeter.wit");
+        assert!(
+            old.lines()
+                .any(|l| l.trim() == "package fleetmeter:plugin@0.1.0;")
+        );
         let expected = format!("package {CONTRACT_PACKAGE}@{CONTRACT_VERSION};");
         assert!(
             wit.lines().any(|l| l.trim() == expected),

@@ -1,44 +1,80 @@
 //! A loaded sensor plugin.
 
-use std::{future::Future, path::Path};
+use std::path::Path;
 
 use wasmtime::{Store, component::InstancePre};
 
 use super::{
-    CallError, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings, PluginStats,
-    bindings::sensor::{Sensor, SensorPre},
+    CallError, Contract, LoadError, Metadata, PluginEngine, PluginKind, PluginSettings,
+    PluginStats, Quantity,
+    bindings::{v1, v2},
     engine::PluginSource,
     host::HostState,
     instance::{Call, Runner, World},
+    metadata::printable,
 };
+use crate::{text, wire};
 
 pub(crate) struct SensorWorld;
 
+/// A linked sensor of either contract version.
+pub(crate) enum SensorPre {
+    V1(v1::sensor::SensorPre<HostState>),
+    V2(v2::sensor::SensorPre<HostState>),
+}
+
+/// A live sensor of either contract version.
+pub(crate) enum Sensor {
+    V1(v1::sensor::Sensor),
+    V2(v2::sensor::Sensor),
+}
+
 impl World for SensorWorld {
     const KIND: PluginKind = PluginKind::Sensor;
-    type Pre = SensorPre<HostState>;
+    type Pre = SensorPre;
     type Instance = Sensor;
 
     fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        SensorPre::new(pre)
+        // The load-time check made sure it exports one of the two versions.
+        match v2::sensor::SensorPre::new(pre.clone()) {
+            Ok(pre) => Ok(SensorPre::V2(pre)),
+            Err(_) => Ok(SensorPre::V1(v1::sensor::SensorPre::new(pre)?)),
+        }
     }
 
-    fn instantiate(
+    fn contract(pre: &Self::Pre) -> Contract {
+        match pre {
+            SensorPre::V1(_) => Contract::V1,
+            SensorPre::V2(_) => Contract::V2,
+        }
+    }
+
+    async fn instantiate(
         pre: &Self::Pre,
         store: &mut Store<HostState>,
-    ) -> impl Future<Output = wasmtime::Result<Sensor>> + Send {
-        pre.instantiate_async(store)
+    ) -> wasmtime::Result<Sensor> {
+        Ok(match pre {
+            SensorPre::V1(pre) => Sensor::V1(pre.instantiate_async(store).await?),
+            SensorPre::V2(pre) => Sensor::V2(pre.instantiate_async(store).await?),
+        })
     }
 
     async fn describe(
         instance: &Sensor,
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Metadata> {
-        Ok(instance
-            .fleetmeter_plugin_sensor_api()
-            .call_describe(store)
-            .await?
-            .into())
+        Ok(match instance {
+            Sensor::V1(s) => s
+                .fleetmeter_plugin_sensor_api()
+                .call_describe(store)
+                .await?
+                .into(),
+            Sensor::V2(s) => s
+                .fleetmeter_plugin_sensor_api()
+                .call_describe(store)
+                .await?
+                .into(),
+        })
     }
 
     async fn init(
@@ -46,27 +82,51 @@ impl World for SensorWorld {
         store: &mut Store<HostState>,
         config: &Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), String>> {
-        instance
-            .fleetmeter_plugin_sensor_api()
-            .call_init(store, config)
-            .await
+        match instance {
+            Sensor::V1(s) => {
+                s.fleetmeter_plugin_sensor_api()
+                    .call_init(store, config)
+                    .await
+            }
+            Sensor::V2(s) => {
+                s.fleetmeter_plugin_sensor_api()
+                    .call_init(store, config)
+                    .await
+            }
+        }
     }
+}
+
+/// What `sample()` returned, before the host checks it.
+enum Raw {
+    /// Contract 0.1.0: one value.
+    One(f64),
+    /// Contract 0.2.0: named quantities.
+    Many(Vec<v2::types::Quantity>),
 }
 
 /// `sample()`.
 struct Sample;
 
 impl Call<SensorWorld> for Sample {
-    type Output = f64;
+    type Output = Raw;
     async fn call(
         self,
         sensor: &Sensor,
         store: &mut Store<HostState>,
-    ) -> wasmtime::Result<Result<f64, String>> {
-        sensor
-            .fleetmeter_plugin_sensor_api()
-            .call_sample(store)
-            .await
+    ) -> wasmtime::Result<Result<Raw, String>> {
+        Ok(match sensor {
+            Sensor::V1(s) => s
+                .fleetmeter_plugin_sensor_api()
+                .call_sample(store)
+                .await?
+                .map(Raw::One),
+            Sensor::V2(s) => s
+                .fleetmeter_plugin_sensor_api()
+                .call_sample(store)
+                .await?
+                .map(Raw::Many),
+        })
     }
 }
 
@@ -111,17 +171,58 @@ impl SensorPlugin {
         self.runner.sha256()
     }
 
-    /// One reading. A failure costs this reading only: the instance is rebuilt if needed.
-    pub async fn sample(&mut self) -> Result<f64, CallError> {
-        let value = self.runner.call(Sample).await?;
-        if value.is_finite() {
-            Ok(value)
-        } else {
-            Err(CallError::Guest {
-                plugin: self.metadata().name.clone(),
-                message: format!("the sensor produced a non-finite value ({value})"),
-            })
+    /// One sample: its quantities, each checked (count, names, units, finite values). A
+    /// failure, or a sample out of bounds, costs this reading only: the instance is rebuilt
+    /// if needed. A sensor of contract 0.1.0 gives one quantity named after the plugin, in
+    /// its metadata unit.
+    pub async fn sample(&mut self) -> Result<Vec<Quantity>, CallError> {
+        let sample = match self.runner.call(Sample).await? {
+            Raw::One(value) => vec![Quantity {
+                name: self.metadata().name.clone(),
+                value,
+                unit: self.metadata().unit.clone(),
+            }],
+            Raw::Many(quantities) => quantities
+                .into_iter()
+                .map(|q| Quantity {
+                    name: q.name,
+                    value: q.value,
+                    unit: q.unit,
+                })
+                .collect(),
+        };
+        let refused = |message: String| CallError::Guest {
+            plugin: self.metadata().name.clone(),
+            message,
+        };
+        if let [one] = sample.as_slice()
+            && !one.value.is_finite()
+        {
+            return Err(refused(format!(
+                "the sensor produced a non-finite value ({})",
+                one.value
+            )));
         }
+        if let Err(err) = wire::check_sample(&sample) {
+            return Err(refused(format!(
+                "its sample is refused: {}",
+                text::one_line_bounded(&err.to_string(), 200)
+            )));
+        }
+        if let Some(q) = sample.iter().find(|q| !printable(&q.unit)) {
+            return Err(refused(format!(
+                "its sample is refused: quantity {:?}: unit {} holds characters that are not \
+                 printable",
+                q.name,
+                text::one_line_bounded(&q.unit, 40)
+            )));
+        }
+        Ok(sample)
+    }
+
+    /// The contract version it was built for.
+    pub fn contract(&self) -> Contract {
+        self.runner.contract()
     }
 
     pub fn metadata(&self) -> &Metadata {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::{Ctx, collect::Collected};
 use crate::{
     coord::roster::Roster,
+    plugin::Reading,
     rollout::{
         State, View,
         follow::slot_of,
@@ -66,7 +67,7 @@ pub(super) async fn shadow(
     ctx: &Ctx,
     round: u64,
     view: &View,
-    collected: &Collected,
+    readings: &[Reading],
 ) -> Option<Shadow> {
     let r = view.rollout.as_ref()?;
     if r.kind != Kind::Aggregator || r.state != State::Canary || round < r.start_round {
@@ -80,7 +81,7 @@ pub(super) async fn shadow(
     Some(
         match ctx
             .plugins
-            .aggregate_shadow(&slot, &collected.readings, &ctx.telemetry)
+            .aggregate_shadow(&slot, readings, &ctx.telemetry)
             .await
         {
             Some((aggregator, Ok(value))) => Shadow {
@@ -129,10 +130,11 @@ pub(super) async fn judge(
     }
     let verdict = match r.kind {
         Kind::Sensor => {
+            // A sample's first quantity: what the gates compare between canary and fleet.
             let readings: BTreeMap<String, f64> = collected
                 .readings
                 .iter()
-                .map(|x| (x.device.clone(), x.value))
+                .filter_map(|x| Some((x.device.clone(), x.quantities.first()?.value)))
                 .collect();
             judge_sensor(&r, round, &roster.members(), &readings, &collected.adverts)
         }

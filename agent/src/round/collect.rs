@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::{
     coord::roster::Roster,
     plugin::Reading,
-    wire::{Advert, DeviceReading},
+    wire::{Advert, DeviceReading, Quantity, check_sample},
 };
 
 /// Where the leader reads the fleet from.
@@ -42,12 +42,14 @@ pub struct Collected {
 }
 
 /// Round `round`'s readings, waiting for every live device until `until`. `members` is the
-/// last member list known, used until the source answers.
+/// last member list known, used until the source answers. A node without quantities (an
+/// agent before 0.2.0) is one quantity, `legacy` (name, unit).
 pub(crate) async fn collect(
     source: &mut impl ReadingSource,
     mut members: Vec<String>,
     round: u64,
     until: Instant,
+    legacy: &(String, String),
 ) -> Collected {
     let mut readings = BTreeMap::new();
     let mut adverts = BTreeMap::new();
@@ -68,8 +70,10 @@ pub(crate) async fn collect(
                 // node without a reading yet.
                 match serde_json::from_slice::<DeviceReading>(&data) {
                     Ok(reading) => {
-                        if reading.round == round && reading.value.is_finite() {
-                            readings.insert((*device).clone(), reading.value);
+                        if reading.round == round
+                            && let Some(sample) = sample_of(&reading, legacy)
+                        {
+                            readings.insert((*device).clone(), sample);
                         }
                         adverts.insert((*device).clone(), reading.advert);
                     }
@@ -94,12 +98,22 @@ pub(crate) async fn collect(
     Collected {
         readings: readings
             .into_iter()
-            .map(|(device, value)| Reading { device, value })
+            .map(|(device, quantities)| Reading { device, quantities })
             .collect(),
         live: members.len(),
         missed,
         adverts,
     }
+}
+
+/// A node's sample: its quantities when it has them and they pass the sample rules, else
+/// its one value as `legacy`; `None` (no reading) when either is out of bounds.
+fn sample_of(reading: &DeviceReading, legacy: &(String, String)) -> Option<Vec<Quantity>> {
+    let sample = match &reading.quantities {
+        Some(quantities) => quantities.clone(),
+        None => vec![Quantity::new(&legacy.0, reading.value, &legacy.1)],
+    };
+    check_sample(&sample).is_ok().then_some(sample)
 }
 
 /// The device nodes under `{root}/devices`, as the leader's roster sees them change. The
@@ -172,6 +186,7 @@ mod tests {
                 round,
                 value,
                 ts: 0,
+                quantities: None,
                 advert: Default::default(),
             })
             .unwrap();
@@ -217,8 +232,12 @@ mod tests {
         collected
             .readings
             .iter()
-            .map(|r| (r.device.as_str(), r.value))
+            .map(|r| (r.device.as_str(), r.quantities[0].value))
             .collect()
+    }
+
+    fn legacy() -> (String, String) {
+        ("random-temperature".into(), "°C".into())
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,7 +247,14 @@ mod tests {
             .reading("1", 0, 7, 80.0)
             .reading("2", 100, 7, 81.0)
             .reading("3", 300, 7, 82.0);
-        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(4)).await;
+        let collected = collect(
+            &mut source,
+            vec![],
+            7,
+            start + Duration::from_secs(4),
+            &legacy(),
+        )
+        .await;
         assert_eq!(values(&collected), [("1", 80.0), ("2", 81.0), ("3", 82.0)]);
         assert_eq!((collected.live, collected.missed), (3, 0));
         let waited = start.elapsed();
@@ -244,7 +270,14 @@ mod tests {
         let mut source = Scripted::new(&["1", "2", "3"])
             .reading("1", 0, 7, 80.0)
             .reading("3", 5000, 7, 82.0); // too late; "2" never reports
-        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(4)).await;
+        let collected = collect(
+            &mut source,
+            vec![],
+            7,
+            start + Duration::from_secs(4),
+            &legacy(),
+        )
+        .await;
         assert_eq!(
             start.elapsed(),
             Duration::from_secs(4),
@@ -264,7 +297,14 @@ mod tests {
             )
             .raw("2", br#"{"agent":"0.2.0","wire":[1,1]}"#)
             .raw("3", br#"{"round":7,"value":81.0,"ts":1}"#);
-        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(1)).await;
+        let collected = collect(
+            &mut source,
+            vec![],
+            7,
+            start + Duration::from_secs(1),
+            &legacy(),
+        )
+        .await;
         assert_eq!(values(&collected), [("1", 80.0), ("3", 81.0)]);
         assert_eq!(collected.adverts["1"].wire, Some([1, 2]));
         assert_eq!(collected.adverts["2"].wire, Some([1, 1]), "no reading yet");
@@ -283,16 +323,75 @@ mod tests {
             .reading("2", 0, 6, 99.0) // last round's
             .raw("3", b"{\"round\":7,\"value\":\"hot\"}")
             .raw("4", b"{\"round\":7,\"value\":1e999,\"ts\":0}");
-        let collected = collect(&mut source, vec![], 7, start + Duration::from_secs(1)).await;
+        let collected = collect(
+            &mut source,
+            vec![],
+            7,
+            start + Duration::from_secs(1),
+            &legacy(),
+        )
+        .await;
         assert_eq!(values(&collected), [("1", 80.0)]);
         assert_eq!(collected.missed, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_of_quantities_is_read_whole_and_one_out_of_bounds_is_no_reading() {
+        let start = Instant::now();
+        let many: Vec<String> = (0..=crate::wire::MAX_QUANTITIES)
+            .map(|i| format!(r#"{{"name":"q{i}","value":1}}"#))
+            .collect();
+        let too_many = format!(
+            r#"{{"round":7,"value":1,"ts":1,"quantities":[{}]}}"#,
+            many.join(",")
+        );
+        let mut source = Scripted::new(&["1", "2", "3", "4"])
+            .raw(
+                "1",
+                br#"{"round":7,"value":21.5,"ts":1,"quantities":[{"name":"t","value":21.5,"unit":"Cel"},{"name":"rh","value":40,"unit":"%"}]}"#,
+            )
+            .raw("2", br#"{"round":7,"value":80.0,"ts":1}"#)
+            .raw(
+                "3",
+                br#"{"round":7,"value":1,"ts":1,"quantities":[{"name":"a b","value":1}]}"#,
+            )
+            .raw("4", too_many.as_bytes());
+        let collected = collect(
+            &mut source,
+            vec![],
+            7,
+            start + Duration::from_secs(1),
+            &legacy(),
+        )
+        .await;
+        assert_eq!(
+            collected.readings,
+            [
+                Reading {
+                    device: "1".into(),
+                    quantities: vec![
+                        Quantity::new("t", 21.5, "Cel"),
+                        Quantity::new("rh", 40.0, "%")
+                    ],
+                },
+                Reading::one("2", "random-temperature", 80.0, "°C"),
+            ]
+        );
+        assert_eq!(collected.missed, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_empty_fleet_waits_until_the_deadline_and_collects_nothing() {
         let start = Instant::now();
         let mut source = Scripted::new(&[]);
-        let collected = collect(&mut source, vec![], 1, start + Duration::from_secs(2)).await;
+        let collected = collect(
+            &mut source,
+            vec![],
+            1,
+            start + Duration::from_secs(2),
+            &legacy(),
+        )
+        .await;
         assert_eq!(collected, Collected::default());
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         assert!(

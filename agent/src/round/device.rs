@@ -15,7 +15,7 @@ use crate::{
         follow::slot_of,
         record::{Kind, advertised, wanted},
     },
-    wire::{DeviceReading, Failed, Shown, now_ms},
+    wire::{DeviceReading, Failed, Shown, ShownSample, now_ms},
 };
 
 /// Switches to the sensor the fleet's rollout state says this device runs in `round`;
@@ -96,15 +96,17 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
         else {
             return;
         };
-        ctx.telemetry.sample(sampled.as_ref().ok().copied());
+        ctx.telemetry.sample(sampled.as_deref().ok());
         let mut advert = ctx.advert.clone();
         advert.sensor = Some(advertised(&ctx.plugins.sensor_sha256()));
         advert.rollout_error = rollout_error;
         let data = match sampled {
-            Ok(value) => serde_json::to_vec(&DeviceReading {
+            // `value` is the first quantity: what a leader before 0.2.0 reads.
+            Ok(sample) => serde_json::to_vec(&DeviceReading {
                 round,
-                value,
+                value: sample[0].value,
                 ts: now_ms(),
+                quantities: Some(sample),
                 advert,
             }),
             Err(err) => {
@@ -119,11 +121,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, membership: Membership, stop: Cancellatio
             }
         }
         .expect("a device node serializes");
-        let value = serde_json::from_slice::<DeviceReading>(&data).map(|r| r.value);
+        let sent = serde_json::from_slice::<DeviceReading>(&data);
         match membership.publish(data).await {
-            Ok(()) => match value {
-                Ok(value) => {
-                    tracing::info!(device = %id, round, value = %Shown(value), "reading sent to ZooKeeper")
+            Ok(()) => match sent {
+                Ok(reading) => {
+                    let sample = ShownSample(reading.quantities.as_deref().unwrap_or_default());
+                    tracing::info!(device = %id, round, value = %Shown(reading.value), sample = %sample, "reading sent to ZooKeeper")
                 }
                 Err(_) => tracing::info!(device = %id, round, "failure sent to ZooKeeper"),
             },

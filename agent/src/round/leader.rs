@@ -33,7 +33,7 @@ use super::{
     commit::{CommitError, Committed, Committer},
     handover::{self, GivenUp, Handover},
     plugins::Aggregated,
-    resume,
+    quantities, resume,
     schedule::Schedule,
     versions,
 };
@@ -216,7 +216,7 @@ impl<'a> Term<'a> {
                         &self.roster,
                         state.round,
                         &gathered.collected,
-                        gathered.aggregated.value,
+                        gathered.aggregated.value(),
                         self.shadow.as_ref(),
                     )
                     .await
@@ -391,11 +391,13 @@ impl<'a> Term<'a> {
     async fn collect(&mut self, round: u64) -> (Collected, Duration) {
         let started = Instant::now();
         let members = self.roster.members();
+        let legacy = self.ctx.plugins.legacy_quantity();
         let mut collected = collect::collect(
             &mut ZkReadings::new(&mut self.roster),
             members,
             round,
             self.schedule.collect_until(),
+            &legacy,
         )
         .await;
         self.ctx.telemetry.members(self.roster.len());
@@ -466,31 +468,27 @@ impl<'a> Term<'a> {
                 &ctx.telemetry,
             )
             .await;
-        let aggregated = ctx
-            .plugins
-            .aggregate(&collected.readings, &ctx.telemetry)
-            .await;
-        self.shadow = canary::shadow(ctx, round, &view, collected).await;
+        let (readings, refused) = quantities::screen(&collected.readings);
+        quantities::report_refused(round, &refused, &ctx.telemetry);
+        let aggregated = ctx.plugins.aggregate(&readings, &ctx.telemetry).await;
+        self.shadow = canary::shadow(ctx, round, &view, &readings).await;
         let mark = canary::mark(&view);
-        let result = aggregated.value.map(|value| {
+        let result = quantities::publish(&readings, &aggregated.published).map(|p| {
             Round {
                 round,
-                value,
-                count: u32::try_from(collected.readings.len()).unwrap_or(u32::MAX),
-                devices: collected
-                    .readings
-                    .iter()
-                    .map(|r| r.device.clone())
-                    .collect(),
+                value: p.value,
+                count: u32::try_from(p.devices.len()).unwrap_or(u32::MAX),
+                devices: p.devices,
                 aggregator: aggregated.aggregator.clone(),
                 leader: ctx.id.clone(),
                 ts: now_ms(),
-                unit: ctx.plugins.unit(),
+                unit: p.unit,
                 counter: None,
                 version: VERSION,
-                values: Some(collected.readings.iter().map(|r| r.value).collect()),
+                values: p.values,
                 shadow: self.shadow.clone(),
                 rollout: mark,
+                quantities: Some(p.quantities),
             }
             .in_version(version)
         });
@@ -557,16 +555,17 @@ impl<'a> Term<'a> {
         if let Some(ledger) = committed.ledger {
             ctx.telemetry.outbox(ledger, self.committer.max);
         }
-        let value = committed
-            .stored
-            .then(|| result.as_ref().map(|r| r.value))
-            .flatten();
+        let stored = result.as_ref().filter(|_| committed.stored);
+        let value = stored.map(|r| r.value);
         ctx.telemetry.round_committed(&CommittedRound {
             duration: self.schedule.start().elapsed(),
             collect: collect_time,
             used: collected.readings.len(),
             missed: collected.missed,
             value,
+            quantities: stored
+                .and_then(|r| r.quantities.as_deref())
+                .unwrap_or_default(),
         });
         if let Some(dropped) = &committed.dropped {
             ctx.telemetry.result_dropped(dropped.reason());

@@ -35,6 +35,7 @@ pub mod handover;
 pub mod leader;
 mod plan;
 pub mod plugins;
+pub mod quantities;
 mod resume;
 pub mod schedule;
 mod versions;

@@ -259,7 +259,9 @@ mod tests {
             values: Some(vec![21.5; count]),
             shadow: None,
             rollout: None,
+            quantities: None,
         }
+        .one_quantity("t")
     }
 
     fn ledger(rounds: u64, bytes: u64) -> LedgerState {

@@ -14,7 +14,7 @@ use crate::{
     config::AgentConfig,
     plugin::{
         self, AggregatorPlugin, CallError, LoadError, PluginEngine, PluginKind, PluginSettings,
-        PluginSource, Reading, SensorPlugin,
+        PluginSource, Quantity, Reading, SensorPlugin,
     },
     telemetry::Telemetry,
 };
@@ -49,12 +49,20 @@ struct Held<P> {
 /// Most instances of one kind kept on standby.
 const STANDBY: usize = 4;
 
-/// A round's aggregation: the value (`None`: nothing to publish) and `NAME@VERSION` of the
-/// aggregator that computed it.
+/// A round's aggregation: the value of each quantity to publish (none: nothing to publish),
+/// in the order the quantities appear, and `NAME@VERSION` of the aggregator that computed
+/// them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aggregated {
-    pub value: Option<f64>,
+    pub published: Vec<(String, f64)>,
     pub aggregator: String,
+}
+
+impl Aggregated {
+    /// The primary quantity's value: the first published.
+    pub fn value(&self) -> Option<f64> {
+        self.published.first().map(|(_, v)| *v)
+    }
 }
 
 pub struct Plugins {
@@ -64,9 +72,12 @@ pub struct Plugins {
     aggregator_settings: PluginSettings,
     /// The sensor of the agent's own configuration.
     local_sensor: String,
+    /// The name a one-value sample's quantity gets (`[plugins] quantity`).
+    quantity: Option<String>,
     sensor: Mutex<Held<SensorPlugin>>,
-    /// The running sensor's unit (`None` when it declares none) and digest.
-    sensor_facts: std::sync::Mutex<(Option<String>, String)>,
+    /// The quantity a device node without quantities (an agent before 0.2.0) stands for:
+    /// the running sensor's name and metadata unit; and the sensor's digest.
+    sensor_facts: std::sync::Mutex<((String, String), String)>,
     aggregator: Mutex<Held<AggregatorPlugin>>,
     standby_sensors: Mutex<Vec<Held<SensorPlugin>>>,
     standby_aggregators: Mutex<Vec<Held<AggregatorPlugin>>>,
@@ -91,9 +102,10 @@ pub enum PluginsError {
     Aggregator(#[source] LoadError),
 }
 
-fn facts(sensor: &SensorPlugin) -> (Option<String>, String) {
+fn facts(sensor: &SensorPlugin) -> ((String, String), String) {
+    let meta = sensor.metadata();
     (
-        Some(sensor.metadata().unit.clone()).filter(|u| !u.is_empty()),
+        (meta.name.clone(), meta.unit.clone()),
         sensor.sha256().to_owned(),
     )
 }
@@ -133,6 +145,7 @@ impl Plugins {
             plugin_dir: config.plugin_dir.clone(),
             sensor_settings: config.sensor_settings.clone(),
             local_sensor: config.sensor.clone(),
+            quantity: config.quantity.clone(),
             aggregator_settings: config.aggregator_settings.clone(),
             sensor_facts: std::sync::Mutex::new(facts(&sensor)),
             sensor: Mutex::new(Held {
@@ -164,13 +177,16 @@ impl Plugins {
         self.aggregator.lock().await
     }
 
-    fn facts(&self) -> std::sync::MutexGuard<'_, (Option<String>, String)> {
+    fn facts(&self) -> std::sync::MutexGuard<'_, ((String, String), String)> {
         self.sensor_facts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running sensor's unit, sent with every result.
-    pub fn unit(&self) -> Option<String> {
-        self.facts().0.clone()
+    /// The name and unit of the one quantity a device node without quantities (written by
+    /// an agent before 0.2.0, whose sensors report one value) stands for: the running
+    /// sensor's, as a 0.1.0 sensor names its value.
+    pub fn legacy_quantity(&self) -> (String, String) {
+        let (name, unit) = self.facts().0.clone();
+        (self.quantity.clone().unwrap_or(name), unit)
     }
 
     /// The slot of the agent's own sensor.
@@ -183,11 +199,14 @@ impl Plugins {
         self.facts().1.clone()
     }
 
-    /// One sample of the sensor.
-    pub async fn sample(&self, telemetry: &Arc<Telemetry>) -> Result<f64, CallError> {
+    /// One sample of the sensor: its quantities, checked.
+    pub async fn sample(&self, telemetry: &Arc<Telemetry>) -> Result<Vec<Quantity>, CallError> {
         let mut sensor = self.sensor.lock().await;
         let before = sensor.plugin.stats().clone();
-        let sampled = sensor.plugin.sample().await;
+        let mut sampled = sensor.plugin.sample().await;
+        if let (Some(name), Ok([one])) = (&self.quantity, sampled.as_deref_mut()) {
+            one.name.clone_from(name);
+        }
         let name = &sensor.plugin.metadata().name;
         telemetry.plugin_call(PluginKind::Sensor, name, &before, sensor.plugin.stats());
         sampled
@@ -367,11 +386,14 @@ impl Plugins {
     pub async fn aggregate(&self, readings: &[Reading], telemetry: &Arc<Telemetry>) -> Aggregated {
         let mut loaded = self.lock_aggregator().await;
         match call_aggregator(&mut loaded.plugin, readings, telemetry).await {
-            (aggregator, Ok(value)) => Aggregated { value, aggregator },
+            (aggregator, Ok(published)) => Aggregated {
+                published,
+                aggregator,
+            },
             (aggregator, Err(err)) => {
                 tracing::warn!(error = %err, "aggregation failed: this round publishes nothing");
                 Aggregated {
-                    value: None,
+                    published: Vec::new(),
                     aggregator,
                 }
             }
@@ -379,7 +401,7 @@ impl Plugins {
     }
 
     /// Runs the standby aggregator of `slot` on the readings, in shadow (nothing it returns
-    /// is published): `NAME@VERSION` and its value, or why it failed.
+    /// is published): `NAME@VERSION` and its primary quantity's value, or why it failed.
     pub async fn aggregate_shadow(
         &self,
         slot: &Slot,
@@ -388,8 +410,13 @@ impl Plugins {
     ) -> Option<(String, Result<Option<f64>, String>)> {
         let mut standby = self.standby_aggregators.lock().await;
         let held = standby.iter_mut().find(|h| h.slot == *slot)?;
-        let (aggregator, value) = call_aggregator(&mut held.plugin, readings, telemetry).await;
-        Some((aggregator, value.map_err(|e| e.to_string())))
+        let (aggregator, published) = call_aggregator(&mut held.plugin, readings, telemetry).await;
+        Some((
+            aggregator,
+            published
+                .map(|p| p.first().map(|(_, v)| *v))
+                .map_err(|e| e.to_string()),
+        ))
     }
 }
 
@@ -397,11 +424,11 @@ async fn call_aggregator(
     plugin: &mut AggregatorPlugin,
     readings: &[Reading],
     telemetry: &Arc<Telemetry>,
-) -> (String, Result<Option<f64>, CallError>) {
+) -> (String, Result<Vec<(String, f64)>, CallError>) {
     let meta = plugin.metadata();
     let (name, aggregator) = (meta.name.clone(), format!("{}@{}", meta.name, meta.version));
     if readings.is_empty() {
-        return (aggregator, Ok(None));
+        return (aggregator, Ok(Vec::new()));
     }
     let before = plugin.stats().clone();
     let value = plugin.aggregate(readings).await;

@@ -25,6 +25,7 @@ use super::labels::{
     InfoLabels, KindLabels, OutcomeLabels, ReasonLabels, RunningLabels, SESSION_STATES,
     StateLabels, WhatLabels, kind_name,
 };
+use super::quantities::QuantityMetrics;
 use crate::{
     coord::{SessionStatus, dynconfig::DynConfig},
     plugin::{PluginKind, PluginStats},
@@ -35,7 +36,7 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A round the leader committed, as the metrics record it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CommittedRound {
+pub struct CommittedRound<'a> {
     /// From the round's start to its commit.
     pub duration: Duration,
     /// How long the leader waited for readings.
@@ -46,10 +47,13 @@ pub struct CommittedRound {
     pub missed: usize,
     /// The round's value; `None` when it published nothing.
     pub value: Option<f64>,
+    /// Its quantities (version 4 results; empty when it published nothing).
+    pub quantities: &'a [crate::wire::RoundQuantity],
 }
 
 pub(super) struct Metrics {
     registry: Registry,
+    quantities: QuantityMetrics,
     leader: Gauge,
     leader_acquired: Counter,
     members: Gauge,
@@ -140,7 +144,9 @@ impl Metrics {
         }
         let seconds_buckets = || Histogram::new(exponential_buckets(0.05, 2.0, 12));
         registry.register_collector(Box::new(Live { dynconfig }));
+        let quantities = QuantityMetrics::register(&mut registry);
         let metrics = Self {
+            quantities,
             leader: metric!(
                 "leader",
                 "1 while this agent leads the fleet",
@@ -193,7 +199,7 @@ impl Metrics {
             ),
             last_value: metric!(
                 "last_round_value",
-                "Value of the last round this agent committed (unchanged by rounds without one)",
+                "Value of the last round this agent committed, its primary quantity (unchanged by rounds without one)",
                 Gauge::<f64, AtomicU64>::default()
             ),
             samples: metric!(
@@ -203,7 +209,7 @@ impl Metrics {
             ),
             sample_value: metric!(
                 "sample_value",
-                "This device's last successful sensor sample (the per-device panel)",
+                "This device's last successful sensor sample, its first quantity (the per-device panel)",
                 Gauge::<f64, AtomicU64>::default()
             ),
             plugin_calls: metric!(
@@ -412,14 +418,21 @@ impl Metrics {
         if let Some(value) = round.value {
             self.last_value.set(value);
         }
+        self.quantities.round(round.quantities);
     }
 
-    pub(super) fn sample(&self, value: Option<f64>) {
-        let outcome = if value.is_some() { "ok" } else { "failed" };
+    /// A sample: its quantities, or `None` when it failed.
+    pub(super) fn sample(&self, sample: Option<&[crate::wire::Quantity]>) {
+        let outcome = if sample.is_some() { "ok" } else { "failed" };
         self.samples.get_or_create(&OutcomeLabels { outcome }).inc();
-        if let Some(value) = value {
-            self.sample_value.set(value);
+        if let Some(first) = sample.and_then(<[_]>::first) {
+            self.sample_value.set(first.value);
         }
+        self.quantities.sample(sample.unwrap_or_default());
+    }
+
+    pub(super) fn quantity_refused(&self, name: &str) {
+        self.quantities.refused(name);
     }
 
     pub(super) fn plugin_call(

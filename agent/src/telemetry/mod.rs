@@ -13,6 +13,7 @@
 mod health;
 mod labels;
 mod metrics;
+mod quantities;
 mod server;
 
 use std::{
@@ -177,9 +178,14 @@ impl Telemetry {
         self.metrics.round_committed(round);
     }
 
-    /// One sensor sample: its value, or `None` when it failed.
-    pub fn sample(&self, value: Option<f64>) {
-        self.metrics.sample(value);
+    /// One sensor sample: its quantities, or `None` when it failed.
+    pub fn sample(&self, sample: Option<&[crate::wire::Quantity]>) {
+        self.metrics.sample(sample);
+    }
+
+    /// A quantity left out of a round this agent led (its units differ between devices).
+    pub fn quantity_refused(&self, name: &str) {
+        self.metrics.quantity_refused(name);
     }
 
     /// One plugin call: the difference between the plugin's counters before and after it.
@@ -250,8 +256,15 @@ mod tests {
             used: 3,
             missed: 1,
             value: Some(80.5),
+            quantities: &[crate::wire::RoundQuantity {
+                name: "t".into(),
+                unit: "Cel".into(),
+                value: Some(80.5),
+                values: vec![Some(80.0)],
+            }],
         });
-        t.sample(Some(79.5));
+        t.sample(Some(&[crate::wire::Quantity::new("t", 79.5, "Cel")]));
+        t.quantity_refused("rh");
         t.delivered(&Delivery::Stored);
         t.failed();
         let before = PluginStats::default();

@@ -152,11 +152,11 @@ fn inspect_describes_a_plugin() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for expected in [
-        "world:     sensor (fleetmeter:plugin@0.1.0)",
+        "world:     sensor (fleetmeter:plugin@0.2.0)",
         "plugin:    random-temperature 0.1.0",
         "unit:      °C",
-        "exports:   fleetmeter:plugin/sensor-api@0.1.0",
-        "fleetmeter:plugin/host@0.1.0",
+        "exports:   fleetmeter:plugin/sensor-api@0.2.0",
+        "fleetmeter:plugin/host@0.2.0",
         "sha256:    ",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
@@ -168,7 +168,7 @@ fn inspect_exits_1_on_a_plugin_the_agent_would_refuse() {
     let path = fixture("future-contract");
     let out = fleetmeter(&["plugin", "inspect", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("problem:   built for contract @0.2.0"));
+    assert!(stdout(&out).contains("problem:   built for contract @0.9.0"));
 }
 
 #[test]
@@ -198,7 +198,7 @@ fn failures_are_one_line_and_exit_1() {
     );
     assert_clean_failure(
         &fleetmeter(&["plugin", "run", future.to_str().unwrap()]),
-        "fleetmeter:plugin@0.2.0",
+        "fleetmeter:plugin@0.9.0",
     );
     assert_clean_failure(
         &fleetmeter(&["plugin", "run", "no-such-plugin"]),

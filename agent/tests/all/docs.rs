@@ -10,8 +10,9 @@ use std::{
 
 use crate::support::repo_root;
 
-/// The README's length: a front door, not a book.
-const README_MAX_LINES: usize = 250;
+/// The README's length: a front door, not a book (250 until the tutorial gained its step for
+/// several quantities per sample).
+const README_MAX_LINES: usize = 280;
 
 /// The lines of `path` outside fenced code blocks.
 fn unfenced(path: &Path) -> Vec<String> {

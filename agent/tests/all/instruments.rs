@@ -17,6 +17,7 @@ use fleetmeter_testkit::{
     prometheus::PrometheusServer,
 };
 
+use crate::support::Single;
 use crate::support::{
     cache_dir, engine,
     fleet::{Fleet, SERIAL, config_with_sensor},
@@ -91,7 +92,7 @@ fn http(origin: &str) -> Grants {
 /// The error of the first sample of a sensor loaded with `config` and `grants` (2 s limit).
 async fn first_error(name: &str, config: &[(&str, &str)], grants: Grants) -> String {
     let mut sensor = load(name, config, grants, 2000).await;
-    guest_error(sensor.sample().await)
+    guest_error(sensor.sample().await.one())
 }
 
 fn guest_error(result: Result<f64, CallError>) -> String {
@@ -179,7 +180,7 @@ async fn modbus_tcp_keeps_its_connection_and_reconnects_after_the_server_restart
     let config = [("address", address.as_str()), ("register", "11")];
     let mut sensor = load("modbus-tcp", &config, connect(&address), 2000).await;
     for _ in 0..3 {
-        assert_eq!(sensor.sample().await.unwrap(), 2101.0);
+        assert_eq!(sensor.sample().await.one().unwrap(), 2101.0);
     }
     assert_eq!(
         sensor.stats().instantiations,
@@ -190,10 +191,10 @@ async fn modbus_tcp_keeps_its_connection_and_reconnects_after_the_server_restart
     // within itself; the sensor reads again without a new instance.
     let port = server.port;
     drop(server);
-    let refused = sensor.sample().await;
+    let refused = sensor.sample().await.one();
     assert!(refused.is_err(), "{refused:?}");
     let again = ModbusServer::start_on(port);
-    assert_eq!(sensor.sample().await.unwrap(), 2101.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 2101.0);
     assert_eq!(
         sensor.stats().failures,
         0,
@@ -247,7 +248,7 @@ async fn a_name_is_pinned_to_what_it_resolved_to_at_load() {
     let by_name = format!("localhost:{}", server.port);
     let config = [("address", by_name.as_str()), ("register", "12")];
     let mut sensor = load("modbus-tcp", &config, connect(&by_name), 2000).await;
-    assert_eq!(sensor.sample().await.unwrap(), 2202.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 2202.0);
     // An address the name might resolve to later (127.0.0.3 is loopback too, and the server
     // would answer there) is not the address it resolved to: refused.
     let later = format!("127.0.0.3:{}", server.port);
@@ -275,7 +276,7 @@ async fn a_peer_that_never_answers_costs_one_call_at_the_deadline() {
     let mut sensor = load("modbus-tcp", &config, connect(&address), 500).await;
     for _ in 0..2 {
         let started = Instant::now();
-        match sensor.sample().await {
+        match sensor.sample().await.one() {
             Err(CallError::Failed {
                 failure: Failure::Timeout(limit),
                 ..
@@ -292,7 +293,7 @@ async fn a_peer_that_never_answers_costs_one_call_at_the_deadline() {
     let origin = format!("http://127.0.0.1:{}", silent.port);
     let config = [("url", url.as_str()), ("pointer", "/t")];
     let mut sensor = load("http-json", &config, http(&origin), 500).await;
-    let failed = sensor.sample().await;
+    let failed = sensor.sample().await.one();
     assert!(
         matches!(
             &failed,
@@ -633,6 +634,9 @@ async fn a_fleet_of_http_prometheus_and_file_devices_stores_what_the_peers_serve
     let dir = tempfile::tempdir().unwrap();
     sysfs(dir.path());
     let mut fleet = Fleet::start("").await;
+    // Three sensors of one value each, one quantity for the fleet (else each is its own,
+    // named after its plugin).
+    fleet.agent_env("FLEETMETER_QUANTITY", "temperature".into());
     let configs = [
         (
             "http-json",

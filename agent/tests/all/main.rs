@@ -24,6 +24,7 @@ mod nothing_lost;
 mod outbox;
 mod plugins;
 mod publish;
+mod quantities;
 mod quorum;
 mod replay;
 mod rollout;

@@ -368,6 +368,7 @@ async fn ten_thousand_devices_with_the_longest_ids_publish_and_one_more_is_told_
                 round: target,
                 value: 20.0 + (i % 10) as f64,
                 ts: now_ms(),
+                quantities: None,
                 advert: Default::default(),
             })
             .unwrap();

@@ -39,7 +39,9 @@ fn round(n: u64, devices: usize) -> Round {
         values: Some(vec![20.5; count]),
         shadow: None,
         rollout: None,
+        quantities: None,
     }
+    .one_quantity("t")
 }
 
 /// Opens round `n` (what garbage collection compares parts against).

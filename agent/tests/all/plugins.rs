@@ -1,5 +1,6 @@
 //! The bundled plugins, loaded by the real host, and the load-time checks.
 
+use crate::support::Single;
 use crate::support::{engine, fixture, plugin, settings};
 use fleetmeter::plugin::{
     AggregatorPlugin, DirGrant, EngineOptions, Grants, LoadError, PluginEngine, PluginKind,
@@ -10,10 +11,7 @@ fn readings(values: &[f64]) -> Vec<Reading> {
     values
         .iter()
         .enumerate()
-        .map(|(i, v)| Reading {
-            device: (i + 1).to_string(),
-            value: *v,
-        })
+        .map(|(i, v)| Reading::one((i + 1).to_string(), "value", *v, ""))
         .collect()
 }
 
@@ -26,7 +24,7 @@ async fn random_temperature_walks_inside_its_range() {
     assert_eq!(meta.name, "random-temperature");
     assert_eq!(meta.unit, "°C");
     for _ in 0..200 {
-        let v = sensor.sample().await.unwrap();
+        let v = sensor.sample().await.one().unwrap();
         assert!((75.0..=85.0).contains(&v), "{v} outside 75–85 °C");
     }
     assert_eq!(sensor.stats().failures, 0);
@@ -41,7 +39,7 @@ async fn random_temperature_takes_its_range_and_seed_from_config() {
             .unwrap();
         let mut walk = Vec::new();
         for _ in 0..20 {
-            walk.push(s.sample().await.unwrap());
+            walk.push(s.sample().await.one().unwrap());
         }
         walk
     };
@@ -63,6 +61,7 @@ async fn aggregators_compute_mean_median_trimmed_mean() {
             .unwrap()
             .aggregate(&values)
             .await
+            .one()
             .unwrap()
     };
     assert_eq!(run("mean", &[]).await, Some(4.0));
@@ -79,7 +78,7 @@ async fn an_empty_round_aggregates_to_none() {
     let mut mean = AggregatorPlugin::load(&engine(), &plugin("mean"), settings(&[]))
         .await
         .unwrap();
-    assert_eq!(mean.aggregate(&[]).await.unwrap(), None);
+    assert_eq!(mean.aggregate(&[]).await.one().unwrap(), None);
 }
 
 #[tokio::test]
@@ -96,6 +95,7 @@ async fn aggregators_get_no_clock_and_no_randomness() {
         .unwrap()
         .aggregate(&readings(&[1.0]))
         .await
+        .one()
         .unwrap()
         .unwrap()
     };
@@ -168,10 +168,10 @@ async fn thermal_zone_reads_a_granted_zone() {
     )
     .await
     .unwrap();
-    assert_eq!(sensor.sample().await.unwrap(), 47.25);
+    assert_eq!(sensor.sample().await.one().unwrap(), 47.25);
     std::fs::write(dir.path().join("thermal_zone0/temp"), "48000\n").unwrap();
     assert_eq!(
-        sensor.sample().await.unwrap(),
+        sensor.sample().await.one().unwrap(),
         48.0,
         "reads the file on every sample"
     );
@@ -214,7 +214,7 @@ async fn thermal_zone_on_this_machine_lists_what_exists() {
         .collect();
     let result = granted().await;
     if zones.iter().any(|z| z == "thermal_zone0") {
-        let value = result.unwrap().sample().await.unwrap();
+        let value = result.unwrap().sample().await.one().unwrap();
         assert!((-50.0..150.0).contains(&value), "{value} °C");
     } else {
         let message = result.unwrap_err().to_string();
@@ -259,8 +259,8 @@ async fn a_plugin_for_another_contract_version_is_refused() {
         LoadError::IncompatibleVersion {
             found, supported, ..
         } => {
-            assert_eq!(found, "0.2.0");
-            assert_eq!(*supported, "0.1.0");
+            assert_eq!(found, "0.9.0");
+            assert_eq!(*supported, fleetmeter::plugin::CONTRACT_VERSION);
         }
         other => panic!("expected IncompatibleVersion, got {other}"),
     }
@@ -310,15 +310,21 @@ async fn inspect_reports_world_metadata_and_problems() {
     let engine = engine();
     let mean = inspect(&engine, &plugin("mean")).await.unwrap();
     assert_eq!(mean.kind, Some(PluginKind::Aggregator));
-    assert_eq!(mean.contract.as_deref(), Some("0.1.0"));
+    assert_eq!(mean.contract.as_deref(), Some("0.2.0"));
     assert_eq!(mean.metadata.as_ref().unwrap().name, "mean");
     assert!(
         mean.exports
-            .contains(&"fleetmeter:plugin/aggregator-api@0.1.0".to_owned())
+            .contains(&"fleetmeter:plugin/aggregator-api@0.2.0".to_owned())
     );
+    // A plugin of contract 0.1.0 is inspected, and loads, as what it is.
+    let old = inspect(&engine, &fixture("contract-0-1-mean"))
+        .await
+        .unwrap();
+    assert_eq!(old.contract.as_deref(), Some("0.1.0"));
+    assert_eq!(old.problem, None);
     assert!(
         mean.imports
-            .contains(&"fleetmeter:plugin/host@0.1.0".to_owned())
+            .contains(&"fleetmeter:plugin/host@0.2.0".to_owned())
     );
     assert_eq!(mean.sha256.len(), 64);
     assert!(mean.problem.is_none());
@@ -328,7 +334,7 @@ async fn inspect_reports_world_metadata_and_problems() {
     assert_eq!(thermal.metadata.unwrap().unit, "°C");
 
     let future = inspect(&engine, &fixture("future-contract")).await.unwrap();
-    assert!(future.problem.unwrap().contains("@0.2.0"));
+    assert!(future.problem.unwrap().contains("@0.9.0"));
 }
 
 /// The metadata limits the agent enforces at load are within what the measurements API
@@ -354,7 +360,10 @@ fn the_largest_metadata_a_plugin_may_declare_makes_a_round_the_api_accepts() {
         values: Some(vec![21.5]),
         shadow: None,
         rollout: None,
-    };
+        quantities: None,
+    }
+    // A sensor of one value names its quantity after itself.
+    .one_quantity(&"s".repeat(MAX_NAME_LEN));
     let json = serde_json::to_string(&round).unwrap();
     let stored: fleetmeter_api::round::Round = serde_json::from_str(&json).unwrap();
     assert_eq!(stored.validate().map_err(|e| e.to_string()), Ok(()));

@@ -73,7 +73,9 @@ fn result(round: u64, value: f64) -> Round {
         values: Some(vec![value - 0.5, value + 0.5]),
         shadow: None,
         rollout: None,
+        quantities: None,
     }
+    .one_quantity("t")
 }
 
 async fn stored(api: &Api, path: &str) -> serde_json::Value {

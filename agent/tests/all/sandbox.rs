@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::support::Single;
 use crate::support::{engine, fixture, fuel_engine, settings};
 use fleetmeter::plugin::{CallError, Failure, Limits, PluginSettings, SensorPlugin};
 
@@ -25,14 +26,14 @@ fn failure(result: Result<f64, CallError>) -> Failure {
 #[tokio::test]
 async fn a_trap_costs_one_call_and_the_instance_is_rebuilt() {
     let mut sensor = misbehaving(&[("mode", "trap"), ("every", "2")]).await;
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
-    let trap = failure(sensor.sample().await);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
+    let trap = failure(sensor.sample().await.one());
     assert!(
         matches!(&trap, Failure::Trap(m) if m.contains("unreachable")),
         "{trap}"
     );
     // A fresh instance: its own call counter starts again.
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
     let stats = sensor.stats();
     assert_eq!(stats.failures, 1);
     assert_eq!(stats.calls, 3);
@@ -45,7 +46,7 @@ async fn a_trap_costs_one_call_and_the_instance_is_rebuilt() {
 #[tokio::test]
 async fn a_panic_is_reported_with_its_message() {
     let mut sensor = misbehaving(&[("mode", "panic")]).await;
-    match failure(sensor.sample().await) {
+    match failure(sensor.sample().await.one()) {
         Failure::Panic(message) => {
             assert!(message.contains("asked to panic on sample 1"), "{message}");
             assert!(!message.contains('\n'), "one line: {message:?}");
@@ -69,15 +70,15 @@ async fn an_infinite_loop_is_stopped_by_the_deadline() {
     )
     .await
     .unwrap();
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
     assert_eq!(
-        failure(sensor.sample().await),
+        failure(sensor.sample().await.one()),
         Failure::Timeout(Duration::from_millis(100))
     );
     // The deadline is re-armed before each call: the next call is not cut short.
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
     assert_eq!(
-        sensor.sample().await.unwrap_err().to_string(),
+        sensor.sample().await.one().unwrap_err().to_string(),
         "plugin misbehaving-sensor exceeded its time limit of 100ms per call"
     );
 }
@@ -98,12 +99,12 @@ async fn an_infinite_loop_is_stopped_by_fuel() {
     .await
     .unwrap();
     // Fuel is refilled before each call: a normal call after a heavy one succeeds.
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
     assert_eq!(
-        failure(sensor.sample().await),
+        failure(sensor.sample().await.one()),
         Failure::OutOfFuel(2_000_000)
     );
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
 }
 
 #[tokio::test]
@@ -139,13 +140,13 @@ async fn a_memory_bomb_hits_the_cap() {
     )
     .await
     .unwrap();
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
     assert_eq!(
-        failure(sensor.sample().await),
+        failure(sensor.sample().await.one()),
         Failure::MemoryLimit(16 * 1024 * 1024)
     );
     assert_eq!(
-        sensor.sample().await.unwrap(),
+        sensor.sample().await.one().unwrap(),
         1.0,
         "the rebuilt instance starts small"
     );
@@ -154,8 +155,8 @@ async fn a_memory_bomb_hits_the_cap() {
 #[tokio::test]
 async fn an_error_returned_by_the_plugin_keeps_the_instance() {
     let mut sensor = misbehaving(&[("mode", "error"), ("every", "2")]).await;
-    assert_eq!(sensor.sample().await.unwrap(), 1.0);
-    match sensor.sample().await {
+    assert_eq!(sensor.sample().await.one().unwrap(), 1.0);
+    match sensor.sample().await.one() {
         Err(CallError::Guest { plugin, message }) => {
             assert_eq!(plugin, "misbehaving-sensor");
             assert_eq!(message, "simulated sensor failure on sample 2");
@@ -163,7 +164,7 @@ async fn an_error_returned_by_the_plugin_keeps_the_instance() {
         other => panic!("expected a guest error, got {other:?}"),
     }
     // Same instance: its counter goes on.
-    assert_eq!(sensor.sample().await.unwrap(), 3.0);
+    assert_eq!(sensor.sample().await.one().unwrap(), 3.0);
     assert_eq!(sensor.stats().guest_errors, 1);
     assert_eq!(sensor.stats().failures, 0);
 }
@@ -184,9 +185,9 @@ async fn repeated_failures_back_off() {
     )
     .await
     .unwrap();
-    failure(sensor.sample().await);
-    failure(sensor.sample().await);
-    match sensor.sample().await {
+    failure(sensor.sample().await.one());
+    failure(sensor.sample().await.one());
+    match sensor.sample().await.one() {
         Err(CallError::BackingOff {
             failures,
             remaining,

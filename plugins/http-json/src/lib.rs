@@ -1,5 +1,6 @@
 //! Sensor: a number in an instrument's JSON status page, fetched with HTTP GET and picked by
-//! a JSON pointer (RFC 6901).
+//! a JSON pointer (RFC 6901) — or several, each a named quantity with its unit, from one
+//! fetch of the page.
 //!
 //! The sandbox sends no request unless the agent grants the page's origin:
 //! `[plugins.grants] http = ["http://10.0.0.7:8080"]` (or `fleetmeter plugin run --http
@@ -7,8 +8,12 @@
 //!
 //! Config:
 //! - `url`: the page, `http://` or `https://` (required);
-//! - `pointer`: where the number is, e.g. `/sensors/0/t` (required; `""` is the whole
-//!   document). A string holding a number (`"21.5"`) is accepted;
+//! - `pointer`: where the number is, e.g. `/sensors/0/t` (`""` is the whole document). A
+//!   string holding a number (`"21.5"`) is accepted. The sample is one value, named
+//!   `http-json`, unitless;
+//! - `quantities`, instead of `pointer`: several numbers of the same page,
+//!   `NAME:POINTER[:UNIT]` separated by commas (`temperature:/t:Cel, humidity:/rh:%`), up to
+//!   16 (a pointer with `:` or `,` in it needs `pointer`);
 //! - `header`: one `Name: value` header, e.g. `Authorization: Bearer ...`; `$NAME` in the
 //!   value is replaced by the environment variable NAME, so a token can come from
 //!   `[plugins.grants.env]` instead of the config;
@@ -19,27 +24,73 @@ use fleetmeter_sdk::{http, prelude::*};
 
 pub struct HttpJson {
     page: http::Page,
-    pointer: String,
+    /// (name, pointer, unit) of each number.
+    pointers: Vec<(String, String, String)>,
     headers: Vec<(String, String)>,
     calibration: Calibration,
 }
 
-impl Sensor for HttpJson {
+fn check_pointer(key: &str, pointer: &str) -> Result<()> {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        bail!("config `{key}`: `{pointer}` must start with `/` (RFC 6901), e.g. /{pointer}");
+    }
+    Ok(())
+}
+
+/// `pointer` (one number, named after the plugin) or `quantities` (several).
+fn parse_pointers(config: &Config) -> Result<Vec<(String, String, String)>> {
+    match (config.get("pointer"), config.get("quantities")) {
+        (Some(_), Some(_)) => bail!("config: give `pointer` or `quantities`, not both"),
+        (Some(pointer), None) => {
+            check_pointer("pointer", pointer)?;
+            Ok(vec![(
+                env!("CARGO_PKG_NAME").to_owned(),
+                pointer.to_owned(),
+                String::new(),
+            )])
+        }
+        (None, Some(spec)) => {
+            let mut pointers: Vec<(String, String, String)> = Vec::new();
+            for part in spec.split(',') {
+                let mut fields = part.trim().splitn(3, ':');
+                let name = fields.next().unwrap_or_default().trim().to_owned();
+                fleetmeter_sdk::check_quantity_name("quantities", &name)?;
+                let pointer = fields.next().ok_or_else(|| {
+                    Error::new(format!(
+                        "config `quantities`: `{part}` is not NAME:POINTER[:UNIT]"
+                    ))
+                })?;
+                check_pointer("quantities", pointer.trim())?;
+                if pointers.iter().any(|(n, _, _)| *n == name) {
+                    bail!("config `quantities`: {name:?} is named twice");
+                }
+                let unit = fields.next().unwrap_or_default().trim().to_owned();
+                pointers.push((name, pointer.trim().to_owned(), unit));
+            }
+            if pointers.len() > fleetmeter_sdk::MAX_QUANTITIES {
+                bail!(
+                    "config `quantities`: {} numbers; at most {} per sample",
+                    pointers.len(),
+                    fleetmeter_sdk::MAX_QUANTITIES
+                );
+            }
+            Ok(pointers)
+        }
+        (None, None) => bail!(
+            "config `pointer` is required: where the number is, e.g. /sensors/0/t (or \
+             `quantities` for several)"
+        ),
+    }
+}
+
+impl MultiSensor for HttpJson {
     fn new(config: &Config) -> Result<Self> {
-        let mut known = vec!["pointer", "header"];
+        let mut known = vec!["pointer", "quantities", "header"];
         known.extend(http::PAGE_KEYS);
         known.extend(fleetmeter_sdk::calibration::KEYS);
         config.allow_only(&known)?;
         let page = http::Page::from_config(config, "http://10.0.0.7:8080/status", 256)?;
-        let pointer = config
-            .get("pointer")
-            .ok_or_else(|| {
-                Error::new("config `pointer` is required: where the number is, e.g. /sensors/0/t")
-            })?
-            .to_owned();
-        if !pointer.is_empty() && !pointer.starts_with('/') {
-            bail!("config `pointer`: `{pointer}` must start with `/` (RFC 6901), e.g. /{pointer}");
-        }
+        let pointers = parse_pointers(config)?;
         let headers = match config.get("header") {
             Some(line) => {
                 let (name, value) =
@@ -50,13 +101,13 @@ impl Sensor for HttpJson {
         };
         Ok(Self {
             page,
-            pointer,
+            pointers,
             headers,
             calibration: Calibration::from_config(config)?,
         })
     }
 
-    fn sample(&mut self) -> Result<f64> {
+    fn sample(&mut self) -> Result<Vec<Quantity>> {
         let page = http::get(&self.page.url, &self.headers, self.page.max_body)?;
         if !(200..300).contains(&page.status) {
             bail!(
@@ -70,16 +121,25 @@ impl Sensor for HttpJson {
                 }
             );
         }
-        let raw = pick(&page.body, &self.pointer)
-            .map_err(|e| Error::new(format!("{}: {e}", self.page.url)))?;
-        self.calibration.apply(raw)
+        let document: serde_json::Value = serde_json::from_slice(&page.body)
+            .map_err(|e| Error::new(format!("{}: not JSON: {e}", self.page.url)))?;
+        self.pointers
+            .iter()
+            .map(|(name, pointer, unit)| {
+                let raw = pick(&document, pointer)
+                    .map_err(|e| Error::new(format!("{}: {e}", self.page.url)))?;
+                Ok(Quantity::new(
+                    name.as_str(),
+                    self.calibration.apply(raw)?,
+                    unit.as_str(),
+                ))
+            })
+            .collect()
     }
 }
 
-/// The number at `pointer` in the JSON document `body`.
-fn pick(body: &[u8], pointer: &str) -> Result<f64> {
-    let document: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| Error::new(format!("not JSON: {e}")))?;
+/// The number at `pointer` in the JSON `document`.
+fn pick(document: &serde_json::Value, pointer: &str) -> Result<f64> {
     let value = document
         .pointer(pointer)
         .ok_or_else(|| Error::new(format!("nothing at `{pointer}`")))?;
@@ -128,11 +188,40 @@ fn expand_env(value: &str) -> Result<String> {
     Ok(out)
 }
 
-export_sensor!(HttpJson);
+export_multi_sensor!(HttpJson);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pick(body: &[u8], pointer: &str) -> Result<f64> {
+        let document: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| Error::new(format!("not JSON: {e}")))?;
+        super::pick(&document, pointer)
+    }
+
+    #[test]
+    fn several_numbers_of_one_page_are_named_quantities() {
+        let config = Config::new([("quantities", "temperature:/t:Cel, humidity:/rh:%,n:/n")]);
+        assert_eq!(
+            parse_pointers(&config).unwrap(),
+            [
+                ("temperature".into(), "/t".into(), "Cel".into()),
+                ("humidity".into(), "/rh".into(), "%".into()),
+                ("n".into(), "/n".into(), String::new())
+            ]
+        );
+        for (pairs, needle) in [
+            (vec![("quantities", "t:/t,t:/u")], "named twice"),
+            (vec![("quantities", "t")], "NAME:POINTER"),
+            (vec![("quantities", "a b:/t")], "not a quantity name"),
+            (vec![("quantities", "t:x")], "must start with"),
+            (vec![("quantities", "t:/t"), ("pointer", "/t")], "not both"),
+        ] {
+            let err = parse_pointers(&Config::new(pairs)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
 
     #[test]
     fn picks_numbers_and_says_why_not() {

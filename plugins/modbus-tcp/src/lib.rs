@@ -1,5 +1,6 @@
 //! Sensor: one register (or register pair) of a Modbus/TCP instrument — a power meter, a PLC,
-//! a gateway to RS-485 devices.
+//! a gateway to RS-485 devices — or several consecutive values read in one request, each a
+//! named quantity with its unit (a power meter's voltage, current and power).
 //!
 //! The sandbox has no network unless the agent grants the instrument's address:
 //! `[plugins.grants] connect = ["10.0.0.5:502"]` (or `fleetmeter plugin run --connect
@@ -16,7 +17,12 @@
 //! - `type`: `u16` (default), `i16`, `u32`, `i32` or `f32` (the 32-bit types read two
 //!   registers);
 //! - `word_order`: `big` (default: the first register holds the high word) or `little`;
-//! - `scale` (1) and `offset` (0): the value is `raw * scale + offset`.
+//! - `scale` (1) and `offset` (0): the value is `raw * scale + offset`;
+//! - `quantities`: several values in one request, `NAME[:UNIT]` separated by commas
+//!   (`voltage:V, current:A, power:W`): the first is read at `register`, each next one right
+//!   after it (`type` sized: 1 or 2 registers each), up to 16 and 125 registers. Without
+//!   it the sample is one value, named `modbus-tcp`, unitless; `scale` and `offset` apply to
+//!   every value.
 //!
 //! The connection is kept across rounds; after any failure it is dropped and made again,
 //! once, within the same call. A Modbus exception (e.g. code 2, illegal data address) is the
@@ -57,7 +63,7 @@ impl Type {
     }
 }
 
-/// What to read, and how to make a number of it.
+/// What to read, and how to make numbers of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     unit: u8,
@@ -65,17 +71,53 @@ pub struct Request {
     function: Function,
     kind: Type,
     little_endian_words: bool,
+    /// Consecutive values to read (1 without `quantities`).
+    values: u16,
 }
+
+/// Most registers one Modbus read may ask for (the protocol's limit for codes 3 and 4).
+const MAX_REGISTERS: u32 = 125;
+/// Most quantities one sample may carry (the agent's limit).
+const MAX_QUANTITIES: usize = fleetmeter_sdk::MAX_QUANTITIES;
 
 pub struct ModbusTcp {
     address: String,
     request: Request,
+    /// (name, unit) of each value read.
+    quantities: Vec<(String, String)>,
     calibration: Calibration,
     connection: Option<TcpStream>,
     transaction: u16,
 }
 
-impl Sensor for ModbusTcp {
+/// `quantities`: `NAME[:UNIT]`, comma-separated; the plugin's own name when absent.
+fn parse_quantities(config: &Config) -> Result<Vec<(String, String)>> {
+    let Some(spec) = config.get("quantities") else {
+        return Ok(vec![(env!("CARGO_PKG_NAME").to_owned(), String::new())]);
+    };
+    let quantities: Vec<(String, String)> = spec
+        .split(',')
+        .map(|part| {
+            let (name, unit) = part.split_once(':').unwrap_or((part, ""));
+            (name.trim().to_owned(), unit.trim().to_owned())
+        })
+        .collect();
+    if quantities.len() > MAX_QUANTITIES {
+        bail!(
+            "config `quantities`: {} names; at most {MAX_QUANTITIES} per sample",
+            quantities.len()
+        );
+    }
+    for (i, (name, _)) in quantities.iter().enumerate() {
+        fleetmeter_sdk::check_quantity_name("quantities", name)?;
+        if quantities[..i].iter().any(|(n, _)| n == name) {
+            bail!("config `quantities`: {name:?} is named twice");
+        }
+    }
+    Ok(quantities)
+}
+
+impl MultiSensor for ModbusTcp {
     fn new(config: &Config) -> Result<Self> {
         let mut known = vec![
             "address",
@@ -84,6 +126,7 @@ impl Sensor for ModbusTcp {
             "function",
             "type",
             "word_order",
+            "quantities",
         ];
         known.extend(fleetmeter_sdk::calibration::KEYS);
         config.allow_only(&known)?;
@@ -100,19 +143,22 @@ impl Sensor for ModbusTcp {
                 "config `address`: `{address}` has no port (Modbus/TCP's is 502: `{address}:502`)"
             );
         }
-        let request = Request::from_config(config)?;
+        let quantities = parse_quantities(config)?;
+        let request = Request::from_config(config, quantities.len() as u16)?;
         // No read yet: an instrument that is off while the agent starts costs rounds, not
         // the agent (`fleetmeter plugin run` shows a wrong address or register at once).
         let sensor = Self {
             address,
             request,
+            quantities,
             calibration: Calibration::from_config(config)?,
             connection: None,
             transaction: 0,
         };
         let r = &sensor.request;
         log::info(format!(
-            "reading {} register {} as {} ({} word first) of unit {} at {}",
+            "reading {} {} from register {} as {} ({} word first) of unit {} at {}",
+            r.values,
             match r.function {
                 Function::Holding => "holding",
                 Function::Input => "input",
@@ -126,7 +172,7 @@ impl Sensor for ModbusTcp {
         Ok(sensor)
     }
 
-    fn sample(&mut self) -> Result<f64> {
+    fn sample(&mut self) -> Result<Vec<Quantity>> {
         let raw = match self.read_once() {
             Ok(raw) => raw,
             Err(Failure::Final(err)) => return Err(err),
@@ -141,7 +187,16 @@ impl Sensor for ModbusTcp {
                 })?
             }
         };
-        self.calibration.apply(raw)
+        raw.into_iter()
+            .zip(&self.quantities)
+            .map(|(raw, (name, unit))| {
+                Ok(Quantity::new(
+                    name.as_str(),
+                    self.calibration.apply(raw)?,
+                    unit.as_str(),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -162,7 +217,7 @@ impl Failure {
 }
 
 impl ModbusTcp {
-    fn read_once(&mut self) -> Result<f64, Failure> {
+    fn read_once(&mut self) -> Result<Vec<f64>, Failure> {
         let io = |what: &str, e: std::io::Error| {
             let error = Error::new(format!("{what} {}: {e}", self.address));
             // Refused by the sandbox (the agent adds which grant is missing): no retry.
@@ -226,7 +281,7 @@ impl ModbusTcp {
 }
 
 impl Request {
-    fn from_config(config: &Config) -> Result<Self> {
+    fn from_config(config: &Config, values: u16) -> Result<Self> {
         let unit: u8 = config.parse_or("unit", 1)?;
         let register: u16 = config
             .parse("register")?
@@ -249,11 +304,16 @@ impl Request {
             "little" => true,
             other => bail!("config `word_order`: `{other}` is not `big` or `little`"),
         };
-        if u32::from(register) + u32::from(kind.registers()) > 65536 {
+        let registers = u32::from(kind.registers()) * u32::from(values);
+        if registers > MAX_REGISTERS {
             bail!(
-                "config `register`: {register} plus {} register(s) passes 65535",
+                "config `quantities`: {values} values of {} register(s) make {registers} \
+                 registers; one Modbus read asks for at most {MAX_REGISTERS}",
                 kind.registers()
             );
+        }
+        if u32::from(register) + registers > 65536 {
+            bail!("config `register`: {register} plus {registers} register(s) passes 65535");
         }
         Ok(Self {
             unit,
@@ -261,7 +321,13 @@ impl Request {
             function,
             kind,
             little_endian_words,
+            values,
         })
+    }
+
+    /// Registers one read asks for.
+    fn count(&self) -> u16 {
+        self.kind.registers() * self.values
     }
 
     fn code(&self) -> u8 {
@@ -280,12 +346,12 @@ impl Request {
         f[6] = self.unit;
         f[7] = self.code();
         f[8..10].copy_from_slice(&self.register.to_be_bytes());
-        f[10..12].copy_from_slice(&self.kind.registers().to_be_bytes());
+        f[10..12].copy_from_slice(&self.count().to_be_bytes());
         f
     }
 
-    /// The value in an answer (`header`: the 7-byte MBAP header; `pdu`: what follows).
-    fn parse(&self, transaction: u16, header: &[u8; 7], pdu: &[u8]) -> Result<f64, Failure> {
+    /// The values in an answer (`header`: the 7-byte MBAP header; `pdu`: what follows).
+    fn parse(&self, transaction: u16, header: &[u8; 7], pdu: &[u8]) -> Result<Vec<f64>, Failure> {
         let bad = |why: String| Failure::Io(Error::new(why));
         if u16::from_be_bytes([header[0], header[1]]) != transaction || header[2..4] != [0, 0] {
             return Err(bad(format!(
@@ -311,14 +377,18 @@ impl Request {
                 )));
             }
         }
-        let count = self.kind.registers() as usize * 2;
-        if pdu.get(1).copied() != Some(count as u8) || pdu.len() != 2 + count {
+        let count = self.count() as usize * 2;
+        if pdu.get(1).copied().map(usize::from) != Some(count) || pdu.len() != 2 + count {
             return Err(bad(format!(
                 "an answer of {} data bytes, expected {count}",
                 pdu.len().saturating_sub(2)
             )));
         }
-        Ok(self.decode(&pdu[2..]))
+        let size = self.kind.registers() as usize * 2;
+        Ok(pdu[2..]
+            .chunks_exact(size)
+            .map(|v| self.decode(v))
+            .collect())
     }
 
     fn decode(&self, data: &[u8]) -> f64 {
@@ -362,14 +432,14 @@ fn exception_name(code: u8) -> &'static str {
     }
 }
 
-export_sensor!(ModbusTcp);
+export_multi_sensor!(ModbusTcp);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn request(pairs: &[(&str, &str)]) -> Request {
-        Request::from_config(&Config::new(pairs.iter().copied())).unwrap()
+        Request::from_config(&Config::new(pairs.iter().copied()), 1).unwrap()
     }
 
     #[test]
@@ -418,7 +488,7 @@ mod tests {
             let mut pdu = vec![3, data.len() as u8];
             pdu.extend(&data);
             let value = r.parse(9, &header(9), &pdu).ok().unwrap();
-            assert_eq!(value, expected, "{pairs:?}");
+            assert_eq!(value, [expected], "{pairs:?}");
         }
     }
 
@@ -455,10 +525,66 @@ mod tests {
                 "word_order",
             ),
         ] {
-            let err = Request::from_config(&Config::new(pairs))
+            let err = Request::from_config(&Config::new(pairs), 1)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn several_quantities_are_one_read_of_consecutive_values() {
+        let config = Config::new([("quantities", "voltage:V, current:A,power:W")]);
+        let quantities = parse_quantities(&config).unwrap();
+        assert_eq!(
+            quantities,
+            [
+                ("voltage".to_owned(), "V".to_owned()),
+                ("current".to_owned(), "A".to_owned()),
+                ("power".to_owned(), "W".to_owned())
+            ]
+        );
+        let r =
+            Request::from_config(&Config::new([("register", "10"), ("type", "f32")]), 3).unwrap();
+        assert_eq!(r.frame(1), [0, 1, 0, 0, 0, 6, 1, 3, 0, 10, 0, 6]);
+        let mut pdu = vec![3, 12];
+        for v in [230.5f32, 1.25, 288.125] {
+            pdu.extend(v.to_be_bytes());
+        }
+        let values = r.parse(1, &[0, 1, 0, 0, 0, 15, 1], &pdu).ok().unwrap();
+        assert_eq!(values, [230.5, 1.25, 288.125]);
+        // A short answer is refused, not read as fewer values.
+        assert!(matches!(
+            r.parse(1, &[0, 1, 0, 0, 0, 11, 1], &pdu[..10]),
+            Err(Failure::Io(_))
+        ));
+    }
+
+    #[test]
+    fn quantities_are_checked() {
+        for (spec, needle) in [
+            ("a b:V", "not a quantity name"),
+            ("v:V,v:A", "named twice"),
+            (",", "not a quantity name"),
+        ] {
+            let err = parse_quantities(&Config::new([("quantities", spec)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("q{i}")).collect();
+        let err = parse_quantities(&Config::new([("quantities", many.join(",").as_str())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 16"), "{err}");
+        let err = Request::from_config(&Config::new([("register", "0"), ("type", "f32")]), 63)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 125"), "{err}");
+        // No `quantities`: one value, named after the plugin.
+        assert_eq!(
+            parse_quantities(&Config::default()).unwrap(),
+            [("modbus-tcp".to_owned(), String::new())]
+        );
     }
 }

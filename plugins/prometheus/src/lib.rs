@@ -10,6 +10,12 @@
 //! - `labels`: `k=v,k2=v2`, every one must match (default: none);
 //! - `reduce`: what to do with the matching series: `only` (default: exactly one must
 //!   match, else an error listing them), `sum` or `avg`;
+//! - `by`: a label whose values name quantities: each value of it among the matching series
+//!   is one quantity of the sample (`by = "sensor"` turns `temp{sensor="cpu"}` and
+//!   `temp{sensor="board"}` into quantities `cpu` and `board`), its series reduced as
+//!   `reduce` says; at most 16, each value a quantity name (letters, digits, `-`, `_`, `.`).
+//!   Without it the sample is one value, named `prometheus`;
+//! - `unit`: the values' unit, e.g. `Cel` (default: none);
 //! - `max_body_kib`: the largest page read, 1 to 4096 (default 1024);
 //! - `scale` (1) and `offset` (0): the value is `raw * scale + offset`.
 
@@ -25,6 +31,9 @@ enum Reduce {
 pub struct Prometheus {
     page: http::Page,
     query: Query,
+    /// The label whose values name the quantities.
+    by: Option<String>,
+    unit: String,
     calibration: Calibration,
 }
 
@@ -36,9 +45,9 @@ struct Query {
     reduce: Reduce,
 }
 
-impl Sensor for Prometheus {
+impl MultiSensor for Prometheus {
     fn new(config: &Config) -> Result<Self> {
-        let mut known = vec!["metric", "labels", "reduce"];
+        let mut known = vec!["metric", "labels", "reduce", "by", "unit"];
         known.extend(http::PAGE_KEYS);
         known.extend(fleetmeter_sdk::calibration::KEYS);
         config.allow_only(&known)?;
@@ -72,6 +81,16 @@ impl Sensor for Prometheus {
             "avg" => Reduce::Avg,
             other => bail!("config `reduce`: `{other}` is not only, sum or avg"),
         };
+        let by = config.get("by").map(str::to_owned);
+        if let Some(by) = &by
+            && (by.is_empty() || !by.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            bail!("config `by`: `{by}` is not a label name");
+        }
+        let unit = config.get("unit").unwrap_or_default().to_owned();
+        if unit.chars().count() > 16 || unit.chars().any(char::is_control) {
+            bail!("config `unit`: at most 16 printable characters, e.g. Cel");
+        }
         Ok(Self {
             page,
             query: Query {
@@ -79,11 +98,13 @@ impl Sensor for Prometheus {
                 labels,
                 reduce,
             },
+            by,
+            unit,
             calibration: Calibration::from_config(config)?,
         })
     }
 
-    fn sample(&mut self) -> Result<f64> {
+    fn sample(&mut self) -> Result<Vec<Quantity>> {
         let page = http::get(
             &self.page.url,
             &[("Accept".to_owned(), "text/plain".to_owned())],
@@ -93,16 +114,61 @@ impl Sensor for Prometheus {
             bail!("{}: HTTP {}", self.page.url, page.status);
         }
         let text = String::from_utf8_lossy(&page.body);
-        let raw = self
-            .query
-            .evaluate(&text)
-            .map_err(|e| Error::new(format!("{}: {e}", self.page.url)))?;
-        self.calibration.apply(raw)
+        let at = |e: Error| Error::new(format!("{}: {e}", self.page.url));
+        let values = match &self.by {
+            None => vec![(
+                env!("CARGO_PKG_NAME").to_owned(),
+                self.query.evaluate(&text, None).map_err(at)?,
+            )],
+            Some(by) => self.query.evaluate_by(&text, by).map_err(at)?,
+        };
+        values
+            .into_iter()
+            .map(|(name, raw)| {
+                Ok(Quantity::new(
+                    name,
+                    self.calibration.apply(raw)?,
+                    &self.unit,
+                ))
+            })
+            .collect()
     }
 }
 
 impl Query {
-    fn evaluate(&self, text: &str) -> Result<f64> {
+    /// Each value of label `by` among the matching series, in page order, with its series
+    /// reduced to one value.
+    fn evaluate_by(&self, text: &str, by: &str) -> Result<Vec<(String, f64)>> {
+        let mut names: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if let Some((name, labels, _)) = parse_sample(line)
+                && name == self.metric
+                && let Some((_, value)) = labels.iter().find(|(k, _)| k == by)
+                && !names.contains(value)
+            {
+                names.push(value.clone());
+            }
+        }
+        if names.len() > fleetmeter_sdk::MAX_QUANTITIES {
+            bail!(
+                "{} values of label `{by}` on {}: at most {} quantities per sample (narrow `labels`)",
+                names.len(),
+                self.metric,
+                fleetmeter_sdk::MAX_QUANTITIES
+            );
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                fleetmeter_sdk::check_quantity_name("by", &name)?;
+                let value = self.evaluate(text, Some((by, &name)))?;
+                Ok((name, value))
+            })
+            .collect()
+    }
+
+    /// The matching series (also matching `extra`, a label and its value), reduced.
+    fn evaluate(&self, text: &str, extra: Option<(&str, &str)>) -> Result<f64> {
         let mut matched: Vec<(String, f64)> = Vec::new();
         for line in text.lines() {
             let Some((name, labels, value)) = parse_sample(line) else {
@@ -114,6 +180,8 @@ impl Query {
             if self
                 .labels
                 .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain(extra)
                 .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
             {
                 let shown = labels
@@ -128,6 +196,8 @@ impl Query {
             let labels = self
                 .labels
                 .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain(extra)
                 .map(|(k, v)| format!("{k}=\"{v}\""))
                 .collect::<Vec<_>>()
                 .join(",");
@@ -211,7 +281,7 @@ fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     value.is_finite().then_some((name, labels, value))
 }
 
-export_sensor!(Prometheus);
+export_multi_sensor!(Prometheus);
 
 #[cfg(test)]
 mod tests {
@@ -240,7 +310,7 @@ weird{path="a \"q\" , b"} 3 1700000000000
     fn evaluates_series() {
         assert_eq!(
             query("node_load1", &[], Reduce::Only)
-                .evaluate(PAGE)
+                .evaluate(PAGE, None)
                 .unwrap(),
             0.25
         );
@@ -250,30 +320,30 @@ weird{path="a \"q\" , b"} 3 1700000000000
                 &[("sensor", "temp2")],
                 Reduce::Only
             )
-            .evaluate(PAGE)
+            .evaluate(PAGE, None)
             .unwrap(),
             47.5
         );
         assert_eq!(
             query("node_hwmon_temp_celsius", &[], Reduce::Sum)
-                .evaluate(PAGE)
+                .evaluate(PAGE, None)
                 .unwrap(),
             92.5
         );
         assert_eq!(
             query("node_hwmon_temp_celsius", &[], Reduce::Avg)
-                .evaluate(PAGE)
+                .evaluate(PAGE, None)
                 .unwrap(),
             46.25
         );
         assert_eq!(
             query("weird", &[("path", "a \"q\" , b")], Reduce::Only)
-                .evaluate(PAGE)
+                .evaluate(PAGE, None)
                 .unwrap(),
             3.0
         );
         let err = query("node_hwmon_temp_celsius", &[], Reduce::Only)
-            .evaluate(PAGE)
+            .evaluate(PAGE, None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -281,10 +351,31 @@ weird{path="a \"q\" , b"} 3 1700000000000
             "{err}"
         );
         let err = query("node_nope", &[], Reduce::Only)
-            .evaluate(PAGE)
+            .evaluate(PAGE, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no series node_nope"), "{err}");
+    }
+
+    #[test]
+    fn each_value_of_the_by_label_is_a_quantity() {
+        let q = query("node_hwmon_temp_celsius", &[], Reduce::Only);
+        assert_eq!(
+            q.evaluate_by(PAGE, "sensor").unwrap(),
+            [("temp1".to_owned(), 45.0), ("temp2".to_owned(), 47.5)]
+        );
+        // A label value that is not a quantity name is refused, named.
+        let err = query("weird", &[], Reduce::Only)
+            .evaluate_by(PAGE, "path")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a quantity name"), "{err}");
+        let many: String = (0..17).map(|i| format!("m{{s=\"q{i}\"}} {i}\n")).collect();
+        let err = query("m", &[], Reduce::Only)
+            .evaluate_by(&many, "s")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 16"), "{err}");
     }
 
     #[test]

@@ -325,7 +325,9 @@ mod tests {
             values: Some(vec![-1.7976931348623157e308; count]),
             shadow: None,
             rollout: None,
+            quantities: None,
         }
+        .one_quantity("t")
     }
 
     #[test]

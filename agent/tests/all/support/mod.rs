@@ -78,3 +78,24 @@ pub fn settings(config: &[(&str, &str)]) -> PluginSettings {
         ..PluginSettings::default()
     }
 }
+
+/// A call's result as a plugin of one quantity gives it: a sample's first value, an
+/// aggregation's first published value (`None`: nothing published).
+pub trait Single {
+    type Output;
+    fn one(self) -> Self::Output;
+}
+
+impl Single for Result<Vec<fleetmeter::plugin::Quantity>, fleetmeter::plugin::CallError> {
+    type Output = Result<f64, fleetmeter::plugin::CallError>;
+    fn one(self) -> Self::Output {
+        self.map(|sample| sample[0].value)
+    }
+}
+
+impl Single for Result<Vec<(String, f64)>, fleetmeter::plugin::CallError> {
+    type Output = Result<Option<f64>, fleetmeter::plugin::CallError>;
+    fn one(self) -> Self::Output {
+        self.map(|published| published.first().map(|(_, v)| *v))
+    }
+}

@@ -12,6 +12,8 @@ use fleetmeter_wire::Shown;
 
 use crate::round::{LegacyValue, Round};
 
+mod quantities;
+
 /// Seconds between automatic reloads.
 pub const REFRESH_SECONDS: u32 = 5;
 
@@ -64,6 +66,9 @@ td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 tr.gap td {{ color: #8a5a00; background: #fff8e6; font-style: italic; }}
 .spark {{ width: 120px; height: 28px; display: block; }}
 .spark polyline {{ fill: none; stroke: #1f77b4; stroke-width: 1.5; }}
+.quantity-chart {{ width: 100%; height: auto; border: 1px solid #ddd; background: #fafafa; margin-bottom: 0.6rem; }}
+h3.quantity {{ font-size: 1rem; margin: 0.8rem 0 0.2rem; }}
+.device .quantities {{ font-size: 0.85rem; color: #333; font-variant-numeric: tabular-nums; }}
 @media (max-width: 600px) {{
   /* The chart scales to the screen: its labels (in chart units) grow to stay readable. */
   .axis {{ font-size: 20px; }}
@@ -81,6 +86,7 @@ tr.gap td {{ color: #8a5a00; background: #fff8e6; font-style: italic; }}
         html.push_str("<p id=\"empty\">No rounds stored yet.</p>\n");
     } else {
         chart(&mut html, rounds);
+        quantities::charts(&mut html, rounds);
         devices_panel(&mut html, rounds);
         table(&mut html, rounds);
     }
@@ -138,42 +144,8 @@ fn chart(html: &mut String, rounds: &[Round]) {
         html,
         r#"<svg id="chart" viewBox="0 0 {W} {H}" preserveAspectRatio="xMidYMid meet" role="img" aria-label="Published value per round, over time (UTC)">"#
     );
-    // Value axis: the highest and lowest value shown, and the middle.
-    for v in [hi, (hi + lo) / 2.0, lo] {
-        let _ = writeln!(
-            html,
-            r#"<line class="grid" x1="{LEFT}" x2="{}" y1="{:.1}" y2="{:.1}"/><text class="axis" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            W - RIGHT,
-            y(v),
-            y(v),
-            LEFT - 6.0,
-            y(v) + 4.0,
-            Shown(v)
-        );
-    }
-    // Time axis: up to five evenly spaced times, HH:MM:SS UTC (the date is in the table).
-    let ticks = if t1 > t0 { 5 } else { 1 };
-    for i in 0..ticks {
-        let ts = if ticks == 1 {
-            t0
-        } else {
-            t0 + (t1 - t0) * i / (ticks - 1)
-        };
-        // The first and last labels stay inside the chart.
-        let anchor = match i {
-            _ if ticks == 1 => "middle",
-            0 => "start",
-            i if i == ticks - 1 => "end",
-            _ => "middle",
-        };
-        let _ = writeln!(
-            html,
-            r#"<text class="axis time" x="{:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
-            x(ts),
-            H - BOTTOM + 18.0,
-            &format_ts(ts)[11..]
-        );
-    }
+    let unit = points[points.len() - 1].unit.as_deref().unwrap_or("");
+    axes(html, (lo, hi), (t0, t1), unit, &x, &y);
     // Leader changes.
     for pair in points.windows(2) {
         let (before, after) = (pair[0], pair[1]);
@@ -297,6 +269,58 @@ fn chart(html: &mut String, rounds: &[Round]) {
     );
 }
 
+/// The value axis (the highest and lowest value shown, and the middle, with the unit) and the
+/// time axis of a chart.
+fn axes(
+    html: &mut String,
+    (lo, hi): (f64, f64),
+    (t0, t1): (u64, u64),
+    unit: &str,
+    x: &dyn Fn(u64) -> f64,
+    y: &dyn Fn(f64) -> f64,
+) {
+    let unit = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", escape(unit))
+    };
+    for v in [hi, (hi + lo) / 2.0, lo] {
+        let _ = writeln!(
+            html,
+            r#"<line class="grid" x1="{LEFT}" x2="{}" y1="{:.1}" y2="{:.1}"/><text class="axis value" x="{}" y="{:.1}" text-anchor="end">{}{unit}</text>"#,
+            W - RIGHT,
+            y(v),
+            y(v),
+            LEFT - 6.0,
+            y(v) + 4.0,
+            Shown(v)
+        );
+    }
+    // Time axis: up to five evenly spaced times, HH:MM:SS UTC (the date is in the table).
+    let ticks = if t1 > t0 { 5 } else { 1 };
+    for i in 0..ticks {
+        let ts = if ticks == 1 {
+            t0
+        } else {
+            t0 + (t1 - t0) * i / (ticks - 1)
+        };
+        // The first and last labels stay inside the chart.
+        let anchor = match i {
+            _ if ticks == 1 => "middle",
+            0 => "start",
+            i if i == ticks - 1 => "end",
+            _ => "middle",
+        };
+        let _ = writeln!(
+            html,
+            r#"<text class="axis time" x="{:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
+            x(ts),
+            H - BOTTOM + 18.0,
+            &format_ts(ts)[11..]
+        );
+    }
+}
+
 /// Every device named by the shown rounds, sorted.
 fn devices_of(rounds: &[Round]) -> Vec<&str> {
     let mut all: Vec<&str> = rounds
@@ -366,6 +390,9 @@ fn devices_panel(html: &mut String, rounds: &[Round]) {
             r#"<div class="{class}" data-device="{id}"><div class="id">{id}</div><div class="value">{value}</div>"#,
             id = escape(device)
         );
+        if let Some(line) = quantities::device_line(latest, device) {
+            html.push_str(&line);
+        }
         sparkline(html, &readings, (rounds[rounds.len() - 1].ts, latest.ts));
         let status = if in_latest {
             format!("missed {missed} of {} rounds", rounds.len())
@@ -540,7 +567,9 @@ mod tests {
                 values: Some(vec![80.0 + n as f64]),
                 shadow: None,
                 rollout: None,
+                quantities: None,
             })
+            .map(|r| r.one_quantity("random-temperature"))
             .collect();
         let html = render("host-1", &rounds, &[]);
         assert_eq!(html.matches("<circle class=\"point\"").count(), 3);
@@ -563,7 +592,51 @@ mod tests {
             values: Some(readings.iter().map(|(_, v)| *v).collect()),
             shadow: None,
             rollout: None,
+            quantities: None,
         }
+        .one_quantity("random-temperature")
+    }
+
+    #[test]
+    fn each_quantity_has_its_chart_with_its_unit_and_each_device_its_values() {
+        use crate::round::RoundQuantity;
+        let several = |n: u64, rh_unit: &str| {
+            let mut r = round(n, "1", &[("1", 21.0 + n as f64), ("2", 22.0)]);
+            r.unit = Some("Cel".into());
+            r.quantities = Some(vec![
+                RoundQuantity {
+                    name: "temperature".into(),
+                    unit: "Cel".into(),
+                    value: Some(r.value),
+                    values: vec![Some(21.0 + n as f64), Some(22.0)],
+                },
+                RoundQuantity {
+                    name: "humidity".into(),
+                    unit: rh_unit.into(),
+                    value: Some(40.0 + n as f64),
+                    values: vec![Some(40.0), None],
+                },
+            ]);
+            assert_eq!(r.validate(), Ok(()));
+            r
+        };
+        // Newest first; round 1 reported humidity in another unit.
+        let rounds = vec![several(3, "%"), several(2, "%"), several(1, "1")];
+        let html = render("h", &rounds, &[]);
+        assert!(html.contains(r#"<svg class="quantity-chart" id="chart-temperature" data-quantity="temperature" data-unit="Cel""#), "{html}");
+        assert!(html.contains(r#"id="chart-humidity" data-quantity="humidity" data-unit="%""#));
+        assert!(
+            html.contains("<h3 class=\"quantity\">humidity <span class=\"unit\">(%)</span></h3>")
+        );
+        // Units on the value axes; humidity charted in its newest unit only.
+        assert!(html.contains(" %</text>") && html.contains(" Cel</text>"));
+        assert!(html.contains("1 of the shown rounds report humidity in another unit"));
+        let humidity = &html[html.find("id=\"chart-humidity\"").unwrap()..];
+        let humidity = &humidity[..humidity.find("</svg>").unwrap()];
+        assert_eq!(humidity.matches("<circle class=\"point\"").count(), 2);
+        // Device 2 did not carry humidity in the latest round.
+        assert!(html.contains(r#"<div class="quantities"><span data-quantity="temperature">temperature 24 Cel</span> · <span data-quantity="humidity">humidity 40 %</span></div>"#));
+        assert!(html.contains(r#"<div class="quantities"><span data-quantity="temperature">temperature 22 Cel</span></div>"#));
     }
 
     #[test]
