@@ -350,14 +350,19 @@ async fn list_devices(
         .map(|id| {
             let missed = present.iter().filter(|set| !set.contains(id)).count();
             let last = latest.get(id);
-            json!({
+            let mut device = json!({
                 "id": id,
                 "last_round": last.map(|r| r.round),
                 "last_seen": last.map(|r| r.ts),
                 "last_value": last.map(|r| r.value),
                 "recent_rounds": recent.len(),
                 "missed_recently": missed,
-            })
+            });
+            // A device whose latest reading came from a round of several quantities.
+            if let Some(quantities) = last.and_then(|r| r.quantities.as_ref()) {
+                device["last_quantities"] = json!(quantities);
+            }
+            device
         })
         .collect();
     Ok(Json(devices))

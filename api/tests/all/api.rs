@@ -841,3 +841,75 @@ async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
     assert!(series <= 3, "{text}");
     assert!(!text.contains("X1") && !text.contains("/nope/"), "{text}");
 }
+
+/// A version 4 round of two quantities: temperature from every device, humidity from two.
+fn round_v4(round: u64) -> Value {
+    json!({
+        "round": round, "value": 21.5, "count": 3, "devices": ["1", "2", "3"],
+        "aggregator": "mean@0.1.0", "leader": "1", "ts": 1_766_334_379_000u64 + round,
+        "unit": "Cel", "version": 4, "values": [21.0, 21.5, 22.0],
+        "quantities": [
+            {"name": "temperature", "unit": "Cel", "value": 21.5, "values": [21.0, 21.5, 22.0]},
+            {"name": "humidity", "unit": "%", "value": 41.0, "values": [40.0, null, 42.0]}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn rounds_of_several_quantities_are_stored_with_each_devices_values() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(&redis, None).await;
+    let client = Client::new();
+    let (status, body) = post(&client, &api, &round_v4(7)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        stored_rounds(&client, &api).await[0],
+        round_v4(7),
+        "stored as sent"
+    );
+    // Each device's readings: the primary quantity's value and its whole sample.
+    let (_, readings) = get_json(&client, &api.url("/api/v1/devices/2/readings")).await;
+    assert_eq!(
+        readings[0]["quantities"],
+        json!([{"name": "temperature", "value": 21.5, "unit": "Cel"}]),
+        "device 2 carried no humidity"
+    );
+    assert_eq!(readings[0]["value"], 21.5);
+    let (_, devices) = get_json(&client, &api.url("/api/v1/devices")).await;
+    assert_eq!(
+        devices[0]["last_quantities"][1],
+        json!({"name": "humidity", "value": 40.0, "unit": "%"}),
+        "{devices}"
+    );
+    // The metrics have a `quantity` label.
+    let metrics = client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("fleetmeter_api_latest_quantity_value{quantity=\"humidity\"} 41.0"),
+        "{metrics}"
+    );
+    // Out of bounds: the API refuses it, naming the quantity, and stores nothing.
+    for (mut bad, field) in [
+        (round_v4(8), "`quantities[1]` `name`"),
+        (round_v4(9), "`quantities[1]` lists 2 values for 3 devices"),
+        (round_v4(10), "`value` must be the primary quantity's"),
+    ] {
+        match field {
+            f if f.contains("`name`") => bad["quantities"][1]["name"] = json!("rh %"),
+            f if f.contains("lists 2") => {
+                bad["quantities"][1]["values"] = json!([40.0, 42.0]);
+            }
+            _ => bad["value"] = json!(99.0),
+        }
+        let (status, body) = post(&client, &api, &bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+    assert_eq!(stored_rounds(&client, &api).await.len(), 1);
+}
