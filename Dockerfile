@@ -43,6 +43,7 @@ COPY plugins/fixtures/raw-sensor/Cargo.toml plugins/fixtures/raw-sensor/
 COPY plugins/fixtures/misbehaving-aggregator/Cargo.toml plugins/fixtures/misbehaving-aggregator/
 COPY plugins/fixtures/stuck-describe/Cargo.toml plugins/fixtures/stuck-describe/
 COPY plugins/fixtures/contract-0-1-mean/Cargo.toml plugins/fixtures/contract-0-1-mean/
+COPY plugins/fixtures/raw-aggregator/Cargo.toml plugins/fixtures/raw-aggregator/
 COPY scripts/stub-sources scripts/
 RUN scripts/stub-sources \
  && cargo build --release --locked -p fleetmeter -p fleetmeter-api \

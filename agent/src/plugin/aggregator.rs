@@ -242,7 +242,16 @@ impl AggregatorPlugin {
                             .collect(),
                     })
                     .collect();
-                for p in self.runner.call(AggregateAll(samples)).await? {
+                let returned = self.runner.call(AggregateAll(samples)).await?;
+                // Each quantity at most once: a longer list is refused before it is looked at.
+                if returned.len() > order.len() {
+                    return Err(refused(format!(
+                        "it published {} values for {} quantities",
+                        returned.len(),
+                        order.len()
+                    )));
+                }
+                for p in returned {
                     if !order.contains(&p.name.as_str()) {
                         return Err(refused(format!(
                             "it published quantity {}, which no sample carries",

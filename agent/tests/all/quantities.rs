@@ -433,3 +433,54 @@ async fn a_sample_out_of_bounds_costs_its_reading_only() {
         assert_eq!(sensor.stats().failures, 0, "{mode}: not a trap");
     }
 }
+
+#[tokio::test]
+async fn an_aggregator_that_breaks_the_rules_publishes_nothing() {
+    use fleetmeter::plugin::{AggregatorPlugin, Quantity, Reading};
+    let engine = engine();
+    let readings = [
+        Reading {
+            device: "2".into(),
+            quantities: vec![
+                Quantity::new("t", 22.0, "Cel"),
+                Quantity::new("rh", 42.0, "%"),
+            ],
+        },
+        Reading {
+            device: "1".into(),
+            quantities: vec![
+                Quantity::new("t", 20.0, "Cel"),
+                Quantity::new("rh", 40.0, "%"),
+            ],
+        },
+    ];
+    let load = async |mode: &str| {
+        AggregatorPlugin::load(
+            &engine,
+            &fixture("raw-aggregator"),
+            settings(&[("mode", mode)]),
+        )
+        .await
+        .unwrap()
+    };
+    // By the rules: each quantity's value, in the samples' order (device 1's first).
+    let published = load("mean").await.aggregate(&readings).await.unwrap();
+    assert_eq!(published, [("t".to_owned(), 21.0), ("rh".to_owned(), 41.0)]);
+    for (mode, why) in [
+        (
+            "unknown",
+            "it published quantity not-in-any-sample, which no sample carries",
+        ),
+        ("twice", "it published quantity t twice"),
+        ("many", "it published 1000000 values for 2 quantities"),
+        ("nan", "non-finite value for t"),
+    ] {
+        let err = load(mode)
+            .await
+            .aggregate(&readings)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{mode}: {err}");
+    }
+}
