@@ -370,7 +370,7 @@ macro_rules! export_aggregator {
             use super::*;
             $crate::__fleetmeter_generate!("aggregator");
 
-            use exports::fleetmeter::plugin::aggregator_api::{Guest, Metadata, Published, Sample};
+            use exports::fleetmeter::plugin::aggregator_api::{Column, Guest, Metadata, Published};
 
             struct Export;
 
@@ -398,23 +398,13 @@ macro_rules! export_aggregator {
                 }
 
                 fn aggregate(
-                    samples: ::std::vec::Vec<Sample>,
+                    devices: ::std::vec::Vec<::std::string::String>,
+                    quantities: ::std::vec::Vec<Column>,
                 ) -> ::core::result::Result<::std::vec::Vec<Published>, ::std::string::String>
                 {
-                    let samples = samples
-                        .into_iter()
-                        .map(|s| {
-                            (
-                                s.device,
-                                s.quantities
-                                    .into_iter()
-                                    .map(|q| (q.name, q.value))
-                                    .collect(),
-                            )
-                        })
-                        .collect();
+                    let columns = quantities.into_iter().map(|c| (c.name, c.values)).collect();
                     ::core::result::Result::Ok(
-                        $crate::__private::aggregate_each::<$ty>(samples)?
+                        $crate::__private::aggregate_each::<$ty>(&devices, columns)?
                             .into_iter()
                             .map(|(name, value)| Published { name, value })
                             .collect(),
@@ -503,26 +493,21 @@ pub mod __private {
         }
     }
 
-    /// (device, [(quantity, value)]) per sample, in device order.
-    pub type Samples = Vec<(String, Vec<(String, f64)>)>;
+    /// (quantity, each device's value) per quantity of the round.
+    pub type Columns = Vec<(String, Vec<Option<f64>>)>;
 
-    /// The aggregator applied to each quantity of the round on its own, in the order the
-    /// quantities first appear: the value of each it publishes.
-    pub fn aggregate_each<T: Aggregator>(samples: Samples) -> Result<Vec<(String, f64)>, String> {
-        let mut names: Vec<&str> = Vec::new();
-        for (name, _) in samples.iter().flat_map(|(_, q)| q) {
-            if !names.contains(&name.as_str()) {
-                names.push(name);
-            }
-        }
+    /// The aggregator applied to each quantity of the round on its own, with the devices that
+    /// carried it: the value of each it publishes, in the columns' order.
+    pub fn aggregate_each<T: Aggregator>(
+        devices: &[String],
+        columns: Columns,
+    ) -> Result<Vec<(String, f64)>, String> {
         let mut published = Vec::new();
-        for name in names {
-            let readings: Vec<Reading> = samples
+        for (name, values) in columns {
+            let readings: Vec<Reading> = devices
                 .iter()
-                .filter_map(|(device, quantities)| {
-                    let (_, value) = quantities.iter().find(|(n, _)| n == name)?;
-                    Some(Reading::new(device.clone(), *value))
-                })
+                .zip(values)
+                .filter_map(|(device, value)| Some(Reading::new(device.clone(), value?)))
                 .collect();
             match with_plugin::<T, _>(|p| p.aggregate(&readings))? {
                 Some(value) if !value.is_finite() => {
@@ -530,7 +515,7 @@ pub mod __private {
                         "the aggregator produced a non-finite value for {name} ({value})"
                     ));
                 }
-                Some(value) => published.push((name.to_owned(), value)),
+                Some(value) => published.push((name, value)),
                 None => {}
             }
         }
@@ -562,16 +547,14 @@ mod tests {
     #[test]
     fn an_aggregator_is_applied_to_each_quantity_on_its_own() {
         super::__private::init::<Mean>(Vec::new(), Mean::new).unwrap();
-        let sample = |d: &str, q: &[(&str, f64)]| {
-            (
-                d.to_owned(),
-                q.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
-            )
-        };
-        let published = super::__private::aggregate_each::<Mean>(vec![
-            sample("1", &[("t", 20.0), ("rh", 40.0)]),
-            sample("2", &[("t", 22.0)]),
-        ])
+        let devices = ["1".to_owned(), "2".to_owned()];
+        let published = super::__private::aggregate_each::<Mean>(
+            &devices,
+            vec![
+                ("t".to_owned(), vec![Some(20.0), Some(22.0)]),
+                ("rh".to_owned(), vec![Some(40.0), None]),
+            ],
+        )
         .unwrap();
         // rh has one reading: this aggregator publishes nothing for it.
         assert_eq!(published, [("t".to_owned(), 21.0)]);

@@ -116,8 +116,8 @@ impl Call<AggregatorWorld> for AggregateOne {
     }
 }
 
-/// Contract 0.2.0's `aggregate(samples)`.
-struct AggregateAll(Vec<v2::types::Sample>);
+/// Contract 0.2.0's `aggregate(devices, quantities)`.
+struct AggregateAll(Vec<String>, Vec<v2::types::Column>);
 
 impl Call<AggregatorWorld> for AggregateAll {
     type Output = Vec<v2::types::Published>;
@@ -129,12 +129,17 @@ impl Call<AggregatorWorld> for AggregateAll {
         match aggregator {
             Aggregator::V2(a) => {
                 a.fleetmeter_plugin_aggregator_api()
-                    .call_aggregate(store, &self.0)
+                    .call_aggregate(store, &self.0, &self.1)
                     .await
             }
             Aggregator::V1(_) => Ok(Err("a 0.2.0 call to a 0.1.0 aggregator".into())),
         }
     }
+}
+
+/// `reading`'s quantity `name`.
+fn quantity<'a>(reading: &'a Reading, name: &str) -> Option<&'a crate::wire::Quantity> {
+    reading.quantities.iter().find(|q| q.name == name)
 }
 
 /// The quantity names of `readings`, in the order they first appear.
@@ -192,8 +197,9 @@ impl AggregatorPlugin {
     /// The value of each quantity of the round to publish, in the order the quantities
     /// appear in the samples (passed to the plugin in device-id order, as the contract says);
     /// a quantity it leaves out publishes nothing. A 0.2.0 aggregator gets every sample at
-    /// once and may publish each quantity of them once; a 0.1.0 aggregator is called once
-    /// per quantity, with the devices that carried it.
+    /// once, by quantity (the device ids, then a column of values per quantity), and may
+    /// publish each quantity once; a 0.1.0 aggregator is called once per quantity, with the
+    /// devices that carried it.
     pub async fn aggregate(
         &mut self,
         readings: &[Reading],
@@ -227,22 +233,24 @@ impl AggregatorPlugin {
                 }
             }
             Contract::V2 => {
-                let samples = sorted
+                // By quantity: each device's id once, each quantity's unit once.
+                let devices: Vec<String> = sorted.iter().map(|r| r.device.clone()).collect();
+                let columns = order
                     .iter()
-                    .map(|r| v2::types::Sample {
-                        device: r.device.clone(),
-                        quantities: r
-                            .quantities
+                    .map(|name| v2::types::Column {
+                        name: (*name).to_owned(),
+                        unit: sorted
                             .iter()
-                            .map(|q| v2::types::Quantity {
-                                name: q.name.clone(),
-                                value: q.value,
-                                unit: q.unit.clone(),
-                            })
+                            .find_map(|r| quantity(r, name))
+                            .map(|q| q.unit.clone())
+                            .unwrap_or_default(),
+                        values: sorted
+                            .iter()
+                            .map(|r| quantity(r, name).map(|q| q.value))
                             .collect(),
                     })
                     .collect();
-                let returned = self.runner.call(AggregateAll(samples)).await?;
+                let returned = self.runner.call(AggregateAll(devices, columns)).await?;
                 // Each quantity at most once: a longer list is refused before it is looked at.
                 if returned.len() > order.len() {
                     return Err(refused(format!(
