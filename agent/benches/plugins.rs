@@ -69,6 +69,33 @@ fn bench_samples(c: &mut Criterion, rt: &Runtime, name: &str, sensor: &RefCell<S
     });
 }
 
+/// `aggregate(readings)` of a loaded aggregator, awaited in a loop as the leader runs it.
+fn bench_aggregate(
+    c: &mut Criterion,
+    rt: &Runtime,
+    name: &str,
+    aggregator: &RefCell<AggregatorPlugin>,
+    readings: &[Reading],
+) {
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut aggregator = aggregator.borrow_mut();
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        aggregator
+                            .aggregate(black_box(readings))
+                            .await
+                            .expect("aggregate"),
+                    );
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
 /// Times `iters` awaited calls inside one `block_on`, as a device's task runs them.
 fn timed<T, F: Future<Output = T>>(
     rt: &Runtime,
@@ -125,22 +152,13 @@ fn aggregator(c: &mut Criterion) {
     let readings: Vec<Reading> = (1..=3)
         .map(|i| Reading::one(i.to_string(), "t", 80.0 + f64::from(i), ""))
         .collect();
-    c.bench_function("aggregator/aggregate 3 readings (mean)", |b| {
-        b.iter_custom(|iters| {
-            let mut mean = mean.borrow_mut();
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    black_box(
-                        mean.aggregate(black_box(&readings))
-                            .await
-                            .expect("aggregate"),
-                    );
-                }
-                start.elapsed()
-            })
-        })
-    });
+    bench_aggregate(
+        c,
+        &rt,
+        "aggregator/aggregate 3 readings (mean)",
+        &mean,
+        &readings,
+    );
     c.bench_function("aggregator/instantiate+init (mean)", |b| {
         b.iter_custom(|iters| {
             let mut mean = mean.borrow_mut();
@@ -298,22 +316,7 @@ fn quantities(c: &mut Criterion) {
             })
             .collect();
         let name = format!("quantities/aggregate 100 devices x {n} quantities (mean)");
-        c.bench_function(&name, |b| {
-            b.iter_custom(|iters| {
-                let mut mean = mean.borrow_mut();
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(
-                            mean.aggregate(black_box(&readings))
-                                .await
-                                .expect("aggregate"),
-                        );
-                    }
-                    start.elapsed()
-                })
-            })
-        });
+        bench_aggregate(c, &rt, &name, &mean, &readings);
     }
     // A round's JSON per device, with ids like "device-00042" and values of full precision.
     for n in [1, 8] {

@@ -221,6 +221,36 @@ pub mod prelude {
 // The `__fleetmeter_generate!` macro, with the WIT contract inlined (see build.rs).
 include!(concat!(env!("OUT_DIR"), "/generate.rs"));
 
+/// `describe` and `init` of an export, the same for every kind of plugin: the metadata from
+/// the plugin's `Cargo.toml` (and `DESCRIPTION`), the state built by `new`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __fleetmeter_describe_init {
+    ($ty:ty, $trait:path, $unit:expr) => {
+        fn describe() -> Metadata {
+            let meta = $crate::__private::metadata(
+                ::core::env!("CARGO_PKG_NAME"),
+                ::core::env!("CARGO_PKG_VERSION"),
+                $unit,
+                <$ty as $trait>::DESCRIPTION,
+                ::core::env!("CARGO_PKG_DESCRIPTION"),
+            );
+            Metadata {
+                name: meta.0,
+                version: meta.1,
+                unit: meta.2,
+                description: meta.3,
+            }
+        }
+
+        fn init(
+            config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+        ) -> ::core::result::Result<(), ::std::string::String> {
+            $crate::__private::init::<$ty>(config, <$ty as $trait>::new)
+        }
+    };
+}
+
 /// Exports a [`Sensor`] implementation as the plugin's `sensor` world.
 ///
 /// Expands to nothing outside wasm32, so the crate also builds and tests natively.
@@ -245,27 +275,11 @@ macro_rules! export_sensor {
             struct Export;
 
             impl Guest for Export {
-                fn describe() -> Metadata {
-                    let meta = $crate::__private::metadata(
-                        ::core::env!("CARGO_PKG_NAME"),
-                        ::core::env!("CARGO_PKG_VERSION"),
-                        <$ty as $crate::Sensor>::UNIT,
-                        <$ty as $crate::Sensor>::DESCRIPTION,
-                        ::core::env!("CARGO_PKG_DESCRIPTION"),
-                    );
-                    Metadata {
-                        name: meta.0,
-                        version: meta.1,
-                        unit: meta.2,
-                        description: meta.3,
-                    }
-                }
-
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$ty>(config, <$ty as $crate::Sensor>::new)
-                }
+                $crate::__fleetmeter_describe_init!(
+                    $ty,
+                    $crate::Sensor,
+                    <$ty as $crate::Sensor>::UNIT
+                );
 
                 fn sample()
                 -> ::core::result::Result<::std::vec::Vec<Quantity>, ::std::string::String>
@@ -308,27 +322,7 @@ macro_rules! export_multi_sensor {
             struct Export;
 
             impl Guest for Export {
-                fn describe() -> Metadata {
-                    let meta = $crate::__private::metadata(
-                        ::core::env!("CARGO_PKG_NAME"),
-                        ::core::env!("CARGO_PKG_VERSION"),
-                        "",
-                        <$ty as $crate::MultiSensor>::DESCRIPTION,
-                        ::core::env!("CARGO_PKG_DESCRIPTION"),
-                    );
-                    Metadata {
-                        name: meta.0,
-                        version: meta.1,
-                        unit: meta.2,
-                        description: meta.3,
-                    }
-                }
-
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$ty>(config, <$ty as $crate::MultiSensor>::new)
-                }
+                $crate::__fleetmeter_describe_init!($ty, $crate::MultiSensor, "");
 
                 fn sample()
                 -> ::core::result::Result<::std::vec::Vec<Quantity>, ::std::string::String>
@@ -375,27 +369,7 @@ macro_rules! export_aggregator {
             struct Export;
 
             impl Guest for Export {
-                fn describe() -> Metadata {
-                    let meta = $crate::__private::metadata(
-                        ::core::env!("CARGO_PKG_NAME"),
-                        ::core::env!("CARGO_PKG_VERSION"),
-                        "",
-                        <$ty as $crate::Aggregator>::DESCRIPTION,
-                        ::core::env!("CARGO_PKG_DESCRIPTION"),
-                    );
-                    Metadata {
-                        name: meta.0,
-                        version: meta.1,
-                        unit: meta.2,
-                        description: meta.3,
-                    }
-                }
-
-                fn init(
-                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
-                ) -> ::core::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$ty>(config, <$ty as $crate::Aggregator>::new)
-                }
+                $crate::__fleetmeter_describe_init!($ty, $crate::Aggregator, "");
 
                 fn aggregate(
                     devices: ::std::vec::Vec<::std::string::String>,

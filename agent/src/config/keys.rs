@@ -273,7 +273,7 @@ pub const SENSOR: Key = Key::file("sensor", "[plugins] sensor", "\"random-temper
 pub const QUANTITY: Key = Key::file("[plugins] quantity", "[plugins] quantity", "")
     .flag("quantity", "NAME")
     .env("FLEETMETER_QUANTITY")
-    .note("the name of the quantity a sensor of one value reports; default: the sensor's own name. Give every device of a fleet that mixes such sensors the same one, so that their values are aggregated together");
+    .note("the name of a one-value sample's quantity; default: the name of the sensor this configuration names, kept when a rollout runs another. Give every device of a fleet that mixes such sensors the same one, so that their values are aggregated together");
 pub const AGGREGATOR: Key = Key::file("aggregator", "[plugins] aggregator", "\"mean\"")
     .flag("aggregator", "NAME")
     .env("FLEETMETER_AGGREGATOR")

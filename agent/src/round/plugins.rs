@@ -72,8 +72,10 @@ pub struct Plugins {
     aggregator_settings: PluginSettings,
     /// The sensor of the agent's own configuration.
     local_sensor: String,
-    /// The name a one-value sample's quantity gets (`[plugins] quantity`).
-    quantity: Option<String>,
+    /// The name a one-value sample's quantity gets: `[plugins] quantity`, else the name of
+    /// the sensor of the agent's own configuration, whichever sensor runs (a rollout does not
+    /// rename the fleet's series).
+    quantity: String,
     sensor: Mutex<Held<SensorPlugin>>,
     /// The quantity a device node without quantities (an agent before 0.2.0) stands for:
     /// the running sensor's name and metadata unit; and the sensor's digest.
@@ -145,7 +147,10 @@ impl Plugins {
             plugin_dir: config.plugin_dir.clone(),
             sensor_settings: config.sensor_settings.clone(),
             local_sensor: config.sensor.clone(),
-            quantity: config.quantity.clone(),
+            quantity: config
+                .quantity
+                .clone()
+                .unwrap_or_else(|| sensor.metadata().name.clone()),
             aggregator_settings: config.aggregator_settings.clone(),
             sensor_facts: std::sync::Mutex::new(facts(&sensor)),
             sensor: Mutex::new(Held {
@@ -182,11 +187,10 @@ impl Plugins {
     }
 
     /// The name and unit of the one quantity a device node without quantities (written by
-    /// an agent before 0.2.0, whose sensors report one value) stands for: the running
-    /// sensor's, as a 0.1.0 sensor names its value.
+    /// an agent before 0.2.0, whose sensors report one value) stands for: this device's name
+    /// for a one-value sample, in the running sensor's unit.
     pub fn legacy_quantity(&self) -> (String, String) {
-        let (name, unit) = self.facts().0.clone();
-        (self.quantity.clone().unwrap_or(name), unit)
+        (self.quantity.clone(), self.facts().0.1.clone())
     }
 
     /// The slot of the agent's own sensor.
@@ -204,10 +208,13 @@ impl Plugins {
         let mut sensor = self.sensor.lock().await;
         let before = sensor.plugin.stats().clone();
         let mut sampled = sensor.plugin.sample().await;
-        if let (Some(name), Ok([one])) = (&self.quantity, sampled.as_deref_mut()) {
-            one.name.clone_from(name);
-        }
         let name = &sensor.plugin.metadata().name;
+        // A one-value sample, named after the plugin that took it: the device's name for it.
+        if let Ok([one]) = sampled.as_deref_mut()
+            && one.name == *name
+        {
+            one.name.clone_from(&self.quantity);
+        }
         telemetry.plugin_call(PluginKind::Sensor, name, &before, sensor.plugin.stats());
         sampled
     }

@@ -437,7 +437,12 @@ async fn versions_coexist_results_follow_the_oldest_member_and_newer_entries_wai
     // it is.
     let admin = fleet.admin().await;
     let client = admin.client().unwrap();
-    let future = br#"{"round":999999,"value":1,"count":1,"devices":["1"],"aggregator":"a@1","leader":"1","ts":1,"version":4,"quantities":{}}"#;
+    // A round of the contract version after this one's (a field this agent does not know).
+    let future = format!(
+        r#"{{"round":999999,"value":1,"count":1,"devices":["1"],"aggregator":"a@1","leader":"1","ts":1,"version":{},"colour":{{}}}}"#,
+        fleetmeter::wire::VERSION + 1
+    );
+    let future = future.as_bytes();
     client
         .create(
             &format!("{}/{:020}", paths::RESULTS, 999_999),

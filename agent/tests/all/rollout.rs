@@ -113,10 +113,16 @@ fn value_of(round: &Value, id: &str) -> Option<f64> {
     round["values"][at].as_f64()
 }
 
+/// The fleet's sensor reports °C (random-temperature): the rolled-out fixtures report the
+/// same unit (raw-sensor reads it from its environment), so that their one value is the same
+/// quantity as the fleet's, aggregated with it (a quantity whose unit differs between devices
+/// is refused for the round).
+const SAME_UNIT: &str = "[plugins.grants.env]\nFIXTURE_UNIT = \"°C\"\n";
+
 /// A fleet of three whose agents trust the key made in `keys/`; returns the fleet and the
 /// secret key's path.
 async fn fleet_with_key() -> (Fleet, std::path::PathBuf) {
-    let mut fleet = Fleet::start("").await;
+    let mut fleet = Fleet::start(SAME_UNIT).await;
     let keys = fleet.dir.path().join("keys");
     let public = keygen(&fleet, &keys);
     assert!(public.starts_with("RW"), "{public}");
@@ -136,7 +142,7 @@ async fn fleet_with_key() -> (Fleet, std::path::PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_rounds() {
     let _serial = SERIAL.lock().await;
-    let mut fleet = Fleet::start("").await;
+    let mut fleet = Fleet::start(SAME_UNIT).await;
     let keys = fleet.dir.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let (secret, public_file) = (keys.join("k.key"), keys.join("k.pub"));
@@ -262,7 +268,7 @@ async fn a_sensor_is_canaried_on_one_device_then_promoted_at_the_announced_round
     );
     let round = rounds.last().unwrap();
     assert_eq!(round["rollout"]["state"], "promoted", "{round}");
-    assert_eq!(round["version"], 3);
+    assert_eq!(round["version"], fleetmeter::wire::VERSION);
 }
 
 /// A sensor that traps on every call is rolled back by itself within its canary rounds;
@@ -757,7 +763,9 @@ async fn manual_promotion_abort_and_gc() {
         "sensor",
         &counting,
         8,
-        &["--canary", "1", "--config", "mode=ok", "--rounds", "100"],
+        &[
+            "--canary", "1", "--config", "mode=ok", "--config", "unit=°C", "--rounds", "100",
+        ],
     )
     .await;
     wait_until("the canary running it", Duration::from_secs(40), || async {

@@ -121,31 +121,15 @@ const BOTTOM: f64 = 34.0;
 fn chart(html: &mut String, rounds: &[Round]) {
     let points: Vec<&Round> = rounds.iter().rev().collect();
     let all = devices_of(rounds);
-    let (min, max) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-            (lo.min(r.value), hi.max(r.value))
-        });
-    let (lo, hi) = if max > min {
-        (min, max)
-    } else {
-        (min - 1.0, max + 1.0)
-    };
-    let (t0, t1) = (points[0].ts, points[points.len() - 1].ts);
-    let x = |ts: u64| {
-        if t1 > t0 {
-            LEFT + (W - LEFT - RIGHT) * (ts - t0) as f64 / (t1 - t0) as f64
-        } else {
-            (LEFT + W - RIGHT) / 2.0
-        }
-    };
-    let y = |v: f64| H - BOTTOM - (H - TOP - BOTTOM) * (v - lo) / (hi - lo);
+    let scale = Scale::of(points.iter().map(|r| (r.ts, r.value)));
+    let (lo, hi) = (scale.lo, scale.hi);
+    let (x, y) = (|ts| scale.x(ts), |v| scale.y(v));
     let _ = writeln!(
         html,
         r#"<svg id="chart" viewBox="0 0 {W} {H}" preserveAspectRatio="xMidYMid meet" role="img" aria-label="Published value per round, over time (UTC)">"#
     );
     let unit = points[points.len() - 1].unit.as_deref().unwrap_or("");
-    axes(html, (lo, hi), (t0, t1), unit, &x, &y);
+    axes(html, &scale, unit);
     // Leader changes.
     for pair in points.windows(2) {
         let (before, after) = (pair[0], pair[1]);
@@ -269,16 +253,50 @@ fn chart(html: &mut String, rounds: &[Round]) {
     );
 }
 
+/// Where a chart puts a time and a value, in SVG units: the values' range (±1 around a flat
+/// series) and the times' (one time in the middle).
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    lo: f64,
+    hi: f64,
+    t0: u64,
+    t1: u64,
+}
+
+impl Scale {
+    /// The scale of `points`, (time, value), oldest first; at least one.
+    fn of(points: impl Iterator<Item = (u64, f64)>) -> Self {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut t0, mut t1) = (u64::MAX, 0);
+        for (t, v) in points {
+            (lo, hi) = (lo.min(v), hi.max(v));
+            (t0, t1) = (t0.min(t), t1.max(t));
+        }
+        if hi <= lo {
+            (lo, hi) = (lo - 1.0, hi + 1.0);
+        }
+        Self { lo, hi, t0, t1 }
+    }
+
+    fn x(&self, ts: u64) -> f64 {
+        if self.t1 > self.t0 {
+            LEFT + (W - LEFT - RIGHT) * ts.saturating_sub(self.t0) as f64
+                / (self.t1 - self.t0) as f64
+        } else {
+            (LEFT + W - RIGHT) / 2.0
+        }
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        H - BOTTOM - (H - TOP - BOTTOM) * (v - self.lo) / (self.hi - self.lo)
+    }
+}
+
 /// The value axis (the highest and lowest value shown, and the middle, with the unit) and the
 /// time axis of a chart.
-fn axes(
-    html: &mut String,
-    (lo, hi): (f64, f64),
-    (t0, t1): (u64, u64),
-    unit: &str,
-    x: &dyn Fn(u64) -> f64,
-    y: &dyn Fn(f64) -> f64,
-) {
+fn axes(html: &mut String, scale: &Scale, unit: &str) {
+    let (lo, hi, t0, t1) = (scale.lo, scale.hi, scale.t0, scale.t1);
+    let (x, y) = (|ts| scale.x(ts), |v| scale.y(v));
     let unit = if unit.is_empty() {
         String::new()
     } else {

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use fleetmeter_wire::Shown;
 
-use super::{BOTTOM, H, LEFT, RIGHT, TOP, W, axes, escape};
+use super::{H, Scale, W, axes, escape};
 use crate::round::Round;
 
 /// The quantities to chart: those of the shown rounds that carry several, the newest round's
@@ -75,25 +75,8 @@ fn chart(html: &mut String, rounds: &[Round], name: &str) {
         html.push_str("<p class=\"legend\">no value published in the shown rounds</p>\n");
         return;
     }
-    let (min, max) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.2), hi.max(p.2))
-        });
-    let (lo, hi) = if max > min {
-        (min, max)
-    } else {
-        (min - 1.0, max + 1.0)
-    };
-    let (t0, t1) = (points[0].1, points[points.len() - 1].1);
-    let x = |ts: u64| {
-        if t1 > t0 {
-            LEFT + (W - LEFT - RIGHT) * (ts - t0) as f64 / (t1 - t0) as f64
-        } else {
-            (LEFT + W - RIGHT) / 2.0
-        }
-    };
-    let y = |v: f64| H - BOTTOM - (H - TOP - BOTTOM) * (v - lo) / (hi - lo);
+    let scale = Scale::of(points.iter().map(|&(_, ts, v)| (ts, v)));
+    let (x, y) = (|ts| scale.x(ts), |v| scale.y(v));
     let label = if unit.is_empty() {
         format!("{name} per round, over time (UTC)")
     } else {
@@ -106,7 +89,7 @@ fn chart(html: &mut String, rounds: &[Round], name: &str) {
         u = escape(unit),
         l = escape(&label)
     );
-    axes(html, (lo, hi), (t0, t1), unit, &x, &y);
+    axes(html, &scale, unit);
     let line: Vec<String> = points
         .iter()
         .map(|(_, ts, v)| format!("{:.1},{:.1}", x(*ts), y(*v)))
