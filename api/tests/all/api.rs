@@ -250,12 +250,16 @@ async fn devices_and_their_readings_come_from_the_stored_rounds() {
         refused["error"].as_str().unwrap().contains("`values`"),
         "{refused}"
     );
+    let next = fleetmeter_wire::VERSION + 1;
     let mut future = round_v2(5, &[("1", 1.0)]);
-    future["version"] = json!(4);
+    future["version"] = json!(next);
     let (status, refused) = post(&client, &api, &future).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     assert!(
-        refused["error"].as_str().unwrap().contains("`version` 4"),
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`version` {next}")),
         "{refused}"
     );
     let (_, readings) = get_json(&client, &api.url("/api/v1/devices/1/readings")).await;
