@@ -143,9 +143,9 @@ fn quantity<'a>(reading: &'a Reading, name: &str) -> Option<&'a crate::wire::Qua
 }
 
 /// The quantity names of `readings`, in the order they first appear.
-pub(crate) fn quantity_order(readings: &[Reading]) -> Vec<&str> {
+pub(crate) fn quantity_order<'a>(readings: impl IntoIterator<Item = &'a Reading>) -> Vec<&'a str> {
     let mut names: Vec<&str> = Vec::new();
-    for q in readings.iter().flat_map(|r| &r.quantities) {
+    for q in readings.into_iter().flat_map(|r| &r.quantities) {
         if !names.contains(&q.name.as_str()) {
             names.push(&q.name);
         }
@@ -206,8 +206,7 @@ impl AggregatorPlugin {
     ) -> Result<Vec<(String, f64)>, CallError> {
         let mut sorted: Vec<&Reading> = readings.iter().collect();
         sorted.sort_by(|a, b| a.device.cmp(&b.device));
-        let sorted: Vec<Reading> = sorted.into_iter().cloned().collect();
-        let order = quantity_order(&sorted);
+        let order = quantity_order(sorted.iter().copied());
         let plugin = self.metadata().name.clone();
         let refused = |message: String| CallError::Guest {
             plugin: plugin.clone(),

@@ -142,15 +142,7 @@ impl PluginEngine {
         let link = |aggregator: bool| -> wasmtime::Result<Linker<HostState>> {
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-            // Both contract versions' `host` interfaces: plugins of either load.
-            super::bindings::v2::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
-                &mut linker,
-                |state| state,
-            )?;
-            super::bindings::v1::host::add_to_linker::<HostState, wasmtime::component::HasSelf<_>>(
-                &mut linker,
-                |state| state,
-            )?;
+            host::link_host(&mut linker)?;
             match aggregator {
                 false => wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?,
                 true => host::link_frozen_clocks(&mut linker)?,

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::component::{HasData, HasSelf, Linker, Resource};
 use wasmtime_wasi::{
     FsPerms, HostMonotonicClock, HostWallClock, ResourceTable, WasiCtx, WasiCtxBuilder,
     WasiCtxView, WasiView,
@@ -163,6 +163,12 @@ impl HostMonotonicClock for FrozenClock {
 
 /// `wasi:clocks/monotonic-clock` for aggregators: always 0, and every sleep is over at once
 /// (time does not pass, so no real time is spent waiting for it). Linked over WASI's own.
+/// The `host` interface of both contract versions: plugins of either load.
+pub(super) fn link_host(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    host::add_to_linker::<HostState, HasSelf<_>>(linker, |state| state)?;
+    v1::host::add_to_linker::<HostState, HasSelf<_>>(linker, |state| state)
+}
+
 pub(super) fn link_frozen_clocks(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     monotonic_clock::add_to_linker::<HostState, FrozenClocks>(linker, |state| FrozenClocksView {

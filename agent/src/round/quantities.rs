@@ -2,6 +2,8 @@
 //! between devices is refused for the round, never averaged), and what the round publishes
 //! for each (its aggregate and every device's value).
 
+use std::borrow::Cow;
+
 use crate::{
     plugin::Reading,
     telemetry::Telemetry,
@@ -36,7 +38,7 @@ const SHOWN_DEVICES: usize = 3;
 /// The readings with every quantity whose unit is not the same on every device that
 /// carried it taken out (and a device left with no quantity taken out), and what was
 /// refused.
-pub fn screen(readings: &[Reading]) -> (Vec<Reading>, Vec<Refused>) {
+pub fn screen(readings: &[Reading]) -> (Cow<'_, [Reading]>, Vec<Refused>) {
     let mut refused: Vec<Refused> = Vec::new();
     for name in crate::plugin::quantity_order(readings) {
         let mut units: Vec<(String, Vec<String>)> = Vec::new();
@@ -60,7 +62,7 @@ pub fn screen(readings: &[Reading]) -> (Vec<Reading>, Vec<Refused>) {
         }
     }
     if refused.is_empty() {
-        return (readings.to_vec(), refused);
+        return (Cow::Borrowed(readings), refused);
     }
     let kept = readings
         .iter()
@@ -77,7 +79,7 @@ pub fn screen(readings: &[Reading]) -> (Vec<Reading>, Vec<Refused>) {
             })
         })
         .collect();
-    (kept, refused)
+    (Cow::Owned(kept), refused)
 }
 
 /// Logs and counts each refused quantity of `round`.
@@ -191,7 +193,7 @@ mod tests {
         );
         // Device 3 carried only the refused quantity: it contributes nothing this round.
         assert_eq!(
-            kept,
+            *kept,
             [
                 sample("1", &[("t", 21.0, "Cel")]),
                 sample("2", &[("t", 22.0, "Cel")])
@@ -226,7 +228,9 @@ mod tests {
             sample("1", &[("t", 1.0, "")]),
             sample("2", &[("t", 2.0, "")]),
         ];
-        assert_eq!(screen(&readings), (readings.to_vec(), vec![]));
+        let (kept, refused) = screen(&readings);
+        assert!(matches!(kept, Cow::Borrowed(_)), "not copied");
+        assert_eq!((&*kept, refused), (&readings[..], vec![]));
     }
 
     #[test]

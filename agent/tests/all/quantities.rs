@@ -50,6 +50,16 @@ fn quantity<'a>(round: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no quantity {name}: {round}"))
 }
 
+/// A quantity's per-device values (every device carried it).
+fn values_of(q: &Value) -> Vec<f64> {
+    q["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no values: {q}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap_or_else(|| panic!("not a number: {q}")))
+        .collect()
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
@@ -98,12 +108,7 @@ async fn a_fleet_measuring_temperature_and_humidity_stores_both_aggregated_apart
             .iter()
             .map(|e| [e.1, e.2][index - 1] * 0.01)
             .collect();
-        let values: Vec<f64> = q["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let values: Vec<f64> = values_of(q);
         assert!(
             values.iter().zip(&expected).all(|(a, b)| close(*a, *b)),
             "{name}: {values:?} != {expected:?}"
@@ -279,12 +284,7 @@ async fn plugins_of_contract_0_1_run_unchanged_beside_0_2_ones_in_one_fleet() {
         ),
         (Some("°C"), 1)
     );
-    let values: Vec<f64> = q["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let values: Vec<f64> = values_of(q);
     assert_eq!(values[2], 1.0, "the 0.1.0 sensor's value: {round}");
     assert!(
         close(
@@ -331,12 +331,7 @@ async fn plugins_of_contract_0_1_run_unchanged_beside_0_2_ones_in_one_fleet() {
         .find(|r| r["count"] == 3 && r["aggregator"].as_str().unwrap().starts_with("mean@"))
         .unwrap();
     let q = quantity(round, "random-temperature");
-    let values: Vec<f64> = q["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let values: Vec<f64> = values_of(q);
     assert!(
         close(
             q["value"].as_f64().unwrap(),
